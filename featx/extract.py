@@ -1,0 +1,196 @@
+"""The extraction loop: source -> DataLoader -> frozen backbone -> resumable HDF5 writer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import click
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .backbones import Backbone
+from .errors import FeatxError
+from .sources import Source, SplitItems
+from .store import SCHEMA_VERSION, FeatureWriter, open_features, partial_path
+
+__all__ = ["PRECISIONS", "ExtractResult", "cache_key", "cache_path", "extract", "embed"]
+
+#: name -> autocast dtype (``None`` = plain fp32, the default).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    path: Path
+    cache_key: str
+    reused: bool
+    resumed: bool
+    n_items: int
+    n_new: int
+    n_skipped: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.n_new / self.seconds if self.seconds > 0 else 0.0
+
+
+def cache_key(source: Source, backbone: Backbone, precision: str) -> str:
+    """Hash of everything that determines the features (16 hex digits)."""
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "source": source.fingerprint(),
+        "backbone": backbone.name,
+        "weights": backbone.weights,
+        "weights_sha256": backbone.weights_sha256,
+        "transform": backbone.preprocess,
+        "precision": precision,
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_path(cache_dir: str | os.PathLike, source: Source, backbone: Backbone, key: str) -> Path:
+    """``<cache_dir>/<source>/<backbone>-<key>.h5``."""
+    return Path(cache_dir) / source.name / f"{backbone.name}-{key}.h5"
+
+
+class _Items(Dataset):
+    """Items ``start:`` of one split; a failed decode becomes a recorded skip, not a crash."""
+
+    def __init__(self, source: Source, items: SplitItems, start: int, transform: Callable):
+        self.source, self.items, self.start, self.transform = source, items, start, transform
+
+    def __len__(self) -> int:
+        return len(self.items) - self.start
+
+    def __getitem__(self, i: int):
+        j = self.start + i
+        try:
+            return self.transform(self.source.open(self.items.keys[j])), j, ""
+        except Exception as exc:  # any decode/transform failure of this one item
+            return None, j, f"{type(exc).__name__}: {exc}"
+
+
+def _collate(batch):
+    good = [(x, j) for x, j, _ in batch if x is not None]
+    bad = [(j, err) for x, j, err in batch if x is None]
+    xs = torch.stack([x for x, _ in good]) if good else None
+    return xs, [j for _, j in good], bad
+
+
+def embed(backbone: Backbone, x: torch.Tensor, *, device: torch.device, precision: str = "fp32",
+          channels_last: bool = True) -> np.ndarray:
+    """One batch of preprocessed images -> fp32 embeddings as numpy."""
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    dtype = PRECISIONS[precision]
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        out = backbone.model(x)
+    return out.float().cpu().numpy()
+
+
+def _default_workers(device: torch.device) -> int:
+    """DataLoader workers when not given: none on a small CPU box, where decoding in the main
+    process beat one worker competing with the backbone's threads (62 vs 50 images/s for
+    MobileNetV2 on Fashion-MNIST on 2 cores); otherwise enough to keep the device fed."""
+    cores = os.cpu_count() or 1
+    if device.type == "cpu":
+        return 0 if cores <= 2 else min(4, cores // 4)
+    return min(8, cores - 1)
+
+
+def extract(
+    source: Source,
+    backbone: Backbone,
+    *,
+    out: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike = "cache",
+    batch_size: int = 16,
+    workers: int | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    channels_last: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda msg: click.echo(msg, err=True),
+) -> ExtractResult:
+    """Run ``backbone`` over every item of ``source`` once and write the cache.
+
+    Reuses a complete cache with the same key; resumes an unfinished one.
+    """
+    if precision not in PRECISIONS:
+        raise FeatxError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    if batch_size < 1:
+        raise FeatxError(f"batch size must be at least 1, got {batch_size}")
+    dev = torch.device(device)
+    splits = source.splits()
+    key = cache_key(source, backbone, precision)
+    path = Path(out) if out else cache_path(cache_dir, source, backbone, key)
+    total = sum(len(items) for items in splits.values())
+    if path.exists():
+        existing = open_features(path)
+        if existing.cache_key != key:
+            raise FeatxError(
+                f"{path} holds another cache (key {existing.cache_key}, this run's is {key}); "
+                "choose another --out or delete it"
+            )
+        return ExtractResult(path, key, True, False, total, 0, 0, 0.0)
+
+    attrs = {
+        "cache_key": key,
+        "backbone": backbone.name,
+        "weights": backbone.weights,
+        "weights_sha256": backbone.weights_sha256 or "",
+        "transform": backbone.preprocess,
+        "source": source.describe(),
+        "precision": precision,
+        "memory_format": "channels_last" if channels_last else "contiguous",
+    }
+    writer = FeatureWriter(path, attrs=attrs, classes=source.classes,
+                           split_sizes={s: len(i) for s, i in splits.items()}, feature_dim=backbone.feature_dim)
+    workers = _default_workers(dev) if workers is None else workers
+    n_new = n_skipped = 0
+    with writer:
+        if writer.discarded:
+            log(f"warning: {writer.discarded}; starting over")
+        done = sum(writer.position(s) for s in splits)
+        if writer.resumed:
+            log(f"resuming {writer.partial}: {done}/{total} items already done")
+        start_time = time.perf_counter()
+        bar = click.progressbar(length=total, label=f"{backbone.name} on {source.name}", show_pos=True,
+                                file=sys.stderr, hidden=not progress)
+        try:
+            with bar:
+                bar.update(done)
+                for split, items in splits.items():
+                    start = writer.position(split)
+                    if start >= len(items):
+                        continue
+                    loader = DataLoader(
+                        _Items(source, items, start, backbone.transform), batch_size=batch_size,
+                        num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
+                    )
+                    for xs, idx, bad in loader:
+                        feats = (embed(backbone, xs, device=dev, precision=precision, channels_last=channels_last)
+                                 if xs is not None else np.zeros((0, backbone.feature_dim), np.float32))
+                        writer.append(split, feats, items.labels[idx], [items.ids[j] for j in idx],
+                                      skipped=[(items.ids[j], err) for j, err in bad])
+                        n_new += len(idx)
+                        n_skipped += len(bad)
+                        bar.update(len(idx) + len(bad))
+        except KeyboardInterrupt:
+            done = sum(writer.position(s) for s in splits)
+            raise FeatxError(
+                f"interrupted after {done}/{total} items; {partial_path(path)} keeps them and the next run resumes"
+            ) from None
+        seconds = time.perf_counter() - start_time
+        writer.finalize()
+    return ExtractResult(path, key, False, writer.resumed, total, n_new, n_skipped, seconds)

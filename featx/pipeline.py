@@ -1,0 +1,122 @@
+"""Named experiments: ``pipelines/<name>.toml`` -> an :class:`Experiment`.
+
+A pipeline file has these tables (every key optional; defaults shown)::
+
+    [source]
+    data = "torchvision:FashionMNIST"   # or a directory (ImageFolder tree)
+    root = "cache/datasets"             # where torchvision datasets are stored
+    download = true                     # let torchvision download when online
+    val_fraction = 0.1                  # stratified validation split carved from train
+    test_fraction = 0.1                 # only for folders without a test split
+    seed = 0
+    limit = 0                           # first N items of each split only (0 = all)
+
+    [backbone]
+    name = "mobilenet_v2"
+    weights = "IMAGENET1K_V1"           # torchvision weights enum member, DEFAULT, or none
+
+    [extract]
+    batch_size = 16
+    workers = -1                        # DataLoader workers; -1 = automatic
+    device = "cpu"                      # cpu, cuda, cuda:1, ...
+    precision = "fp32"                  # fp32 (default, exact), bf16, fp16
+    channels_last = true
+
+    [cache]
+    dir = "cache"
+
+    [heads.svm]                         # parameter overrides per head
+    C = 0.01
+
+Unknown tables, keys, and values of the wrong type are refused with one clear line.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .errors import FeatxError
+
+__all__ = ["Experiment", "load_pipeline", "SECTIONS"]
+
+
+@dataclass
+class Experiment:
+    name: str = "adhoc"
+    # [source]
+    data: str = "torchvision:FashionMNIST"
+    root: str = "cache/datasets"
+    download: bool = True
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    limit: int = 0
+    # [backbone]
+    backbone: str = "mobilenet_v2"
+    weights: str | None = None
+    # [extract]
+    batch_size: int = 16
+    workers: int = -1
+    device: str = "cpu"
+    precision: str = "fp32"
+    channels_last: bool = True
+    # [cache]
+    cache_dir: str = "cache"
+    # [heads.<name>]
+    heads: dict = field(default_factory=dict)
+
+
+#: table -> {key in the file: attribute of Experiment}
+SECTIONS = {
+    "source": {k: k for k in ("data", "root", "download", "val_fraction", "test_fraction", "seed", "limit")},
+    "backbone": {"name": "backbone", "weights": "weights"},
+    "extract": {k: k for k in ("batch_size", "workers", "device", "precision", "channels_last")},
+    "cache": {"dir": "cache_dir"},
+}
+_TYPES = {f.name: f.type for f in fields(Experiment)}
+_PY = {"str": (str,), "bool": (bool,), "int": (int,), "float": (float, int), "str | None": (str,)}
+
+
+def _check(where: str, attr: str, value):
+    ok = _PY[_TYPES[attr]]
+    if isinstance(value, bool) and bool not in ok:
+        ok = ()
+    if not isinstance(value, ok):
+        want = _TYPES[attr].replace(" | None", "")
+        raise FeatxError(f"{where}: expected a {want}, got {value!r}")
+    return value
+
+
+def load_pipeline(path: str | Path) -> Experiment:
+    """Read and validate a pipeline file."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FeatxError(f"pipeline file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise FeatxError(f"pipeline file {path} is not valid TOML: {exc}") from None
+    exp = Experiment(name=path.stem)
+    for table, body in doc.items():
+        if table == "heads":
+            if not isinstance(body, dict) or not all(isinstance(v, dict) for v in body.values()):
+                raise FeatxError(f"{path}: [heads] must hold one table per head, e.g. [heads.svm]")
+            from .heads import HEADS
+
+            for head in body:
+                if head not in HEADS:
+                    raise FeatxError(f"{path}: [heads.{head}]: unknown head (choose from {', '.join(HEADS)})")
+            exp.heads = body
+            continue
+        if table not in SECTIONS:
+            raise FeatxError(f"{path}: unknown table [{table}] (known: {', '.join([*SECTIONS, 'heads'])})")
+        if not isinstance(body, dict):
+            raise FeatxError(f"{path}: {table} must be a table")
+        for key, value in body.items():
+            if key not in SECTIONS[table]:
+                raise FeatxError(f"{path}: [{table}] has no key {key!r} (known: {', '.join(SECTIONS[table])})")
+            attr = SECTIONS[table][key]
+            setattr(exp, attr, _check(f"{path}: [{table}] {key}", attr, value))
+    return exp

@@ -1,0 +1,130 @@
+"""Extraction: resume after interruption, cache reuse by key, skips, equality with torchvision."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from conftest import TINY, draw, needs_fashion
+from featx import FeatxError, open_features
+from featx.extract import extract
+from featx.sources import ImageFolderSource
+from featx.store import partial_path
+
+
+class InterruptedSource(ImageFolderSource):
+    """An image folder whose ``fail_at``-th image load is interrupted (Ctrl-C)."""
+
+    def __init__(self, root, fail_at, **kw):
+        super().__init__(root, **kw)
+        self.fail_at, self.calls = fail_at, 0
+
+    def open(self, key):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise KeyboardInterrupt
+        return super().open(key)
+
+
+def _all(path):
+    fs = open_features(path)
+    return {s: (fs[s].X, fs[s].y, list(fs[s].ids)) for s in fs.splits}
+
+
+@pytest.mark.parametrize("fail_at", [7, 30])  # in the middle of train; in the middle of a later split
+def test_resume_after_interruption_equals_uninterrupted_run(image_folder, tiny_backbone, tmp_path, fail_at):
+    whole = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "whole.h5",
+                    batch_size=4, progress=False)
+    out = tmp_path / "resumed.h5"
+    with pytest.raises(FeatxError, match="interrupted after .* the next run resumes"):
+        extract(InterruptedSource(image_folder, fail_at), tiny_backbone, out=out, batch_size=4, progress=False)
+    assert partial_path(out).exists() and not out.exists()
+    with pytest.raises(FeatxError, match="incomplete|does not exist"):
+        open_features(out)
+    again = extract(ImageFolderSource(image_folder), tiny_backbone, out=out, batch_size=4, progress=False)
+    assert again.resumed and 0 < again.n_new < again.n_items
+    a, b = _all(whole.path), _all(out)
+    assert a.keys() == b.keys()
+    for split in a:
+        assert a[split][2] == b[split][2], "same ids in the same order, no duplicate or missing row"
+        np.testing.assert_array_equal(a[split][1], b[split][1])
+        np.testing.assert_allclose(a[split][0], b[split][0], rtol=1e-5, atol=1e-6)
+
+
+def test_cache_is_reused_only_when_key_matches(image_folder, tiny_backbone, tmp_path):
+    first = extract(ImageFolderSource(image_folder), tiny_backbone, cache_dir=tmp_path, progress=False)
+    assert not first.reused and first.path.parent == tmp_path / "shapes"
+    assert first.path.name.startswith(f"{TINY}-{first.cache_key}")
+    again = extract(ImageFolderSource(image_folder), tiny_backbone, cache_dir=tmp_path, progress=False)
+    assert again.reused and again.path == first.path and again.n_new == 0
+
+    other_seed = extract(ImageFolderSource(image_folder, seed=1), tiny_backbone, cache_dir=tmp_path, progress=False)
+    assert not other_seed.reused and other_seed.cache_key != first.cache_key
+
+    # An image that changes between two runs changes the key.
+    img = image_folder / "circle" / "circle_001.jpg"
+    draw("square", np.random.default_rng(5), size=40).save(img)
+    changed = extract(ImageFolderSource(image_folder), tiny_backbone, cache_dir=tmp_path, progress=False)
+    assert changed.cache_key not in (first.cache_key, other_seed.cache_key)
+
+
+def test_out_file_of_another_key_is_not_overwritten(image_folder, tiny_backbone, tmp_path):
+    out = tmp_path / "x.h5"
+    extract(ImageFolderSource(image_folder), tiny_backbone, out=out, progress=False)
+    before = out.read_bytes()
+    with pytest.raises(FeatxError, match="holds another cache"):
+        extract(ImageFolderSource(image_folder, seed=3), tiny_backbone, out=out, progress=False)
+    assert out.read_bytes() == before
+
+
+def test_unreadable_image_is_skipped_and_recorded_never_a_zero_row(image_folder, tiny_backbone, tmp_path):
+    (image_folder / "square" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    src = ImageFolderSource(image_folder, val_fraction=0, test_fraction=0)
+    result = extract(src, tiny_backbone, out=tmp_path / "c.h5", progress=False)
+    assert result.n_skipped == 1
+    train = open_features(result.path)["train"]
+    assert len(train) == result.n_items - 1
+    assert [s["id"] for s in train.skipped] == ["square/broken.jpg"]
+    assert "square/broken.jpg" not in list(train.ids)
+    assert np.all(np.abs(train.X).sum(axis=1) > 0)
+
+
+def test_bad_options_are_refused_before_work(image_folder, tiny_backbone, tmp_path):
+    with pytest.raises(FeatxError, match="unknown precision"):
+        extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "a.h5", precision="fp8")
+    with pytest.raises(FeatxError, match="batch size"):
+        extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "a.h5", batch_size=0)
+    assert not partial_path(tmp_path / "a.h5").exists()
+
+
+@needs_fashion
+def test_features_equal_a_plain_torchvision_forward(fashion_cache):
+    """The default extraction (fp32) is what a user gets from torchvision by hand."""
+    weights = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
+    model = torchvision.models.mobilenet_v2(weights=weights).eval()
+    model.classifier = torch.nn.Identity()
+    preprocess = weights.transforms()
+    data = torchvision.datasets.FashionMNIST("cache/datasets", train=True)
+    train = open_features(fashion_cache)["train"]
+    ids, X = list(train.ids)[:8], train.X[:8]
+    batch = torch.stack([preprocess(data[int(i.split("/")[1])][0].convert("RGB")) for i in ids])
+    with torch.no_grad():
+        plain = model(batch).numpy()
+    assert X.shape == (8, 1280)
+    np.testing.assert_allclose(X, plain, rtol=1e-4, atol=1e-5)
+
+
+@needs_fashion
+def test_bf16_is_opt_in_recorded_and_close(tmp_path):
+    from featx.backbones import load_backbone
+    from featx.sources import make_source
+
+    source = make_source("torchvision:FashionMNIST", root="cache/datasets", limit=8)
+    bb = load_backbone("mobilenet_v2", "IMAGENET1K_V1")
+    fp32 = extract(source, bb, cache_dir=tmp_path, progress=False)
+    bf16 = extract(source, bb, cache_dir=tmp_path, precision="bf16", progress=False)
+    assert fp32.cache_key != bf16.cache_key
+    assert open_features(bf16.path).meta["precision"] == "bf16"
+    a, b = open_features(fp32.path)["test"].X, open_features(bf16.path)["test"].X
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.98

@@ -1,0 +1,79 @@
+"""Heads: each fits and predicts on small real features; the torch head is a real sklearn estimator."""
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from conftest import needs_fashion
+from featx import FeatxError, open_features
+from featx.evaluate import evaluate
+from featx.heads import HEADS, make_head, parse_params
+from featx.torch_head import TorchLinearClassifier
+
+
+@needs_fashion
+@pytest.mark.parametrize("name", list(HEADS))
+def test_each_head_learns_fashion_mnist_from_real_features(name, fashion_cache, tmp_path):
+    fs = open_features(fashion_cache)
+    # 100 training rows: fewer Nystroem landmarks than rows
+    head = make_head(name, {"kmap__n_components": 64} if name == "rbf-svm" else None)
+    assert head.fit(fs["train"].X, fs["train"].y) is head
+    m = evaluate(head, fs["test"].X, fs["test"].y)
+    # 10 classes, 100 training images: chance is 0.10; every head must be far above it.
+    assert m["top1"] > 0.5, m
+    assert m["top5"] >= m["top1"] and 0 < m["mean_per_class"] <= 1 and 0 < m["macro_f1"] <= 1
+    # A saved head predicts the same after loading.
+    joblib.dump(head, tmp_path / "h.joblib")
+    again = joblib.load(tmp_path / "h.joblib")
+    np.testing.assert_array_equal(again.predict(fs["val"].X), head.predict(fs["val"].X))
+
+
+def test_param_overrides_reach_the_classifier_step():
+    head = make_head("svm", parse_params(["C=0.5", "class_weight=balanced", "scale__with_mean=False"]))
+    assert head.named_steps["clf"].C == 0.5
+    assert head.named_steps["clf"].class_weight == "balanced"
+    assert head.named_steps["scale"].with_mean is False
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"gamma": 1}, "head svm has no parameter 'gamma'"),
+    ({"nosuch__x": 1}, "has no parameter 'nosuch__x'"),
+])
+def test_unknown_parameter_is_one_clear_error(params, message):
+    with pytest.raises(FeatxError, match=message):
+        make_head("svm", params)
+
+
+def test_unknown_head_and_malformed_param():
+    with pytest.raises(FeatxError, match="unknown head 'mlp'.*logreg"):
+        make_head("mlp")
+    with pytest.raises(FeatxError, match="not NAME=VALUE"):
+        parse_params(["C"])
+    assert parse_params(["C=1e-3", "k=5", "metric=cosine", "flag=True"]) == {
+        "C": 1e-3, "k": 5, "metric": "cosine", "flag": True}
+
+
+@parametrize_with_checks([TorchLinearClassifier(lr=0.05, epochs=40, batch_size=32)])
+def test_torch_linear_passes_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_torch_linear_clones_grid_searches_and_separates_classes():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 16)) * 3
+    y = np.repeat(np.arange(4), 40)
+    X = (centers[y] + rng.normal(size=(160, 16))).astype(np.float32)
+    est = TorchLinearClassifier(epochs=20, batch_size=32)
+    assert clone(est).get_params() == est.get_params()
+    search = GridSearchCV(est, {"lr": [1e-3, 1e-2]}, cv=2).fit(X, y)
+    assert search.best_score_ > 0.9
+    proba = search.best_estimator_.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert search.best_estimator_.coef_.shape == (4, 16)
+    # Deterministic for a fixed random_state.
+    a = TorchLinearClassifier(epochs=3).fit(X, y).coef_
+    b = TorchLinearClassifier(epochs=3).fit(X, y).coef_
+    np.testing.assert_array_equal(a, b)
