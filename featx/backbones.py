@@ -24,6 +24,7 @@ import importlib.util
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -93,15 +94,15 @@ class Backbone:
 
 @dataclass(frozen=True)
 class BackboneInfo:
-    """One row of ``featx backbones``."""
+    """One row of ``featx backbones``: a model with one of its weights."""
 
     name: str
-    weights: tuple[str, ...]
-    default: str
+    weights: str
+    is_default: bool
     feature_dim: int
     params: int | None
     top1: float | None
-    offline: tuple[str, ...]
+    offline: bool
 
 
 class RGBTransform:
@@ -307,25 +308,45 @@ def load_backbone(spec: str, weights: str | None = None, *, device: str | torch.
     )
 
 
-def list_backbones() -> list[BackboneInfo]:
-    """Every torchvision classification model with its weights (built on the meta device)."""
+def _embedding_dim(name: str) -> int:
+    """Embedding size of a model, read off its architecture (0 if it has no linear classifier)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # googlenet/inception init notices
+        try:
+            with torch.device("meta"):  # no memory, no init time
+                model = tvm.get_model(name, weights=None)
+        except (NotImplementedError, RuntimeError):  # e.g. RegNet computes widths from tensor data
+            model = tvm.get_model(name, weights=None)
+    if not any(isinstance(m, nn.Linear) for m in model.modules()):
+        return 0
+    return _strip_classifier(model)
+
+
+def list_backbones(*, offline_only: bool = False) -> list[BackboneInfo]:
+    """Every torchvision classification model and weights, with embedding size and accuracy.
+
+    Args:
+        offline_only: only weights whose file is available without a download.
+    """
     rows = []
     for name in _classification_models():
         enum = tvm.get_model_weights(name)
-        with torch.device("meta"):
-            model = tvm.get_model(name, weights=None)
-        dim = _strip_classifier(model) if any(isinstance(m, nn.Linear) for m in model.modules()) else 0
-        default = enum.DEFAULT
-        have = tuple(w.name for w in enum if weights_file(w).is_file() or _embedded_copy(weights_file(w).name))
-        rows.append(
-            BackboneInfo(
-                name=name,
-                weights=tuple(w.name for w in enum),
-                default=default.name,
-                feature_dim=dim,
-                params=default.meta.get("num_params"),
-                top1=default.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1"),
-                offline=have,
+        have = {w.name for w in enum if weights_file(w).is_file() or _embedded_copy(weights_file(w).name)}
+        if offline_only and not have:
+            continue
+        dim = _embedding_dim(name)
+        for w in enum:
+            if offline_only and w.name not in have:
+                continue
+            rows.append(
+                BackboneInfo(
+                    name=name,
+                    weights=w.name,
+                    is_default=w is enum.DEFAULT,
+                    feature_dim=dim,
+                    params=w.meta.get("num_params"),
+                    top1=w.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1"),
+                    offline=w.name in have,
+                )
             )
-        )
     return rows

@@ -282,30 +282,32 @@ def info(cache, as_json):
 
 
 @main.command()
-@click.option("--all", "show_all", is_flag=True, help="Also list models without weights available offline.")
+@click.option("--all", "show_all", is_flag=True, help="Also list weights that would need a download.")
 def backbones(show_all):
-    """List torchvision backbones: weights, embedding size, parameters, ImageNet top-1, offline availability."""
+    """List torchvision backbones and weights: embedding size, parameters, ImageNet top-1, offline or not.
+
+    Use a row as `--backbone NAME --weights WEIGHTS` (or `--backbone NAME:WEIGHTS`).
+    """
     from .backbones import list_backbones
 
-    click.echo(f"{'name':<22} {'dim':>5} {'params':>8} {'top1':>6}  {'default weights':<18} offline weights")
-    for row in list_backbones():
-        if not (show_all or row.offline):
-            continue
+    click.echo(f"{'name':<22} {'weights':<26} {'dim':>5} {'params':>8} {'top1':>6}  offline")
+    for row in list_backbones(offline_only=not show_all):
         params = f"{row.params / 1e6:.1f}M" if row.params else "-"
         top1 = f"{row.top1:.1f}" if row.top1 else "-"
-        click.echo(f"{row.name:<22} {row.feature_dim:>5} {params:>8} {top1:>6}  {row.default:<18} "
-                   f"{', '.join(row.offline) or '-'}")
+        weights = row.weights + (" (default)" if row.is_default else "")
+        click.echo(f"{row.name:<22} {weights:<26} {row.feature_dim:>5} {params:>8} {top1:>6}  "
+                   f"{'yes' if row.offline else 'no (downloads on first use)'}")
     if not show_all:
-        click.echo("(models whose weights would need a download are hidden; --all shows every one)")
+        click.echo("(only weights available offline are listed; --all lists every torchvision backbone)")
 
 
 @main.command()
 def heads():
-    """List the heads and their default parameters."""
+    """List the heads, what each is, and its main parameters with their defaults."""
     from .heads import HEADS, head_params
 
     for spec in HEADS.values():
         params = head_params(spec.build())
-        shown = {k: v for k, v in params.items() if "__" not in k}
         click.echo(f"{spec.name:<13} {spec.description}")
-        click.echo(f"{'':<13} defaults: {', '.join(f'{k}={v!r}' for k, v in sorted(shown.items()))}")
+        click.echo(f"{'':<13} {', '.join(f'{k}={params[k]!r}' for k in spec.key_params)}")
+    click.echo("Override any parameter with `featx fit --param NAME=VALUE` (other steps: STEP__NAME=VALUE).")

@@ -45,6 +45,8 @@ class HeadSpec:
     name: str
     build: Callable[[], Pipeline]
     description: str
+    #: the parameters worth tuning, shown by ``featx heads``
+    key_params: tuple[str, ...] = ()
 
 
 def _logreg() -> Pipeline:
@@ -77,11 +79,16 @@ def _torch_linear() -> Pipeline:
 HEADS: dict[str, HeadSpec] = {
     spec.name: spec
     for spec in (
-        HeadSpec("logreg", _logreg, "multinomial logistic regression (L-BFGS), standardised features"),
-        HeadSpec("svm", _svm, "linear SVM (LinearSVC, primal solver), standardised features"),
-        HeadSpec("rbf-svm", _rbf_svm, "RBF-kernel SVM via a 2048-landmark Nystroem map + linear SVM"),
-        HeadSpec("knn", _knn, "k-nearest neighbours, cosine similarity, distance-weighted votes"),
-        HeadSpec("torch-linear", _torch_linear, "linear layer trained with AdamW in torch (CPU or CUDA)"),
+        HeadSpec("logreg", _logreg, "multinomial logistic regression (L-BFGS), standardised features",
+                 ("C", "max_iter", "class_weight")),
+        HeadSpec("svm", _svm, "linear SVM (LinearSVC, primal solver), standardised features",
+                 ("C", "class_weight")),
+        HeadSpec("rbf-svm", _rbf_svm, "RBF-kernel SVM via a 2048-landmark Nystroem map + linear SVM",
+                 ("C", "kmap__gamma", "kmap__n_components", "class_weight")),
+        HeadSpec("knn", _knn, "k-nearest neighbours, cosine similarity, distance-weighted votes",
+                 ("n_neighbors", "weights")),
+        HeadSpec("torch-linear", _torch_linear, "linear layer trained with AdamW in torch (CPU or CUDA)",
+                 ("lr", "weight_decay", "epochs", "batch_size", "device")),
     )
 }
 
@@ -116,7 +123,22 @@ def make_head(name: str, params: dict | None = None) -> Pipeline:
                 raise FeatxError(f"head {name} has no parameter {key!r} (it has: {', '.join(options)})")
             full[target] = value
         head.set_params(**full)
+        _validate(name, head)
     return head
+
+
+def _validate(name: str, head: Pipeline) -> None:
+    """Check types and ranges now, before any data is loaded (sklearn would at ``fit``)."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    for _, step in head.steps:
+        check = getattr(step, "_validate_params", None)  # sklearn's own constraint check
+        if check is None:
+            continue
+        try:
+            check()
+        except InvalidParameterError as exc:
+            raise FeatxError(f"head {name}: {exc}") from None
 
 
 def head_params(head: Pipeline) -> dict:

