@@ -215,7 +215,10 @@ def fit(cache, pipeline, head_name, params, out):
         if split in fs:
             view = fs[split]
             metrics[split] = evaluate(head, view.X, view.y)
-    click.echo(f"{head_name}: fit {fit_s:.1f} s; params {head_params(head)}")
+    from .heads import HEADS
+
+    shown = {k: v for k, v in head_params(head).items() if k in HEADS[head_name].key_params}
+    click.echo(f"{head_name}: fit {fit_s:.1f} s; {', '.join(f'{k}={v!r}' for k, v in shown.items())}")
     click.echo(f"{'split':<6} {'n':>6} " + " ".join(f"{m:>14}" for m in METRICS))
     for split, m in metrics.items():
         if m:

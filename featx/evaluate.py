@@ -18,11 +18,8 @@ METRICS = {
 
 def scores(head, X) -> np.ndarray:
     """Class scores for ranking: probabilities when the head has them, else decision values."""
-    if hasattr(head, "predict_proba"):
-        try:
-            return head.predict_proba(X)
-        except AttributeError:  # e.g. a Pipeline whose last step lacks predict_proba
-            pass
+    if hasattr(head, "predict_proba"):  # a Pipeline has it only when its last step does
+        return head.predict_proba(X)
     return head.decision_function(X)
 
 

@@ -33,9 +33,11 @@ def test_each_head_learns_fashion_mnist_from_real_features(name, fashion_cache, 
 
 def test_param_overrides_reach_the_classifier_step():
     head = make_head("svm", parse_params(["C=0.5", "class_weight=balanced", "scale__with_mean=False"]))
-    assert head.named_steps["clf"].C == 0.5
-    assert head.named_steps["clf"].class_weight == "balanced"
-    assert head.named_steps["scale"].with_mean is False
+    p = head.get_params()
+    assert p["clf__estimator__C"] == 0.5 and p["clf__estimator__class_weight"] == "balanced"
+    assert p["scale__with_mean"] is False
+    assert make_head("logreg", {"C": 2.0}).get_params()["clf__C"] == 2.0
+    assert make_head("svm", {"clf__estimator__C": 3.0}).get_params()["clf__estimator__C"] == 3.0
 
 
 @pytest.mark.parametrize("params,message", [
