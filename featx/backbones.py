@@ -17,6 +17,7 @@ sha256 is checked against the hash prefix in torchvision's file name and recorde
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import hashlib
 import importlib.resources
@@ -58,6 +59,11 @@ EMBEDDED_WEIGHTS = {
     ),
 }
 
+#: Backbones that are not torchvision models: name -> what it is (see featx/timm_backbones.py).
+EXTRA_BACKBONES = {
+    "efficientnet_lite0": "ImageNet EfficientNet-Lite0 (timm tf_efficientnet_lite0 architecture, embedded weights)",
+}
+
 #: Environment variable that forbids any download (also set by ``--offline``).
 OFFLINE_ENV = "FEATX_OFFLINE"
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
@@ -80,6 +86,7 @@ class Backbone:
         feature_dim: embedding size.
         weights_sha256: sha256 of the weight file, ``None`` for random init.
         meta: the weights' metadata (ImageNet accuracy, parameter count, ...).
+        layer: the intermediate node the embedding comes from, ``None`` = penultimate.
     """
 
     name: str
@@ -90,6 +97,7 @@ class Backbone:
     feature_dim: int
     weights_sha256: str | None
     meta: dict = field(default_factory=dict)
+    layer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,9 @@ def _classification_models() -> list[str]:
 def _resolve_weights(name: str, weights: str | None):
     """The weights enum member for ``weights`` (``None``/``DEFAULT`` = torchvision's default)."""
     if name not in _classification_models():
-        raise FeatxError(f"unknown backbone {name!r}; `featx backbones` lists the available ones")
+        close = difflib.get_close_matches(name, [*_classification_models(), *EXTRA_BACKBONES], n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise FeatxError(f"unknown backbone {name!r}; {hint}`featx backbones --all` lists them")
     if weights is not None and weights.lower() == "none":
         return None
     enum = tvm.get_model_weights(name)
@@ -138,8 +148,12 @@ def _resolve_weights(name: str, weights: str | None):
     try:
         return enum[key] if key != "DEFAULT" else enum.DEFAULT
     except KeyError:
-        known = ", ".join(w.name for w in enum)
-        raise FeatxError(f"backbone {name} has no weights {weights!r} (it has: {known}, none)") from None
+        known = [w.name for w in enum]
+        close = difflib.get_close_matches(key, known, n=2, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise FeatxError(
+            f"backbone {name} has no weights {weights!r}; {hint}it has: {', '.join(known)}, none, or a .pth file"
+        ) from None
 
 
 def weights_file(weights) -> Path:
@@ -228,16 +242,25 @@ def _weights_only_loads():
         _api.load_state_dict_from_url = original
 
 
-def _strip_classifier(model: nn.Module) -> int:
-    """Replace the last ``nn.Linear`` with ``nn.Identity``; return its ``in_features``."""
+def _strip_classifier(model: nn.Module) -> tuple[str, int]:
+    """Replace the last ``nn.Linear`` with ``nn.Identity``; return its name and ``in_features``.
+
+    The embedding is then the classifier's input: global-pooled features (CNNs), the class token (ViT).
+    """
     last = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             last = (name, module)
     if last is None:
-        raise FeatxError(f"{type(model).__name__} has no linear classifier to take embeddings before")
+        # SqueezeNet: the classifier is a 1x1 convolution then pooling; embed = pooled input of it.
+        head = getattr(model, "classifier", None)
+        convs = [m for m in head.modules() if isinstance(m, nn.Conv2d)] if isinstance(head, nn.Module) else []
+        if not convs:
+            raise FeatxError(f"{type(model).__name__} has no classifier layer to take embeddings before")
+        model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        return "classifier", convs[-1].in_channels
     model.set_submodule(last[0], nn.Identity())
-    return last[1].in_features
+    return last[0], last[1].in_features
 
 
 def _preset(weights) -> ImageClassification:
@@ -266,46 +289,158 @@ def preprocess_record(preset: ImageClassification) -> dict:
     }
 
 
-def load_backbone(spec: str, weights: str | None = None, *, device: str | torch.device = "cpu") -> Backbone:
-    """Build a frozen backbone.
+def _is_file_spec(weights: str | None) -> bool:
+    return bool(weights) and (weights.endswith((".pth", ".pt", ".bin")) or os.sep in weights)
 
-    Args:
-        spec: torchvision model name, optionally ``name:WEIGHTS``.
-        weights: weights enum member name (``IMAGENET1K_V1``), ``DEFAULT``/``None`` for
-            torchvision's default, or ``"none"`` for random init (seeded, for tests).
-        device: where the model lives.
-    """
-    name, weights_name = parse_backbone(spec, weights)
-    w = _resolve_weights(name, weights_name)
-    sha = None
+
+def _load_state_file(path: str | os.PathLike) -> tuple[dict, str]:
+    """A local state dict, loaded with ``weights_only=True``; and the file's sha256."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatxError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, zip errors, refused globals
+        raise FeatxError(f"weights file {path} is not a plain state dict (weights_only=True): {exc}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # common checkpoint wrapper
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise FeatxError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
+    return state, file_sha256(path)
+
+
+def _load_into(model: nn.Module, state: dict, where: str, drop_prefix: str | None = None) -> None:
+    if drop_prefix:
+        state = {k: v for k, v in state.items() if not k.startswith(drop_prefix + ".")}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise FeatxError(f"weights {where} do not fit {type(model).__name__}: {detail}") from None
+    if missing or unexpected:
+        raise FeatxError(
+            f"weights {where} do not fit {type(model).__name__}: {len(missing)} missing keys"
+            f"{' (e.g. ' + missing[0] + ')' if missing else ''}, {len(unexpected)} unexpected"
+            f"{' (e.g. ' + unexpected[0] + ')' if unexpected else ''}"
+        )
+
+
+def _torchvision(name: str, weights: str | None):
+    """(model without classifier, dim, preset, weights label, sha256, meta) of a torchvision model."""
+    if _is_file_spec(weights):
+        _resolve_weights(name, None)  # validates the name
+        state, sha = _load_state_file(weights)
+        model = tvm.get_model(name, weights=None)
+        classifier, dim = _strip_classifier(model)
+        _load_into(model, state, str(weights), drop_prefix=classifier)
+        return model, dim, _preset(tvm.get_model_weights(name).DEFAULT), f"file:{Path(weights).name}", sha, {}
+    w = _resolve_weights(name, weights)
+    sha, meta = None, {}
     if w is not None:
         sha = _check_hash(ensure_weights(w))
         with _weights_only_loads():
             model = tvm.get_model(name, weights=w)
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = tvm.get_model(name, weights=None)
-    dim = _strip_classifier(model)
-    model.eval().requires_grad_(False).to(device)
-    preset = _preset(w)
-    meta = {}
-    if w is not None:
         meta = {
             "num_params": w.meta.get("num_params"),
             "imagenet_top1": w.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1"),
             "url": w.url,
         }
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = tvm.get_model(name, weights=None)
+    dim = _strip_classifier(model)[1]
+    return model, dim, _preset(w), w.name if w is not None else "none", sha, meta
+
+
+class _PooledLayer(nn.Module):
+    """Output of one intermediate node, global-average-pooled (over H, W; or over tokens)."""
+
+    def __init__(self, model: nn.Module, layer: str):
+        super().__init__()
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        self.body = create_feature_extractor(model, return_nodes={layer: "out"})
+
+    def forward(self, x):
+        y = self.body(x)["out"]
+        if y.ndim == 4:
+            return y.mean(dim=(2, 3))
+        if y.ndim == 3:
+            return y.mean(dim=1)
+        return y.flatten(1)
+
+
+def _at_layer(model: nn.Module, layer: str, preset) -> tuple[nn.Module, int]:
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    nodes = get_graph_node_names(model)[1]
+    modules = {name for name, _ in model.named_modules() if name}
+    if layer not in nodes and layer not in modules:  # a module name means that module's output
+        close = difflib.get_close_matches(layer, sorted(modules), n=3, cutoff=0.4)
+        raise FeatxError(
+            f"layer {layer!r} is not a module or node of this model; {'did you mean ' + ', '.join(close) + '? ' if close else ''}"
+            f"it has {len(nodes)}, e.g. {', '.join(nodes[-6:])}"
+        )
+    pooled = _PooledLayer(model, layer).eval()
+    crop = int(preset.crop_size[0])
+    with torch.inference_mode():
+        dim = pooled(torch.zeros(1, 3, crop, crop)).shape[1]
+    return pooled, int(dim)
+
+
+def load_backbone(spec: str, weights: str | None = None, *, device: str | torch.device = "cpu",
+                  layer: str | None = None) -> Backbone:
+    """Build a frozen backbone.
+
+    Args:
+        spec: a torchvision model name (optionally ``name:WEIGHTS``), ``efficientnet_lite0``
+            (embedded, needs timm) or ``timm:<name>`` (needs timm and the weights in the local
+            Hugging Face cache).
+        weights: weights enum member name (``IMAGENET1K_V1``), ``DEFAULT``/``None`` for the
+            default, ``"none"`` for random init (seeded), or a local ``.pth`` state dict
+            (loaded with ``weights_only=True``, preprocessed as the model's default weights).
+        device: where the model lives.
+        layer: an intermediate node (``torchvision.models.feature_extraction`` name) whose
+            output is global-average-pooled instead of the penultimate embedding.
+    """
+    if spec.startswith("timm:") or spec in EXTRA_BACKBONES:
+        from . import timm_backbones
+
+        name, weights_name = (spec, weights) if spec.startswith("timm:") else parse_backbone(spec, weights)
+        model, dim, preset, label, sha, meta = timm_backbones.load(name, weights_name)
+    else:
+        name, weights_name = parse_backbone(spec, weights)
+        model, dim, preset, label, sha, meta = _torchvision(name, weights_name)
+    model.eval().requires_grad_(False)
+    if layer:
+        model, dim = _at_layer(model, layer, preset)
+        model.requires_grad_(False)
     return Backbone(
-        name=name,
-        weights=w.name if w is not None else "none",
-        model=model,
+        name=name.replace(":", "-"),
+        weights=label,
+        model=model.to(device),
         transform=RGBTransform(preset),
         preprocess=preprocess_record(preset),
         feature_dim=dim,
         weights_sha256=sha,
         meta=meta,
+        layer=layer,
     )
+
+
+@contextlib.contextmanager
+def _skip_init():
+    """Build a model without initialising its weights (only its shapes are wanted)."""
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
 
 
 def _embedding_dim(name: str) -> int:
@@ -316,10 +451,9 @@ def _embedding_dim(name: str) -> int:
             with torch.device("meta"):  # no memory, no init time
                 model = tvm.get_model(name, weights=None)
         except (NotImplementedError, RuntimeError):  # e.g. RegNet computes widths from tensor data
-            model = tvm.get_model(name, weights=None)
-    if not any(isinstance(m, nn.Linear) for m in model.modules()):
-        return 0
-    return _strip_classifier(model)
+            with _skip_init():
+                model = tvm.get_model(name, weights=None)
+    return _strip_classifier(model)[1]
 
 
 def list_backbones(*, offline_only: bool = False) -> list[BackboneInfo]:
@@ -349,4 +483,20 @@ def list_backbones(*, offline_only: bool = False) -> list[BackboneInfo]:
                     offline=w.name in have,
                 )
             )
+    rows.extend(_extra_rows())
     return rows
+
+
+def _extra_rows() -> list[BackboneInfo]:
+    """The embedded EfficientNet-Lite0 (listed when timm is installed)."""
+    if importlib.util.find_spec("timm") is None:
+        return []
+    from . import timm_backbones
+
+    try:
+        timm_backbones.lite0_weights_file()
+        have = True
+    except FeatxError:
+        have = False
+    return [BackboneInfo(name="efficientnet_lite0", weights="IMAGENET1K", is_default=True, feature_dim=1280,
+                         params=4_652_008, top1=75.1, offline=have)]

@@ -72,7 +72,7 @@ def _source_and_backbone(exp, *, device: str = "cpu"):
     source = make_source(exp.data, root=exp.root, download=exp.download, val_fraction=exp.val_fraction,
                          test_fraction=exp.test_fraction, seed=exp.seed, limit=exp.limit)
     source.splits()
-    backbone = load_backbone(exp.backbone, exp.weights, device=device)
+    backbone = load_backbone(exp.backbone, exp.weights, device=device, layer=exp.layer)
     return source, backbone
 
 
@@ -101,15 +101,25 @@ _pipeline_option = click.option(
 
 @main.command()
 @_pipeline_option
-@click.option("--data", help="Source: torchvision:<Name> (e.g. torchvision:FashionMNIST) or an image folder.")
+@click.option("--data", help="Source: torchvision:<Name> (e.g. torchvision:FashionMNIST), an image folder "
+              "(root/<class>/* or root/{train,val,test}/<class>/*), a .csv manifest (path,label[,split]) or a "
+              "Stanford Dogs root (Images/ + lists/); the detected layout is reported.")
 @click.option("--root", help="Where torchvision datasets are stored or downloaded (default cache/datasets).")
+@click.option("--download/--no-download", default=None,
+              help="Let torchvision download a built-in dataset if it is missing (default: no).")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True),
-              help="Fraction of train carved out as a stratified validation split (default 0.1).")
+              help="Fraction carved out as a stratified validation split when the data has none (default 0.1).")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True),
+              help="Fraction carved out as a stratified test split when the data has none (default 0.1).")
 @click.option("--seed", type=int, help="Seed of the validation/test split (default 0).")
 @click.option("--limit", type=click.IntRange(min=0),
               help="Use only the first N items of each split (a quick trial; 0 = all, the default).")
-@click.option("--backbone", "-b", help="torchvision model name, optionally name:WEIGHTS (default mobilenet_v2).")
-@click.option("--weights", "-w", help="Weights enum member (IMAGENET1K_V1), DEFAULT, or none for random init.")
+@click.option("--backbone", "-b", help="torchvision model name, optionally name:WEIGHTS (default mobilenet_v2); "
+              "efficientnet_lite0 (embedded); or timm:<name> (weights from the local Hugging Face cache).")
+@click.option("--weights", "-w", help="Weights enum member (IMAGENET1K_V1), DEFAULT, none for random init, or a "
+              "local .pth state dict (loaded with weights_only=True, preprocessed as the default weights).")
+@click.option("--layer", help="Take the embedding from this intermediate node (torchvision feature_extraction "
+              "name, e.g. features.14), global-average-pooled, instead of the penultimate layer.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False),
               help="Cache file to write (default <cache-dir>/<dataset>/<backbone>-<key>.h5).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Folder of caches (default cache).")
@@ -123,7 +133,7 @@ _pipeline_option = click.option(
               help="Run the backbone in channels_last memory format (default on; same features within fp32 rounding).")
 @click.option("--offline", is_flag=True, help="Never download weights or data; fail with what to fetch instead.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def extract(pipeline, data, root, val_fraction, seed, limit, backbone, weights, out, cache_dir, batch_size, workers,
+def extract(pipeline, data, root, download, val_fraction, test_fraction, seed, limit, backbone, weights, layer, out, cache_dir, batch_size, workers,
             device, precision, channels_last, offline, no_progress):
     """Run a frozen backbone over a dataset once and write its embeddings to an HDF5 cache.
 
@@ -134,12 +144,17 @@ def extract(pipeline, data, root, val_fraction, seed, limit, backbone, weights, 
 
     if offline:
         os.environ[OFFLINE_ENV] = "1"
-    exp = _experiment(pipeline, data=data, root=root, val_fraction=val_fraction, seed=seed, limit=limit,
+    exp = _experiment(pipeline, data=data, root=root, download=download, val_fraction=val_fraction,
+                      test_fraction=test_fraction, seed=seed, limit=limit,
                       backbone=backbone,
-                      weights=weights, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
+                      weights=weights, layer=layer, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
                       precision=precision, channels_last=channels_last)
     _check_device(exp.device)
     source, bb = _source_and_backbone(exp, device=exp.device)
+    from .sources import layout_of
+
+    sizes = ", ".join(f"{s} {len(items)}" for s, items in source.splits().items())
+    click.echo(f"data: {layout_of(source)}, {len(source.classes)} classes; {sizes}", err=True)
     result = run_extract(
         source, bb, out=out, cache_dir=exp.cache_dir, batch_size=exp.batch_size,
         workers=None if exp.workers < 0 else exp.workers, device=exp.device, precision=exp.precision,
@@ -273,7 +288,8 @@ def info(cache, as_json):
     click.echo(f"complete       {'yes' if m.get('complete') else 'no (unfinished; the next extraction resumes it)'}")
     click.echo(f"schema         {m.get('schema_version')} (written by featx {m.get('featx_version')}, {m.get('created')})")
     click.echo(f"cache key      {m.get('cache_key')}")
-    click.echo(f"backbone       {m.get('backbone')} weights {m.get('weights')} ({m.get('feature_dim')}-d, {m.get('precision')})")
+    click.echo(f"backbone       {m.get('backbone')} weights {m.get('weights')} ({m.get('feature_dim')}-d, "
+               f"{m.get('layer', 'penultimate')} layer, {m.get('precision')})")
     click.echo(f"weights sha256 {m.get('weights_sha256') or '-'}")
     click.echo(f"transform      {json.dumps(m.get('transform'))}")
     click.echo(f"source         {json.dumps(m.get('source'))}")

@@ -54,6 +54,8 @@ def cache_key(source: Source, backbone: Backbone, precision: str) -> str:
         "transform": backbone.preprocess,
         "precision": precision,
     }
+    if backbone.layer:  # only when set, so that penultimate-layer keys stay as they were
+        record["layer"] = backbone.layer
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -153,6 +155,7 @@ def extract(
         "source": source.describe(),
         "precision": precision,
         "memory_format": "channels_last" if channels_last else "contiguous",
+        "layer": backbone.layer or "penultimate",
     }
     writer = FeatureWriter(path, attrs=attrs, classes=source.classes,
                            split_sizes={s: len(i) for s, i in splits.items()}, feature_dim=backbone.feature_dim)

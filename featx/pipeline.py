@@ -3,9 +3,9 @@
 A pipeline file has these tables (every key optional; defaults shown)::
 
     [source]
-    data = "torchvision:FashionMNIST"   # or a directory (ImageFolder tree)
+    data = "torchvision:FashionMNIST"   # or a folder, a .csv manifest, a Stanford Dogs root
     root = "cache/datasets"             # where torchvision datasets are stored
-    download = true                     # let torchvision download when online
+    download = false                    # let torchvision download the dataset (online)
     val_fraction = 0.1                  # stratified validation split carved from train
     test_fraction = 0.1                 # only for folders without a test split
     seed = 0
@@ -13,7 +13,8 @@ A pipeline file has these tables (every key optional; defaults shown)::
 
     [backbone]
     name = "mobilenet_v2"
-    weights = "IMAGENET1K_V1"           # torchvision weights enum member, DEFAULT, or none
+    weights = "IMAGENET1K_V1"           # torchvision weights enum member, DEFAULT, none, or a .pth file
+    layer = "features.14"               # optional: an intermediate node, global-average-pooled
 
     [extract]
     batch_size = 16
@@ -48,7 +49,7 @@ class Experiment:
     # [source]
     data: str = "torchvision:FashionMNIST"
     root: str = "cache/datasets"
-    download: bool = True
+    download: bool = False
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
@@ -56,6 +57,7 @@ class Experiment:
     # [backbone]
     backbone: str = "mobilenet_v2"
     weights: str | None = None
+    layer: str | None = None
     # [extract]
     batch_size: int = 16
     workers: int = -1
@@ -71,7 +73,7 @@ class Experiment:
 #: table -> {key in the file: attribute of Experiment}
 SECTIONS = {
     "source": {k: k for k in ("data", "root", "download", "val_fraction", "test_fraction", "seed", "limit")},
-    "backbone": {"name": "backbone", "weights": "weights"},
+    "backbone": {"name": "backbone", "weights": "weights", "layer": "layer"},
     "extract": {k: k for k in ("batch_size", "workers", "device", "precision", "channels_last")},
     "cache": {"dir": "cache_dir"},
 }

@@ -17,6 +17,8 @@ On the command line and in pipeline files a source is one string (see :func:`mak
 
 from __future__ import annotations
 
+import csv
+import difflib
 import gzip
 import hashlib
 import json
@@ -47,7 +49,23 @@ OFFLINE_DATA = {
     "MNIST": ("/usr/share/datasets/mnist", "dataset-mnist"),
 }
 #: torchvision built-ins whose constructor takes ``train=True/False``.
-TRAIN_FLAG_DATASETS = ("FashionMNIST", "MNIST", "KMNIST", "CIFAR10", "CIFAR100")
+TRAIN_FLAG_DATASETS = ("FashionMNIST", "MNIST", "KMNIST", "QMNIST", "CIFAR10", "CIFAR100")
+#: torchvision built-ins with ``split=``: featx's split -> theirs (official splits only).
+SPLIT_ARG_DATASETS = {
+    "STL10": {"train": "train", "test": "test"},
+    "SVHN": {"train": "train", "test": "test"},
+    "Flowers102": {"train": "train", "val": "val", "test": "test"},
+    "OxfordIIITPet": {"train": "trainval", "test": "test"},
+    "DTD": {"train": "train", "val": "val", "test": "test"},
+    "Food101": {"train": "train", "test": "test"},
+    "StanfordCars": {"train": "train", "test": "test"},
+    "FGVCAircraft": {"train": "train", "val": "val", "test": "test"},
+    "Country211": {"train": "train", "val": "valid", "test": "test"},
+    "GTSRB": {"train": "train", "test": "test"},
+    "PCAM": {"train": "train", "val": "val", "test": "test"},
+}
+#: torchvision built-ins without official splits: val and test are carved, stratified.
+NO_SPLIT_DATASETS = ("EuroSAT", "Caltech101", "Caltech256")
 SPLIT_DIRS = ("train", "val", "test")
 
 
@@ -131,25 +149,38 @@ class Source(ABC):
 
 
 class TorchvisionSource(Source):
-    """A torchvision built-in dataset with official train/test splits; val carved from train."""
+    """A torchvision built-in dataset with its official splits; val carved from train when it has none.
 
-    def __init__(self, dataset: str, *, root: str | os.PathLike, download: bool = True,
-                 val_fraction: float = 0.1, seed: int = 0, limit: int = 0):
+    Datasets with ``train=True/False`` (:data:`TRAIN_FLAG_DATASETS`), with ``split=...``
+    (:data:`SPLIT_ARG_DATASETS`), or with no split at all (:data:`NO_SPLIT_DATASETS`: val and
+    test are carved, stratified). Item ids are ``<official split>/<index>``.
+    """
+
+    def __init__(self, dataset: str, *, root: str | os.PathLike, download: bool = False,
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, limit: int = 0):
         import torchvision.datasets as tvd
 
-        if dataset not in TRAIN_FLAG_DATASETS or not hasattr(tvd, dataset):
-            raise FeatxError(
-                f"torchvision dataset {dataset!r} is not supported; supported: {', '.join(TRAIN_FLAG_DATASETS)}"
-            )
+        if dataset in TRAIN_FLAG_DATASETS:
+            self._layout = {"train": {"train": True}, "test": {"train": False}}
+        elif dataset in SPLIT_ARG_DATASETS:
+            self._layout = {ours: {"split": theirs} for ours, theirs in SPLIT_ARG_DATASETS[dataset].items()}
+        elif dataset in NO_SPLIT_DATASETS:
+            self._layout = {"train": {}}
+        else:
+            supported = sorted([*TRAIN_FLAG_DATASETS, *SPLIT_ARG_DATASETS, *NO_SPLIT_DATASETS])
+            close = difflib.get_close_matches(dataset, supported, n=3)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise FeatxError(f"torchvision dataset {dataset!r} is not supported; {hint}supported: {', '.join(supported)}")
         self.dataset = dataset
         self.root = Path(root)
         self.download = download
         self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
         self.seed = seed
         self.limit = limit
         self.name = dataset.lower()
         self._cls = getattr(tvd, dataset)
-        self._data: dict[bool, object] = {}
+        self._data: dict[str, object] = {}
         self._splits: dict[str, SplitItems] | None = None
 
     def _unpack_offline_copy(self) -> None:
@@ -173,59 +204,97 @@ class TorchvisionSource(Source):
                 shutil.copyfileobj(src, dst, 1 << 20)
             os.replace(tmp, target)
 
-    def _load(self, train: bool):
-        if train not in self._data:
+    def _load(self, split: str):
+        if split not in self._data:
             from . import backbones
 
             self._unpack_offline_copy()
             download = self.download and not backbones.offline()
             try:
-                self._data[train] = self._cls(str(self.root), train=train, download=download)
+                self._data[split] = self._cls(str(self.root), download=download, **self._layout[split])
             except Exception as exc:  # torchvision raises RuntimeError / URLError / OSError
-                where = self.root / self.dataset / "raw"
-                hint = ""
+                where = self.root / self.dataset / "raw" if self.dataset in TRAIN_FLAG_DATASETS else self.root
+                hint = "" if download else " (or allow torchvision's download: --download / download = true)"
                 if self.dataset in OFFLINE_DATA:
                     folder, pkg = OFFLINE_DATA[self.dataset]
-                    hint = f" (or `apt-get install {pkg}`, which puts them in {folder})"
+                    hint += f" (or `apt-get install {pkg}`, which puts them in {folder})"
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise FeatxError(
                     f"dataset {self.dataset} is not available in {where} ({first}): "
-                    f"fetch its raw files with torchvision's download (online) and put them there{hint}"
+                    f"fetch its files as torchvision's {self.dataset} expects them and put them there{hint}"
                 ) from exc
-        return self._data[train]
+        return self._data[split]
 
     def splits(self) -> dict[str, SplitItems]:
         if self._splits is None:
             found = {}
-            for split, train in (("train", True), ("test", False)):
-                ds = self._load(train)
-                labels = np.asarray(ds.targets, dtype=np.int64)
-                n = len(labels)
+            for split, kwargs in self._layout.items():
+                ds = self._load(split)
+                labels = _labels_of(ds, self.dataset)
+                official = kwargs.get("split", split)
                 found[split] = SplitItems(
-                    keys=[(train, i) for i in range(n)],
-                    ids=[f"{split}/{i}" for i in range(n)],
+                    keys=[(split, i) for i in range(len(labels))],
+                    ids=[f"{official}/{i}" for i in range(len(labels))],
                     labels=labels,
                 )
-            self.classes = list(self._load(True).classes)
-            self._splits = self._carve(found, val_fraction=self.val_fraction, test_fraction=0.0, seed=self.seed)
+            first = self._load("train")
+            names = getattr(first, "classes", None) or getattr(first, "categories", None)
+            n_classes = int(max(int(items.labels.max(initial=-1)) for items in found.values())) + 1
+            self.classes = [str(c) for c in names] if names else [str(i) for i in range(n_classes)]
+            self._splits = self._carve(found, val_fraction=self.val_fraction,
+                                       test_fraction=self.test_fraction if "test" not in found else 0.0,
+                                       seed=self.seed)
         return self._splits
 
     def open(self, key) -> Image.Image:
-        train, index = key
-        return self._load(train)[index][0]
+        split, index = key
+        return self._load(split)[index][0]
 
     def describe(self) -> dict:
-        return {
+        record = {
             "kind": "torchvision",
             "dataset": self.dataset,
             "val_fraction": self.val_fraction,
-            "val_from": "train",
+            "val_from": "official" if "val" in self._layout else "train",
             "seed": self.seed,
             "limit": self.limit,
         }
+        if "test" not in self._layout:
+            record["test_fraction"] = self.test_fraction
+        return record
 
 
-class ImageFolderSource(Source):
+def _labels_of(ds, name: str) -> np.ndarray:
+    """A torchvision dataset's labels without decoding its images."""
+    for attr in ("targets", "labels", "_labels", "y"):
+        if getattr(ds, attr, None) is not None:
+            return np.asarray(getattr(ds, attr), dtype=np.int64)
+    if hasattr(ds, "_samples"):
+        return np.asarray([s[1] for s in ds._samples], dtype=np.int64)
+    raise FeatxError(f"torchvision dataset {name}: cannot list its labels without decoding every image")
+
+
+class FileSource(Source):
+    """A source whose items are image files (``keys`` are paths)."""
+
+    def open(self, key) -> Image.Image:
+        img = Image.open(key)
+        img.load()
+        return img
+
+    def fingerprint(self) -> dict:
+        """Adds every file's size and modification time: an edited image changes the key."""
+        fp = super().fingerprint()
+        stats = []
+        for items in self.splits().values():
+            for key in items.keys:
+                st = os.stat(key)
+                stats.append((st.st_size, st.st_mtime_ns))
+        fp["files"] = _digest(stats)
+        return fp
+
+
+class ImageFolderSource(FileSource):
     """``root/<class>/*`` (split here) or ``root/{train,val,test}/<class>/*`` (split given)."""
 
     def __init__(self, root: str | os.PathLike, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
@@ -270,21 +339,6 @@ class ImageFolderSource(Source):
             )
         return self._splits
 
-    def open(self, key) -> Image.Image:
-        img = Image.open(key)
-        img.load()
-        return img
-
-    def fingerprint(self) -> dict:
-        fp = super().fingerprint()
-        stats = []
-        for items in self.splits().values():
-            for key in items.keys:
-                st = os.stat(key)
-                stats.append((st.st_size, st.st_mtime_ns))
-        fp["files"] = _digest(stats)
-        return fp
-
     def describe(self) -> dict:
         return {
             "kind": "imagefolder",
@@ -297,13 +351,174 @@ class ImageFolderSource(Source):
         }
 
 
-def make_source(data: str, *, root: str | os.PathLike = "cache/datasets", download: bool = True,
+def _require_files(where, paths) -> None:
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FeatxError(f"{where}: {len(missing)} listed file(s) do not exist, e.g. {missing[0]}")
+
+
+class ManifestSource(FileSource):
+    """A CSV manifest: ``path,label[,split]`` per row, paths relative to the manifest's folder.
+
+    A header row ``path,label[,split]`` is optional. An empty label or ``-1`` marks an
+    unlabelled row (label -1). ``split`` is ``train``, ``val`` or ``test``; when no row has a
+    split, val and test are carved from all rows as for a flat image folder. Class names are
+    the distinct labels, sorted (numerically when all are integers).
+    """
+
+    def __init__(self, manifest: str | os.PathLike, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                 seed: int = 0, limit: int = 0, allow_outside: bool = False):
+        self.manifest = Path(manifest)
+        self.val_fraction, self.test_fraction, self.seed, self.limit = val_fraction, test_fraction, seed, limit
+        self.allow_outside = allow_outside
+        self.name = self.manifest.stem.lower()
+        self._splits: dict[str, SplitItems] | None = None
+
+    def _rows(self) -> list[tuple[int, str, str, str]]:
+        try:
+            with open(self.manifest, newline="", encoding="utf-8") as f:
+                rows = [(n, row) for n, row in enumerate(csv.reader(f), 1) if row and any(c.strip() for c in row)]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise FeatxError(f"manifest {self.manifest} cannot be read: {exc}") from None
+        if rows and [c.strip().lower() for c in rows[0][1]] in (["path", "label"], ["path", "label", "split"]):
+            rows = rows[1:]
+        out = []
+        for n, row in rows:
+            if len(row) not in (2, 3):
+                raise FeatxError(f"{self.manifest}:{n}: expected path,label[,split], got {len(row)} fields")
+            path, label = row[0].strip(), row[1].strip()
+            split = row[2].strip().lower() if len(row) == 3 else ""
+            if not path:
+                raise FeatxError(f"{self.manifest}:{n}: empty path")
+            if split not in ("", *SPLIT_DIRS):
+                raise FeatxError(f"{self.manifest}:{n}: unknown split {row[2]!r} (use train, val or test)")
+            out.append((n, path, "" if label in ("", "-1") else label, split))
+        if not out:
+            raise FeatxError(f"manifest {self.manifest} lists no images")
+        return out
+
+    def splits(self) -> dict[str, SplitItems]:
+        if self._splits is not None:
+            return self._splits
+        rows = self._rows()
+        base = self.manifest.parent.resolve()
+        names = sorted({label for _, _, label, _ in rows if label})
+        if names and all(n.lstrip("-").isdigit() for n in names):
+            names.sort(key=int)
+        self.classes = names
+        index = {name: i for i, name in enumerate(names)}
+        with_split = {split for *_, split in rows}
+        if "" in with_split and len(with_split) > 1:
+            n = next(n for n, *_, split in rows if not split)
+            raise FeatxError(f"{self.manifest}:{n}: no split, but other rows have one; give every row a split or none")
+        grouped: dict[str, list] = {}
+        for n, path, label, split in rows:
+            full = (base / path).resolve()
+            if not self.allow_outside and not full.is_relative_to(base):
+                raise FeatxError(f"{self.manifest}:{n}: {path} is outside the manifest's folder {base}")
+            grouped.setdefault(split or "train", []).append((str(full), path, index.get(label, -1)))
+        _require_files(f"manifest {self.manifest}", [k for g in grouped.values() for k, _, _ in g])
+        found = {
+            split: SplitItems([k for k, _, _ in g], [i for _, i, _ in g], np.array([y for *_, y in g], dtype=np.int64))
+            for split, g in grouped.items()
+        }
+        if "train" not in found:
+            raise FeatxError(f"manifest {self.manifest} has no train rows")
+        self._splits = self._carve(found, val_fraction=self.val_fraction, test_fraction=self.test_fraction,
+                                   seed=self.seed)
+        return self._splits
+
+    def describe(self) -> dict:
+        return {
+            "kind": "manifest",
+            "manifest": str(self.manifest.resolve()),
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "seed": self.seed,
+            "limit": self.limit,
+        }
+
+
+class StanfordDogsSource(FileSource):
+    """Stanford Dogs in its official layout (Khosla et al. 2011).
+
+    ``Images/<wnid>-<breed>/*.jpg`` and ``lists/train_list.mat`` / ``lists/test_list.mat``
+    (``file_list`` relative to ``Images/``, ``labels`` 1..120 in the sorted order of the
+    breed folders). 12,000 train / 8,580 test images; val is carved from train. Class names are
+    the breeds (``Chihuahua``, ``Japanese_spaniel``, ...).
+    """
+
+    LISTS = {"train": "train_list.mat", "test": "test_list.mat"}
+
+    def __init__(self, root: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0, limit: int = 0):
+        self.root = Path(root)
+        self.val_fraction, self.seed, self.limit = val_fraction, seed, limit
+        self.name = "stanford_dogs"
+        self._splits: dict[str, SplitItems] | None = None
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return (root / "lists" / "train_list.mat").is_file() and (root / "Images").is_dir()
+
+    def splits(self) -> dict[str, SplitItems]:
+        if self._splits is not None:
+            return self._splits
+        from scipy.io import loadmat
+
+        folders = sorted(d.name for d in (self.root / "Images").iterdir() if d.is_dir())
+        self.classes = [f.split("-", 1)[1] if "-" in f else f for f in folders]
+        found = {}
+        for split, name in self.LISTS.items():
+            path = self.root / "lists" / name
+            try:
+                mat = loadmat(str(path))
+                files = [str(np.ravel(entry)[0]) if np.size(entry) else "" for entry in np.ravel(mat["file_list"])]
+                labels = np.ravel(mat["labels"]).astype(np.int64) - 1
+            except (OSError, KeyError, ValueError, TypeError, NotImplementedError) as exc:
+                raise FeatxError(f"Stanford Dogs list {path} cannot be read: {exc}") from None
+            if len(files) != len(labels):
+                raise FeatxError(f"Stanford Dogs list {path}: {len(files)} files but {len(labels)} labels")
+            for f, y in zip(files, labels):
+                if not 0 <= y < len(folders) or f.split("/", 1)[0] != folders[y]:
+                    raise FeatxError(f"Stanford Dogs list {path}: {f} is labelled {y + 1}, which is not its folder")
+            keys = [str(self.root / "Images" / f) for f in files]
+            _require_files(f"Stanford Dogs {split}", keys)
+            found[split] = SplitItems(keys, files, labels)
+        self._splits = self._carve(found, val_fraction=self.val_fraction, test_fraction=0.0, seed=self.seed)
+        return self._splits
+
+    def describe(self) -> dict:
+        return {"kind": "stanford_dogs", "root": str(self.root.resolve()), "val_fraction": self.val_fraction,
+                "val_from": "train", "seed": self.seed, "limit": self.limit}
+
+
+def make_source(data: str, *, root: str | os.PathLike = "cache/datasets", download: bool = False,
                 val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, limit: int = 0) -> Source:
-    """Turn a ``--data`` string into a source (see the module docstring)."""
+    """Turn a ``--data`` string into a source, detecting the layout.
+
+    ``torchvision:<Name>`` -> :class:`TorchvisionSource`; a ``.csv`` file -> :class:`ManifestSource`;
+    a directory with ``lists/train_list.mat`` and ``Images/`` -> :class:`StanfordDogsSource`;
+    any other directory -> :class:`ImageFolderSource`.
+    """
+    common = {"val_fraction": val_fraction, "seed": seed, "limit": limit}
     if data.startswith("torchvision:"):
-        return TorchvisionSource(data.split(":", 1)[1], root=root, download=download,
-                                 val_fraction=val_fraction, seed=seed, limit=limit)
-    if Path(data).is_dir():
-        return ImageFolderSource(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                                 limit=limit)
-    raise FeatxError(f"data {data!r} is neither an existing directory nor torchvision:<Name>")
+        return TorchvisionSource(data.split(":", 1)[1], root=root, download=download, test_fraction=test_fraction,
+                                 **common)
+    path = Path(data)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return ManifestSource(path, test_fraction=test_fraction, **common)
+    if path.is_dir():
+        if StanfordDogsSource.detect(path):
+            return StanfordDogsSource(path, **common)
+        return ImageFolderSource(path, test_fraction=test_fraction, **common)
+    raise FeatxError(f"data {data!r} is neither torchvision:<Name>, a .csv manifest nor an existing directory")
+
+
+#: layout names as reported by ``featx extract``
+def layout_of(source: Source) -> str:
+    """A short human description of the detected layout."""
+    kind = source.describe()["kind"]
+    if isinstance(source, ImageFolderSource):
+        return f"image folder ({source.describe()['layout']})"
+    return {"torchvision": f"torchvision built-in {getattr(source, 'dataset', '')}",
+            "manifest": "CSV manifest", "stanford_dogs": "Stanford Dogs (official layout)"}.get(kind, kind)

