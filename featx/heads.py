@@ -170,7 +170,7 @@ def _validate(name: str, head) -> None:
     estimators = [head, *(v for v in head.get_params(deep=True).values() if isinstance(v, BaseEstimator))]
     for est in estimators:
         check = getattr(est, "_validate_params", None)  # sklearn's own constraint check
-        if check is None:
+        if check is None or not hasattr(est, "_parameter_constraints"):
             continue
         try:
             check()

@@ -29,6 +29,9 @@ A pipeline file has these tables (every key optional; defaults shown)::
     [heads.svm]                         # parameter overrides per head
     C = 0.01
 
+    [grid.logreg]                       # search grids per head (featx grid), replacing the defaults
+    C = [0.001, 0.01, 0.1]
+
 Unknown tables, keys, and values of the wrong type are refused with one clear line.
 """
 
@@ -68,6 +71,8 @@ class Experiment:
     cache_dir: str = "cache"
     # [heads.<name>]
     heads: dict = field(default_factory=dict)
+    # [grid.<name>]
+    grids: dict = field(default_factory=dict)
 
 
 #: table -> {key in the file: attribute of Experiment}
@@ -102,18 +107,21 @@ def load_pipeline(path: str | Path) -> Experiment:
         raise FeatxError(f"pipeline file {path} is not valid TOML: {exc}") from None
     exp = Experiment(name=path.stem)
     for table, body in doc.items():
-        if table == "heads":
+        if table in ("heads", "grid"):
             if not isinstance(body, dict) or not all(isinstance(v, dict) for v in body.values()):
-                raise FeatxError(f"{path}: [heads] must hold one table per head, e.g. [heads.svm]")
+                raise FeatxError(f"{path}: [{table}] must hold one table per head, e.g. [{table}.svm]")
             from .heads import HEADS
 
             for head in body:
                 if head not in HEADS:
-                    raise FeatxError(f"{path}: [heads.{head}]: unknown head (choose from {', '.join(HEADS)})")
-            exp.heads = body
+                    raise FeatxError(f"{path}: [{table}.{head}]: unknown head (choose from {', '.join(HEADS)})")
+            if table == "heads":
+                exp.heads = body
+            else:
+                exp.grids = {h: {k: v if isinstance(v, list) else [v] for k, v in g.items()} for h, g in body.items()}
             continue
         if table not in SECTIONS:
-            raise FeatxError(f"{path}: unknown table [{table}] (known: {', '.join([*SECTIONS, 'heads'])})")
+            raise FeatxError(f"{path}: unknown table [{table}] (known: {', '.join([*SECTIONS, 'heads', 'grid'])})")
         if not isinstance(body, dict):
             raise FeatxError(f"{path}: {table} must be a table")
         for key, value in body.items():

@@ -8,9 +8,12 @@ cosine learning-rate decay. The learned weights are kept as numpy arrays (``coef
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -36,6 +39,15 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
         loss_curve_: mean training loss per epoch.
     """
 
+    _parameter_constraints = {
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [StrOptions({"cpu", "auto"}), str],
+        "random_state": [Interval(Integral, 0, None, closed="left"), None],
+    }
+
     def __init__(self, *, lr=1e-3, weight_decay=1e-4, epochs=30, batch_size=256, device="cpu",
                  random_state=0):
         self.lr = lr
@@ -51,6 +63,7 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
         return torch.device(self.device)
 
     def fit(self, X, y):
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         self.classes_, y_idx = np.unique(y, return_inverse=True)

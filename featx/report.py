@@ -1,0 +1,248 @@
+"""Grid-search reports: ``results.json`` for machines, ``report.md`` to read, ``report.html`` to share.
+
+The HTML file is self-contained: its plots (matplotlib, Agg backend) are embedded as base64 PNG.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FeatxError
+from .evaluate import METRICS
+
+__all__ = ["expected_calibration_error", "write_reports", "merge_results", "render_rows"]
+
+#: bins of the reliability diagram and of the expected calibration error (Guo et al. 2017).
+ECE_BINS = 15
+
+
+def expected_calibration_error(proba: np.ndarray, y: np.ndarray, classes: np.ndarray, bins: int = ECE_BINS):
+    """ECE and the per-bin (confidence, accuracy, count) of top-1 predictions."""
+    conf = proba.max(axis=1)
+    correct = classes[proba.argmax(axis=1)] == y
+    edges = np.linspace(0, 1, bins + 1)
+    rows, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            rows.append((float(conf[m].mean()), float(correct[m].mean()), int(m.sum())))
+            ece += m.mean() * abs(conf[m].mean() - correct[m].mean())
+    return float(ece), rows
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _params(p: dict) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in p.items()) or "-"
+
+
+def _summary_rows(results: dict) -> list[list[str]]:
+    rows = []
+    for h in results["heads"]:
+        t = h["test"]
+        rows.append([h["head"], _params(h["best_params"]), f"{h['val_score']:.4f}",
+                     *(f"{t.get(m, float('nan')):.4f}" for m in METRICS), f"{h['search_seconds']:.1f}"])
+    return rows
+
+
+SUMMARY_HEADER = ["head", "best params", "val score", *(f"test {m}" for m in METRICS), "search s"]
+
+
+def _md_table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _setup_lines(results: dict) -> list[str]:
+    sizes = ", ".join(f"{k} {v}" for k, v in results["sizes"].items())
+    return [
+        f"- pipeline: `{results['pipeline']}`",
+        f"- cache: `{results['cache']}` (key `{results['cache_key']}`)",
+        f"- backbone: {results['backbone']} weights {results['weights']} ({results['feature_dim']}-d, "
+        f"{results['precision']})",
+        f"- data: {len(results['classes'])} classes; {sizes}",
+        f"- selection: {results['selection']} on {results['metric']}; best point refitted on train+val; test once",
+        f"- featx {results['featx_version']}, {results['created']}, total {results['total_seconds']:.1f} s",
+    ]
+
+
+def _markdown(results: dict) -> str:
+    parts = [f"# featx grid report: {results['pipeline']}", "", *_setup_lines(results), "",
+             "## Summary", "", _md_table(SUMMARY_HEADER, _summary_rows(results)), ""]
+    for h in results["heads"]:
+        keys = list(h["grid"])
+        parts += [f"## {h['head']}: sweep ({len(h['sweep'])} points, {h['selection']})", ""]
+        rows = [[*(_fmt(r["params"].get(k)) for k in keys), f"{r['score']:.4f}", f"{r['fit_seconds']:.2f}"]
+                for r in h["sweep"]]
+        parts += [_md_table([*keys, results["metric"], "fit s"], rows), ""]
+    for head, curve in results.get("few_shot", {}).items():
+        parts += [f"## {head}: few-shot test top-1", "",
+                  _md_table(["shots per class", "mean", "std", "tries"],
+                            [[str(c["shots"]), f"{c['mean']:.4f}", f"{c['std']:.4f}", str(c["tries"])] for c in curve]),
+                  ""]
+    return "\n".join(parts)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _sweep_figures(results: dict) -> list[tuple[str, str]]:
+    import matplotlib.pyplot as plt
+
+    out = []
+    for h in results["heads"]:
+        for key, values in h["grid"].items():
+            if len(values) < 2:
+                continue
+            xs = list(values)
+            best = [max((r["score"] for r in h["sweep"] if r["params"].get(key) == v), default=math.nan) for v in xs]
+            fig, ax = plt.subplots(figsize=(5, 3))
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)
+            if numeric:
+                ax.plot(xs, best, marker="o")
+                if min(xs) > 0 and max(xs) / min(xs) >= 100:
+                    ax.set_xscale("log")
+            else:
+                ax.plot([str(v) for v in xs], best, marker="o")
+            ax.set_xlabel(key)
+            ax.set_ylabel(f"val {results['metric']} (best over other params)")
+            ax.set_title(h["head"])
+            ax.grid(alpha=0.3)
+            out.append((f"{h['head']}: score vs {key}", _png(fig)))
+    return out
+
+
+def _best_figures(results: dict, best: dict) -> list[tuple[str, str]]:
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    classes = np.asarray(best["classes"])
+    names = results["classes"]
+    y, pred = best["y"], best["pred"]
+    cm = confusion_matrix(y, pred, labels=classes)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.imshow(cm, cmap="Blues")
+    if len(classes) <= 20:
+        ax.set_xticks(range(len(classes)), [names[c] for c in classes], rotation=90)
+        ax.set_yticks(range(len(classes)), [names[c] for c in classes])
+        for i, j in itertools.product(range(len(classes)), repeat=2):
+            ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7, color="black" if cm[i, j] < cm.max() / 2 else "white")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{best['head']}: test confusion matrix")
+    figs = [("confusion matrix", _png(fig))]
+
+    per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
+    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.22 * len(classes))))
+    ax.barh([names[c] for c in classes], per_class)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("test accuracy")
+    ax.set_title(f"{best['head']}: per-class accuracy")
+    figs.append(("per-class accuracy", _png(fig)))
+
+    ece, bins = expected_calibration_error(best["proba"], y, classes)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    if bins:
+        conf, acc, _ = zip(*bins)
+        ax.plot(conf, acc, marker="o", label=f"{best['head']} (ECE {ece:.3f})")
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability diagram ({best['proba_kind']})")
+    ax.legend(loc="upper left")
+    figs.append((f"reliability diagram, ECE {ece:.4f}", _png(fig)))
+    best["ece"] = ece
+    return figs
+
+
+def _html(results: dict, figures: list[tuple[str, str]]) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in SUMMARY_HEADER)
+    rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in _summary_rows(results))
+    setup = "".join(f"<li>{esc(line[2:].replace('`', ''))}</li>" for line in _setup_lines(results))
+    figs = "".join(
+        f'<figure><img alt="{esc(title)}" src="data:image/png;base64,{data}"><figcaption>{esc(title)}</figcaption></figure>'
+        for title, data in figures
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>featx grid report: {esc(results['pipeline'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:inline-block;margin:1em}}</style>
+</head><body>
+<h1>featx grid report: {esc(results['pipeline'])}</h1>
+<ul>{setup}</ul>
+<h2>Summary</h2><table><tr>{head}</tr>{rows}</table>
+<h2>Plots</h2>{figs}
+<p>Full sweeps: see report.md and results.json next to this file.</p>
+</body></html>
+"""
+
+
+def write_reports(out_dir: str | Path, results: dict, best: dict) -> list[Path]:
+    """Write results.json, report.md and report.html into ``out_dir``.
+
+    Args:
+        results: the search results (see ``featx grid``).
+        best: test-set arrays of the best head: ``head``, ``classes``, ``y``, ``pred``, ``proba``, ``proba_kind``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = _sweep_figures(results) + _best_figures(results, best)
+    results = dict(results, best_head=best["head"], best_head_ece=best["ece"])
+    paths = [out / "results.json", out / "report.md", out / "report.html"]
+    paths[0].write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    paths[1].write_text(_markdown(results) + "\n", encoding="utf-8")
+    paths[2].write_text(_html(results, figures), encoding="utf-8")
+    return paths
+
+
+MERGED_HEADER = ["pipeline", "backbone", "weights", "head", "best params", "val score", *(f"test {m}" for m in METRICS)]
+
+
+def merge_results(paths) -> list[list[str]]:
+    """One row per (results file, head), for comparing pipelines and backbones."""
+    rows = []
+    for path in paths:
+        try:
+            results = json.loads(Path(path).read_text(encoding="utf-8"))
+            heads = results["heads"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FeatxError(f"{path} is not a featx results.json ({exc})") from None
+        for h in heads:
+            rows.append([results["pipeline"], results["backbone"], results["weights"], h["head"],
+                         _params(h["best_params"]), f"{h['val_score']:.4f}",
+                         *(f"{h['test'].get(m, float('nan')):.4f}" for m in METRICS)])
+    return rows
+
+
+def render_rows(rows, fmt: str) -> str:
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(MERGED_HEADER)
+        writer.writerows(rows)
+        return buf.getvalue()
+    return _md_table(MERGED_HEADER, rows) + "\n"

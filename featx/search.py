@@ -1,0 +1,241 @@
+"""Hyper-parameter search on cached features: the linear-probe protocol.
+
+Protocol (Kornblith, Shlens & Le 2019, "Do Better ImageNet Models Transfer Better?"; the DINOv2
+linear evaluation): sweep each head's grid, fitting on the train split and scoring on the
+validation split (stratified k-fold CV on train when the cache has no validation split), pick
+the best point, refit it on train + val, and evaluate on test once.
+
+Speed: logistic regression walks its C path from strong to weak regularisation with warm starts
+(each fit starts from the previous solution), one path per job; jobs run in parallel with joblib,
+which memory-maps the feature matrix for its worker processes instead of copying it per job.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from joblib import Parallel, delayed, effective_n_jobs
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedKFold
+
+from .errors import FeatxError
+from .evaluate import evaluate
+from .heads import HEADS, head_params, make_head
+
+__all__ = [
+    "LOGREG_C_GRID",
+    "LINEAR_SVM_C_GRID",
+    "RBF_SVM_GRID",
+    "KNN_GRID",
+    "TORCH_LINEAR_GRID",
+    "GRIDS",
+    "PATH_PARAMS",
+    "HeadSearch",
+    "search_head",
+    "parse_grid",
+    "few_shot",
+]
+
+#: Logistic regression C: 45 points log-spaced over 1e-6 .. 1e5 (DINOv2 ``C_POWER_RANGE``,
+#: Kornblith et al. 2019: inverse weight decay over this range, chosen on validation).
+LOGREG_C_GRID = tuple(float(c) for c in np.logspace(-6, 5, 45))
+#: Linear SVM C: 12 points over 1e-5 .. 1e0 (on standardised features the optimum sits low).
+LINEAR_SVM_C_GRID = tuple(float(c) for c in np.logspace(-5, 0, 12))
+#: RBF SVM (Nystroem map + linear SVM): C x kernel width (gamma in units of 1/n_features).
+RBF_SVM_GRID = {"C": (0.1, 1.0, 10.0, 100.0), "kmap__gamma": (None, 0.25 / 1280, 4.0 / 1280)}
+#: k-NN as in DINOv2's evaluation: k in 10/20/100/200, distance-weighted or uniform votes.
+KNN_GRID = {"n_neighbors": (10, 20, 100, 200), "weights": ("distance", "uniform")}
+#: Torch linear head: AdamW weight decay x learning rate.
+TORCH_LINEAR_GRID = {"weight_decay": (0.0, 1e-4, 1e-2), "lr": (1e-3, 1e-2)}
+
+GRIDS: dict[str, dict[str, tuple]] = {
+    "logreg": {"C": LOGREG_C_GRID},
+    "svm": {"C": LINEAR_SVM_C_GRID},
+    "rbf-svm": RBF_SVM_GRID,
+    "knn": KNN_GRID,
+    "torch-linear": TORCH_LINEAR_GRID,
+}
+#: head -> parameter whose path is walked with warm starts (ascending).
+PATH_PARAMS = {"logreg": "C"}
+
+
+@dataclass
+class HeadSearch:
+    """The outcome of one head's search."""
+
+    head: str
+    grid: dict
+    selection: str  # "val" or "<k>-fold CV"
+    sweep: list[dict] = field(default_factory=list)  # {"params", "score", "fit_seconds"}
+    best_params: dict = field(default_factory=dict)
+    best_score: float = float("nan")
+    test: dict = field(default_factory=dict)
+    refit_seconds: float = 0.0
+    estimator: object = None  # the refitted best head
+
+    def as_dict(self) -> dict:
+        return {
+            "head": self.head,
+            "grid": {k: list(v) for k, v in self.grid.items()},
+            "selection": self.selection,
+            "sweep": self.sweep,
+            "best_params": self.best_params,
+            "val_score": self.best_score,
+            "test": self.test,
+            "refit_seconds": round(self.refit_seconds, 3),
+            "params": head_params(self.estimator) if self.estimator is not None else {},
+        }
+
+
+def parse_grid(head: str, overrides: dict | None = None) -> dict:
+    """The head's grid with overrides (``{"C": [0.1, 1]}``) applied, checked before any work."""
+    if head not in HEADS:
+        raise FeatxError(f"unknown head {head!r} (choose from {', '.join(HEADS)})")
+    grid = {k: tuple(v) for k, v in GRIDS[head].items()}
+    for key, values in (overrides or {}).items():
+        values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+        if not values:
+            raise FeatxError(f"grid for {head} parameter {key!r} is empty")
+        grid[key] = values
+    for point in _points(grid):
+        make_head(head, point)  # unknown names and wrong types/ranges fail here, in one line
+    return grid
+
+
+def _points(grid: dict) -> list[dict]:
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def _fit_path(head: str, fixed: dict, path_key: str | None, path_values, X, y, Xv, yv, metric: str):
+    """Fit the points of one path (warm-started along ``path_key``) and score each on (Xv, yv)."""
+    rows = []
+    est = make_head(head, fixed)
+    warm = path_key is not None and "warm_start" in est.named_steps["clf"].get_params()
+    if warm:
+        est.set_params(clf__warm_start=True)
+    for value in path_values if path_key else [None]:
+        params = dict(fixed, **({path_key: value} if path_key else {}))
+        if path_key:
+            est.set_params(**{_full_name(est, path_key): value})
+        t0 = time.perf_counter()
+        est.fit(X, y)
+        seconds = time.perf_counter() - t0
+        rows.append({"params": params, "score": evaluate(est, Xv, yv)[metric], "fit_seconds": round(seconds, 3)})
+    return rows
+
+
+def _full_name(est, short: str) -> str:
+    from .heads import _public_names
+
+    return _public_names(est)[short]
+
+
+def _sweep(head: str, grid: dict, X, y, Xv, yv, *, metric: str, jobs: int) -> list[dict]:
+    """Every grid point fitted on (X, y) and scored on (Xv, yv), in parallel.
+
+    A head with a path parameter (:data:`PATH_PARAMS`) walks it in ascending order with warm
+    starts, split into one contiguous segment per worker.
+    """
+    path_key = PATH_PARAMS.get(head)
+    if path_key in grid:
+        values = sorted(grid[path_key])
+        n = max(1, min(effective_n_jobs(jobs), len(values)))
+        segments = [list(seg) for seg in np.array_split(np.array(values, dtype=object), n) if len(seg)]
+        rest = {k: v for k, v in grid.items() if k != path_key}
+        tasks = [delayed(_fit_path)(head, fixed, path_key, seg, X, y, Xv, yv, metric)
+                 for fixed in _points(rest) for seg in segments]
+    else:
+        tasks = [delayed(_fit_path)(head, point, None, None, X, y, Xv, yv, metric) for point in _points(grid)]
+    return [row for rows in Parallel(n_jobs=jobs)(tasks) for row in rows]
+
+
+def search_head(head: str, fs, *, grid: dict | None = None, metric: str = "top1", jobs: int = 1,
+                folds: int = 5, class_weight: str | None = None) -> HeadSearch:
+    """Run the protocol for one head on a :class:`featx.FeatureSet`.
+
+    Args:
+        head: head name.
+        fs: the cache (needs ``train`` and ``test``; ``val`` is used for selection when present).
+        grid: the grid (already checked by :func:`parse_grid`); default :data:`GRIDS` ``[head]``.
+        metric: the selection score, a key of :data:`featx.evaluate.METRICS`.
+        jobs: parallel fits (joblib ``n_jobs``; -1 = all cores).
+        folds: k of the stratified k-fold CV used when there is no validation split.
+        class_weight: ``"balanced"`` for every head that supports it.
+    """
+    grid = dict(grid or parse_grid(head))
+    if class_weight:
+        if "class_weight" not in _names(head):
+            raise FeatxError(f"head {head} does not support class weights")
+        grid["class_weight"] = (class_weight,)
+    train = fs["train"]
+    X, y = _labelled(train.X, train.y)
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2:
+        raise FeatxError(f"{fs.path}: the train split has {len(classes)} labelled class; a search needs two")
+    result = HeadSearch(head=head, grid=grid, selection="val")
+    if "val" in fs:
+        Xv, yv = _labelled(fs["val"].X, fs["val"].y)
+        result.sweep = _sweep(head, grid, X, y, Xv, yv, metric=metric, jobs=jobs)
+        X_all, y_all = np.concatenate([X, Xv]), np.concatenate([y, yv])
+    else:
+        if counts.min() < folds:
+            raise FeatxError(
+                f"{fs.path}: no validation split, and class {classes[counts.argmin()]} has {counts.min()} "
+                f"training samples, fewer than the {folds} folds of cross-validation"
+            )
+        result.selection = f"{folds}-fold CV"
+        per_fold = []
+        for tr, va in StratifiedKFold(folds, shuffle=True, random_state=0).split(X, y):
+            per_fold.append(_sweep(head, grid, X[tr], y[tr], X[va], y[va], metric=metric, jobs=jobs))
+        result.sweep = [
+            {"params": rows[0]["params"], "score": float(np.mean([r["score"] for r in rows])),
+             "fit_seconds": round(float(np.sum([r["fit_seconds"] for r in rows])), 3)}
+            for rows in zip(*per_fold)
+        ]
+        X_all, y_all = X, y
+    best = max(result.sweep, key=lambda r: r["score"])
+    result.best_params, result.best_score = best["params"], best["score"]
+    est = make_head(head, best["params"])
+    t0 = time.perf_counter()
+    est.fit(X_all, y_all)
+    result.refit_seconds = time.perf_counter() - t0
+    result.estimator = est
+    test = fs["test"] if "test" in fs else None
+    if test is not None:
+        result.test = evaluate(est, test.X, test.y)
+    return result
+
+
+def _names(head: str) -> set:
+    from .heads import _public_names
+
+    return set(_public_names(make_head(head)))
+
+
+def _labelled(X, y):
+    keep = y >= 0
+    return X[keep], y[keep]
+
+
+def few_shot(head: str, params: dict, fs, *, shots, tries: int = 5, seed: int = 0) -> list[dict]:
+    """Test top-1 when training on k images per class (sampled ``tries`` times): mean and std per k."""
+    X, y = _labelled(fs["train"].X, fs["train"].y)
+    Xt, yt = _labelled(fs["test"].X, fs["test"].y)
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in shots:
+        scores = []
+        for _ in range(tries):
+            idx = np.concatenate([rng.choice(np.flatnonzero(y == c), size=min(k, int((y == c).sum())), replace=False)
+                                  for c in np.unique(y)])
+            est = clone(make_head(head, params))
+            if head == "knn":
+                est.set_params(clf__n_neighbors=min(est.get_params()["clf__n_neighbors"], len(idx)))
+            est.fit(X[idx], y[idx])
+            scores.append(evaluate(est, Xt, yt)["top1"])
+        out.append({"shots": int(k), "mean": float(np.mean(scores)), "std": float(np.std(scores)), "tries": tries})
+    return out
