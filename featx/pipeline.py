@@ -59,7 +59,7 @@ class Experiment:
     limit: int = 0
     # [backbone]
     backbone: str = "mobilenet_v2"
-    weights: str | None = None
+    weights: str | None = "IMAGENET1K_V1"  # the embedded default; None = the model's DEFAULT weights
     layer: str | None = None
     # [extract]
     batch_size: int = 16

@@ -38,8 +38,12 @@ __all__ = [
     "SplitItems",
     "Source",
     "TorchvisionSource",
+    "FileSource",
     "ImageFolderSource",
+    "ManifestSource",
+    "StanfordDogsSource",
     "make_source",
+    "layout_of",
     "stratified_split",
 ]
 
@@ -514,9 +518,8 @@ def make_source(data: str, *, root: str | os.PathLike = "cache/datasets", downlo
     raise FeatxError(f"data {data!r} is neither torchvision:<Name>, a .csv manifest nor an existing directory")
 
 
-#: layout names as reported by ``featx extract``
 def layout_of(source: Source) -> str:
-    """A short human description of the detected layout."""
+    """A short description of the detected layout, as ``featx extract`` reports it."""
     kind = source.describe()["kind"]
     if isinstance(source, ImageFolderSource):
         return f"image folder ({source.describe()['layout']})"
