@@ -215,16 +215,14 @@ def fit(cache, pipeline, head_name, params, out):
     fs = open_features(path)
     if "train" not in fs:
         raise FeatxError(f"{path} has no train split to fit on")
-    train = fs["train"]
-    X, y = train.X, train.y
-    keep = y >= 0
-    if len(np.unique(y[keep])) < 2:
+    X, y = fs["train"].labelled()
+    if len(np.unique(y)) < 2:
         raise FeatxError(f"{path}: the train split needs at least two labelled classes to fit a head")
-    click.echo(f"fitting {head_name} on {int(keep.sum())} x {X.shape[1]} ({len(fs.classes)} classes) from {path}",
+    click.echo(f"fitting {head_name} on {len(y)} x {X.shape[1]} ({len(fs.classes)} classes) from {path}",
                err=True)
     t0 = time.perf_counter()
     try:
-        head.fit(X[keep], y[keep])
+        head.fit(X, y)
     except (ValueError, TypeError) as exc:  # sklearn's InvalidParameterError is a ValueError
         raise FeatxError(f"cannot fit {head_name}: {str(exc).splitlines()[0]}") from None
     fit_s = time.perf_counter() - t0
@@ -251,7 +249,7 @@ def fit(cache, pipeline, head_name, params, out):
         "params": head_params(head),
         "metrics": metrics,
         "fit_seconds": round(fit_s, 3),
-        "n_train": int(keep.sum()),
+        "n_train": len(y),
         "cache": str(path),
         "cache_key": fs.cache_key,
         "backbone": fs.meta.get("backbone"),
@@ -389,7 +387,7 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
     from . import __version__
     from .heads import HEADS
     from .report import write_reports
-    from .search import few_shot, parse_grid, search_head
+    from .search import few_shot, grid_points, parse_grid, search_head
     from .store import open_features
 
     exp = _experiment(pipeline)
@@ -423,7 +421,7 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
         searched = []
         for h in heads:
             t0 = time.perf_counter()
-            click.echo(f"searching {h}: {len(_grid_points(grids[h]))} points ...", err=True)
+            click.echo(f"searching {h}: {len(grid_points(grids[h]))} points ...", err=True)
             result = search_head(h, fs, grid=grids[h], metric=metric, jobs=jobs, folds=folds,
                                  class_weight=class_weight)
             searched.append((result, time.perf_counter() - t0))
@@ -452,21 +450,13 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
     click.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
-def _grid_points(grid: dict) -> list:
-    from .search import _points
-
-    return _points(grid)
-
-
 def _best_arrays(result, fs) -> dict:
     """Test labels, predictions and probabilities of the best head, for the report's plots."""
     import numpy as np
 
     from .evaluate import scores
 
-    test = fs["test"]
-    keep = test.y >= 0
-    X, y = test.X[keep], test.y[keep]
+    X, y = fs["test"].labelled()
     est = result.estimator
     s = scores(est, X)
     kind = "predicted probabilities"

@@ -42,7 +42,7 @@ from sklearn.svm import LinearSVC
 from .errors import FeatxError
 from .torch_head import TorchLinearClassifier
 
-__all__ = ["HEADS", "HeadSpec", "make_head", "parse_params", "head_params"]
+__all__ = ["HEADS", "HeadSpec", "make_head", "parse_params", "head_params", "param_names"]
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def parse_params(pairs) -> dict:
     return params
 
 
-def _public_names(head: Pipeline) -> dict[str, str]:
+def param_names(head: Pipeline) -> dict[str, str]:
     """Short parameter names -> full sklearn names.
 
     Parameters of the ``clf`` step go by their own name (``C``, even when nested as
@@ -150,7 +150,7 @@ def make_head(name: str, params: dict | None = None) -> Pipeline:
         raise FeatxError(f"unknown head {name!r} (choose from {', '.join(HEADS)})")
     head = HEADS[name].build()
     if params:
-        names = _public_names(head)
+        names = param_names(head)
         full_names = set(names.values())
         full = {}
         for key, value in params.items():
@@ -183,6 +183,6 @@ def head_params(head: Pipeline) -> dict:
     values = head.get_params(deep=True)
     return {
         short: values[full]
-        for short, full in sorted(_public_names(head).items())
+        for short, full in sorted(param_names(head).items())
         if isinstance(values[full], (int, float, str, bool, type(None)))
     }

@@ -23,7 +23,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from .errors import FeatxError
 from .evaluate import evaluate
-from .heads import HEADS, head_params, make_head
+from .heads import HEADS, head_params, make_head, param_names
 
 __all__ = [
     "LOGREG_C_GRID",
@@ -36,6 +36,7 @@ __all__ = [
     "HeadSearch",
     "search_head",
     "parse_grid",
+    "grid_points",
     "few_shot",
 ]
 
@@ -102,12 +103,13 @@ def parse_grid(head: str, overrides: dict | None = None) -> dict:
         if not values:
             raise FeatxError(f"grid for {head} parameter {key!r} is empty")
         grid[key] = values
-    for point in _points(grid):
+    for point in grid_points(grid):
         make_head(head, point)  # unknown names and wrong types/ranges fail here, in one line
     return grid
 
 
-def _points(grid: dict) -> list[dict]:
+def grid_points(grid: dict) -> list[dict]:
+    """Every combination of a grid's values, as parameter dicts."""
     keys = list(grid)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
@@ -122,18 +124,12 @@ def _fit_path(head: str, fixed: dict, path_key: str | None, path_values, X, y, X
     for value in path_values if path_key else [None]:
         params = dict(fixed, **({path_key: value} if path_key else {}))
         if path_key:
-            est.set_params(**{_full_name(est, path_key): value})
+            est.set_params(**{param_names(est)[path_key]: value})
         t0 = time.perf_counter()
         est.fit(X, y)
         seconds = time.perf_counter() - t0
         rows.append({"params": params, "score": evaluate(est, Xv, yv)[metric], "fit_seconds": round(seconds, 3)})
     return rows
-
-
-def _full_name(est, short: str) -> str:
-    from .heads import _public_names
-
-    return _public_names(est)[short]
 
 
 def _sweep(head: str, grid: dict, X, y, Xv, yv, *, metric: str, jobs: int) -> list[dict]:
@@ -149,9 +145,9 @@ def _sweep(head: str, grid: dict, X, y, Xv, yv, *, metric: str, jobs: int) -> li
         segments = [list(seg) for seg in np.array_split(np.array(values, dtype=object), n) if len(seg)]
         rest = {k: v for k, v in grid.items() if k != path_key}
         tasks = [delayed(_fit_path)(head, fixed, path_key, seg, X, y, Xv, yv, metric)
-                 for fixed in _points(rest) for seg in segments]
+                 for fixed in grid_points(rest) for seg in segments]
     else:
-        tasks = [delayed(_fit_path)(head, point, None, None, X, y, Xv, yv, metric) for point in _points(grid)]
+        tasks = [delayed(_fit_path)(head, point, None, None, X, y, Xv, yv, metric) for point in grid_points(grid)]
     return [row for rows in Parallel(n_jobs=jobs)(tasks) for row in rows]
 
 
@@ -170,17 +166,17 @@ def search_head(head: str, fs, *, grid: dict | None = None, metric: str = "top1"
     """
     grid = dict(grid or parse_grid(head))
     if class_weight:
-        if "class_weight" not in _names(head):
+        if "class_weight" not in param_names(make_head(head)):
             raise FeatxError(f"head {head} does not support class weights")
         grid["class_weight"] = (class_weight,)
     train = fs["train"]
-    X, y = _labelled(train.X, train.y)
+    X, y = train.labelled()
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
         raise FeatxError(f"{fs.path}: the train split has {len(classes)} labelled class; a search needs two")
     result = HeadSearch(head=head, grid=grid, selection="val")
     if "val" in fs:
-        Xv, yv = _labelled(fs["val"].X, fs["val"].y)
+        Xv, yv = fs["val"].labelled()
         result.sweep = _sweep(head, grid, X, y, Xv, yv, metric=metric, jobs=jobs)
         X_all, y_all = np.concatenate([X, Xv]), np.concatenate([y, yv])
     else:
@@ -212,21 +208,10 @@ def search_head(head: str, fs, *, grid: dict | None = None, metric: str = "top1"
     return result
 
 
-def _names(head: str) -> set:
-    from .heads import _public_names
-
-    return set(_public_names(make_head(head)))
-
-
-def _labelled(X, y):
-    keep = y >= 0
-    return X[keep], y[keep]
-
-
 def few_shot(head: str, params: dict, fs, *, shots, tries: int = 5, seed: int = 0) -> list[dict]:
     """Test top-1 when training on k images per class (sampled ``tries`` times): mean and std per k."""
-    X, y = _labelled(fs["train"].X, fs["train"].y)
-    Xt, yt = _labelled(fs["test"].X, fs["test"].y)
+    X, y = fs["train"].labelled()
+    Xt, yt = fs["test"].labelled()
     rng = np.random.default_rng(seed)
     out = []
     for k in shots:

@@ -299,6 +299,12 @@ class SplitView:
         """Sample ids, ``(N,)`` str."""
         return np.array([_decode(i) for i in self._read("ids")], dtype=object)
 
+    def labelled(self) -> tuple[np.ndarray, np.ndarray]:
+        """Features and labels of the labelled rows only (label >= 0)."""
+        X, y = self.X, self.y
+        keep = y >= 0
+        return X[keep], y[keep]
+
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Features of rows ``start:stop`` only."""
         return self._read("features", slice(start, stop))
