@@ -112,10 +112,21 @@ class Source(ABC):
     classes: list[str]
     #: keep only the first ``limit`` items of each split (0 = all); for quick trials
     limit: int = 0
+    #: fractions of train carved out as val / test when the source has no such split of its own
+    val_fraction: float = 0.1
+    test_fraction: float = 0.0
+    seed: int = 0
+    _splits: dict[str, SplitItems] | None = None
+
+    def splits(self) -> dict[str, SplitItems]:
+        """Items per split, canonical order; computed once (sets :attr:`classes`)."""
+        if self._splits is None:
+            self._splits = self._carve(self._find())
+        return self._splits
 
     @abstractmethod
-    def splits(self) -> dict[str, SplitItems]:
-        """Items per split, canonical order; computed once."""
+    def _find(self) -> dict[str, SplitItems]:
+        """The splits as the source has them (at least ``train``); sets :attr:`classes`."""
 
     @abstractmethod
     def open(self, key) -> Image.Image:
@@ -133,11 +144,12 @@ class Source(ABC):
             fp[split] = _digest([items.ids, items.labels.tolist()])
         return fp
 
-    def _carve(self, splits: dict[str, SplitItems], *, val_fraction: float, test_fraction: float, seed: int):
-        """Carve val (and test) out of train when the source has none of its own.
+    def _carve(self, splits: dict[str, SplitItems]) -> dict[str, SplitItems]:
+        """Carve val (and test) out of train when the source has none of its own, then apply the limit.
 
         Both fractions are of the train items as found (so 0.1/0.1 of a flat folder gives 80/10/10).
         """
+        val_fraction, test_fraction, seed = self.val_fraction, self.test_fraction, self.seed
         train = splits["train"]
         if "test" not in splits and test_fraction > 0:
             keep, carve = stratified_split(train.labels, test_fraction, seed)
@@ -185,7 +197,6 @@ class TorchvisionSource(Source):
         self.name = dataset.lower()
         self._cls = getattr(tvd, dataset)
         self._data: dict[str, object] = {}
-        self._splits: dict[str, SplitItems] | None = None
 
     def _unpack_offline_copy(self) -> None:
         """Put Debian's packaged raw files where torchvision looks, so its own code reads them.
@@ -229,26 +240,22 @@ class TorchvisionSource(Source):
                 ) from exc
         return self._data[split]
 
-    def splits(self) -> dict[str, SplitItems]:
-        if self._splits is None:
-            found = {}
-            for split, kwargs in self._layout.items():
-                ds = self._load(split)
-                labels = _labels_of(ds, self.dataset)
-                official = kwargs.get("split", split)
-                found[split] = SplitItems(
-                    keys=[(split, i) for i in range(len(labels))],
-                    ids=[f"{official}/{i}" for i in range(len(labels))],
-                    labels=labels,
-                )
-            first = self._load("train")
-            names = getattr(first, "classes", None) or getattr(first, "categories", None)
-            n_classes = int(max(int(items.labels.max(initial=-1)) for items in found.values())) + 1
-            self.classes = [str(c) for c in names] if names else [str(i) for i in range(n_classes)]
-            self._splits = self._carve(found, val_fraction=self.val_fraction,
-                                       test_fraction=self.test_fraction if "test" not in found else 0.0,
-                                       seed=self.seed)
-        return self._splits
+    def _find(self) -> dict[str, SplitItems]:
+        found = {}
+        for split, kwargs in self._layout.items():
+            ds = self._load(split)
+            labels = _labels_of(ds, self.dataset)
+            official = kwargs.get("split", split)
+            found[split] = SplitItems(
+                keys=[(split, i) for i in range(len(labels))],
+                ids=[f"{official}/{i}" for i in range(len(labels))],
+                labels=labels,
+            )
+        first = self._load("train")
+        names = getattr(first, "classes", None) or getattr(first, "categories", None)
+        n_classes = int(max(int(items.labels.max(initial=-1)) for items in found.values())) + 1
+        self.classes = [str(c) for c in names] if names else [str(i) for i in range(n_classes)]
+        return found
 
     def open(self, key) -> Image.Image:
         split, index = key
@@ -309,7 +316,6 @@ class ImageFolderSource(FileSource):
         self.seed = seed
         self.limit = limit
         self.name = self.root.resolve().name.lower() or "images"
-        self._splits: dict[str, SplitItems] | None = None
         self.presplit = (self.root / "train").is_dir()
 
     def _scan(self, folder: Path, class_to_idx: dict[str, int]) -> SplitItems:
@@ -323,25 +329,21 @@ class ImageFolderSource(FileSource):
             labels=np.array([c for _, c in samples], dtype=np.int64),
         )
 
-    def splits(self) -> dict[str, SplitItems]:
-        if self._splits is None:
-            from torchvision.datasets.folder import find_classes
+    def _find(self) -> dict[str, SplitItems]:
+        from torchvision.datasets.folder import find_classes
 
-            base = self.root / "train" if self.presplit else self.root
-            try:
-                self.classes, class_to_idx = find_classes(str(base))
-            except (FileNotFoundError, OSError) as exc:
-                raise FeatxError(f"image folder {self.root}: {exc}") from None
-            if self.presplit:
-                found = {s: self._scan(self.root / s, class_to_idx) for s in SPLIT_DIRS if (self.root / s).is_dir()}
-            else:
-                found = {"train": self._scan(base, class_to_idx)}
-            if not len(found["train"]):
-                raise FeatxError(f"image folder {self.root} holds no images")
-            self._splits = self._carve(
-                found, val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.seed
-            )
-        return self._splits
+        base = self.root / "train" if self.presplit else self.root
+        try:
+            self.classes, class_to_idx = find_classes(str(base))
+        except (FileNotFoundError, OSError) as exc:
+            raise FeatxError(f"image folder {self.root}: {exc}") from None
+        if self.presplit:
+            found = {s: self._scan(self.root / s, class_to_idx) for s in SPLIT_DIRS if (self.root / s).is_dir()}
+        else:
+            found = {"train": self._scan(base, class_to_idx)}
+        if not len(found["train"]):
+            raise FeatxError(f"image folder {self.root} holds no images")
+        return found
 
     def describe(self) -> dict:
         return {
@@ -376,7 +378,6 @@ class ManifestSource(FileSource):
         self.val_fraction, self.test_fraction, self.seed, self.limit = val_fraction, test_fraction, seed, limit
         self.allow_outside = allow_outside
         self.name = self.manifest.stem.lower()
-        self._splits: dict[str, SplitItems] | None = None
 
     def _rows(self) -> list[tuple[int, str, str, str]]:
         try:
@@ -401,9 +402,7 @@ class ManifestSource(FileSource):
             raise FeatxError(f"manifest {self.manifest} lists no images")
         return out
 
-    def splits(self) -> dict[str, SplitItems]:
-        if self._splits is not None:
-            return self._splits
+    def _find(self) -> dict[str, SplitItems]:
         rows = self._rows()
         base = self.manifest.parent.resolve()
         names = sorted({label for _, _, label, _ in rows if label})
@@ -428,9 +427,7 @@ class ManifestSource(FileSource):
         }
         if "train" not in found:
             raise FeatxError(f"manifest {self.manifest} has no train rows")
-        self._splits = self._carve(found, val_fraction=self.val_fraction, test_fraction=self.test_fraction,
-                                   seed=self.seed)
-        return self._splits
+        return found
 
     def describe(self) -> dict:
         return {
@@ -458,15 +455,12 @@ class StanfordDogsSource(FileSource):
         self.root = Path(root)
         self.val_fraction, self.seed, self.limit = val_fraction, seed, limit
         self.name = "stanford_dogs"
-        self._splits: dict[str, SplitItems] | None = None
 
     @classmethod
     def detect(cls, root: Path) -> bool:
         return (root / "lists" / "train_list.mat").is_file() and (root / "Images").is_dir()
 
-    def splits(self) -> dict[str, SplitItems]:
-        if self._splits is not None:
-            return self._splits
+    def _find(self) -> dict[str, SplitItems]:
         from scipy.io import loadmat
 
         folders = sorted(d.name for d in (self.root / "Images").iterdir() if d.is_dir())
@@ -488,8 +482,7 @@ class StanfordDogsSource(FileSource):
             keys = [str(self.root / "Images" / f) for f in files]
             _require_files(f"Stanford Dogs {split}", keys)
             found[split] = SplitItems(keys, files, labels)
-        self._splits = self._carve(found, val_fraction=self.val_fraction, test_fraction=0.0, seed=self.seed)
-        return self._splits
+        return found
 
     def describe(self) -> dict:
         return {"kind": "stanford_dogs", "root": str(self.root.resolve()), "val_fraction": self.val_fraction,
