@@ -198,14 +198,13 @@ def ensure_weights(weights) -> Path:
     target = weights_file(weights)
     if not target.is_file():
         source = _embedded_copy(target.name)
-        if source is not None or not offline():
-            target.parent.mkdir(parents=True, exist_ok=True)
+        if source is None and offline():
+            raise FeatxError(_missing_message(weights, target, "offline"))
+        target.parent.mkdir(parents=True, exist_ok=True)
         if source is not None:
             tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
             shutil.copyfile(source, tmp)
             os.replace(tmp, target)
-        elif offline():
-            raise FeatxError(_missing_message(weights, target, "offline"))
         else:
             try:
                 torch.hub.download_url_to_file(weights.url, str(target), progress=True)
@@ -290,6 +289,14 @@ def preprocess_record(preset: ImageClassification) -> dict:
     }
 
 
+@contextlib.contextmanager
+def seeded_init(seed: int = 0):
+    """Random initialisation that is the same on every run (``--weights none``), global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def _is_file_spec(weights: str | None) -> bool:
     return bool(weights) and (weights.endswith((".pth", ".pt", ".bin")) or os.sep in weights)
 
@@ -347,8 +354,7 @@ def _torchvision(name: str, weights: str | None):
             "url": w.url,
         }
     else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with seeded_init():
             model = tvm.get_model(name, weights=None)
     dim = _strip_classifier(model)[1]
     return model, dim, _preset(w), w.name if w is not None else "none", sha, meta
@@ -445,7 +451,7 @@ def _skip_init():
 
 
 def _embedding_dim(name: str) -> int:
-    """Embedding size of a model, read off its architecture (0 if it has no linear classifier)."""
+    """Embedding size of a model, read off its architecture without loading weights."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # googlenet/inception init notices
         try:
@@ -499,5 +505,6 @@ def _extra_rows() -> list[BackboneInfo]:
         have = True
     except FeatxError:
         have = False
-    return [BackboneInfo(name="efficientnet_lite0", weights="IMAGENET1K", is_default=True, feature_dim=1280,
-                         params=4_652_008, top1=75.1, offline=have)]
+    dim, params = timm_backbones.lite0_shape()
+    return [BackboneInfo(name="efficientnet_lite0", weights="IMAGENET1K", is_default=True, feature_dim=dim,
+                         params=params, top1=timm_backbones.LITE0_TOP1, offline=have)]

