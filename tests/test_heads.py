@@ -11,7 +11,7 @@ from conftest import needs_fashion
 from featx import FeatxError, open_features
 from featx.evaluate import evaluate
 from featx.heads import HEADS, make_head, parse_params
-from featx.torch_head import TorchLinearClassifier
+from featx.torch_head import LBFGSLinearClassifier, TorchLinearClassifier
 
 
 @needs_fashion
@@ -34,10 +34,11 @@ def test_each_head_learns_fashion_mnist_from_real_features(name, fashion_cache, 
 def test_param_overrides_reach_the_classifier_step():
     head = make_head("svm", parse_params(["C=0.5", "class_weight=balanced", "scale__with_mean=False"]))
     p = head.get_params()
-    assert p["clf__estimator__C"] == 0.5 and p["clf__estimator__class_weight"] == "balanced"
+    assert p["clf__C"] == 0.5 and p["clf__class_weight"] == "balanced"
     assert p["scale__with_mean"] is False
     assert make_head("logreg", {"C": 2.0}).get_params()["clf__C"] == 2.0
-    assert make_head("svm", {"clf__estimator__C": 3.0}).get_params()["clf__estimator__C"] == 3.0
+    assert make_head("svm", {"clf__C": 3.0}).get_params()["clf__C"] == 3.0
+    assert make_head("rbf-svm", {"kmap__gamma": 0.1}).get_params()["kmap__gamma"] == 0.1
 
 
 @pytest.mark.parametrize("params,message", [
@@ -58,9 +59,61 @@ def test_unknown_head_and_malformed_param():
         "C": 1e-3, "k": 5, "metric": "cosine", "flag": True}
 
 
-@parametrize_with_checks([TorchLinearClassifier(lr=0.05, epochs=40, batch_size=32)])
-def test_torch_linear_passes_sklearn_estimator_checks(estimator, check):
+@parametrize_with_checks([
+    TorchLinearClassifier(lr=0.05, epochs=40, batch_size=32),
+    LBFGSLinearClassifier(loss="log_loss"),
+    LBFGSLinearClassifier(loss="squared_hinge"),
+])
+def test_torch_heads_pass_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def _blobs(n_classes=5, d=12, per_class=40, seed=0, spread=1.5):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(n_classes), per_class)
+    X = (rng.normal(size=(n_classes, d))[y] * spread + rng.normal(size=(len(y), d))).astype(np.float32)
+    return X, y
+
+
+@pytest.mark.parametrize("C", [0.01, 1.0])
+def test_lbfgs_logistic_regression_is_sklearns_model(C):
+    """Same objective as LogisticRegression: same coefficients, probabilities and predictions."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = _blobs()
+    ours = LBFGSLinearClassifier(loss="log_loss", C=C, tol=1e-6, max_iter=1000).fit(X, y)
+    ref = LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit(X, y)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=2e-3 * np.abs(ref.coef_).max())
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=2e-3)
+    assert (ours.predict(X) == ref.predict(X)).mean() > 0.99
+
+
+def test_lbfgs_squared_hinge_is_linear_svc():
+    """One-vs-rest squared hinge: the same separating hyperplanes as LinearSVC (whose intercept is
+    also penalised, hence a loose tolerance)."""
+    from sklearn.svm import LinearSVC
+
+    X, y = _blobs()
+    ours = LBFGSLinearClassifier(loss="squared_hinge", C=0.1, tol=1e-6, max_iter=1000).fit(X, y)
+    ref = LinearSVC(C=0.1, dual=False, tol=1e-8, intercept_scaling=100).fit(X, y)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=0.02 * np.abs(ref.coef_).max())
+    assert (ours.predict(X) == ref.predict(X)).mean() > 0.98
+    assert not hasattr(ours, "predict_proba")  # like LinearSVC: scores, no probabilities
+    assert ours.decision_function(X).shape == (len(y), 5)
+
+
+def test_lbfgs_warm_start_and_class_weight():
+    X, y = _blobs()
+    cold = LBFGSLinearClassifier(C=1.0, tol=1e-5).fit(X, y)
+    warm = LBFGSLinearClassifier(C=0.5, tol=1e-5, warm_start=True).fit(X, y)
+    warm.set_params(C=1.0).fit(X, y)
+    np.testing.assert_allclose(warm.coef_, cold.coef_, atol=0.05 * np.abs(cold.coef_).max())
+    # With a heavy weight on class 0, more points are called class 0.
+    plain = LBFGSLinearClassifier(C=0.01).fit(X, y)
+    heavy = LBFGSLinearClassifier(C=0.01, class_weight={0: 50.0}).fit(X, y)
+    assert (heavy.predict(X) == 0).sum() > (plain.predict(X) == 0).sum()
+    balanced = LBFGSLinearClassifier(C=0.01, class_weight="balanced").fit(X[40:], y[40:])
+    assert list(balanced.classes_) == [1, 2, 3, 4]
 
 
 def test_torch_linear_clones_grid_searches_and_separates_classes():
