@@ -18,7 +18,7 @@ DATA_DEB  ?= dataset-fashion-mnist
 
 help:
 	@echo "make install               create $(VENV), install featx, its embedded weights and data"
-	@echo "make features              extract embeddings for PIPELINE=$(PIPELINE) into cache/"
+	@echo "make features [NPROC=2]    extract embeddings for PIPELINE=$(PIPELINE) into cache/ (NPROC torchrun shards)"
 	@echo "make fit HEAD=svm          fit a head (logreg svm rbf-svm knn torch-linear); PARAMS='C=0.1 ...'"
 	@echo "make grid [HEADS='logreg svm']  search every head's grid, write reports/<pipeline>/"
 	@echo "make bench                 extraction and seed-loop benchmarks (ratios, side by side)"
@@ -53,8 +53,14 @@ install-data:
 	  echo "no apt-get/root: torchvision will download Fashion-MNIST on first use"; \
 	fi
 
+# NPROC=N: N torchrun processes, one shard each, merged into the same cache (docs/scale-out.md).
+NPROC ?= 1
 features: $(STAMP)
+ifeq ($(NPROC),1)
 	$(PY) -m featx extract --pipeline $(PIPELINE)
+else
+	$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m featx extract --pipeline $(PIPELINE)
+endif
 
 fit: $(STAMP)
 	$(PY) -m featx fit --pipeline $(PIPELINE) --head $(HEAD) $(foreach p,$(PARAMS),--param $(p))

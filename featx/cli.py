@@ -152,12 +152,20 @@ def extract(pipeline, data, root, download, val_fraction, test_fraction, seed, l
                       precision=precision, channels_last=channels_last)
     if backbone and not weights:  # another backbone than the pipeline's: not the pipeline's weights either
         exp.weights = None
+    from .shards import dist_env
+
+    rank, world, local_rank = dist_env()  # torchrun: one shard per process, merged at the end
+    if world > 1 and exp.device == "cuda":
+        exp.device = f"cuda:{local_rank}"
     _check_device(exp.device)
     source, bb = _source_and_backbone(exp, device=exp.device)
     from .sources import layout_of
 
     sizes = ", ".join(f"{s} {len(items)}" for s, items in source.splits().items())
-    click.echo(f"data: {layout_of(source)}, {len(source.classes)} classes; {sizes}", err=True)
+    if rank == 0:
+        click.echo(f"data: {layout_of(source)}, {len(source.classes)} classes; {sizes}", err=True)
+    if world > 1:
+        return _extract_sharded(exp, source, bb, out, rank, world, progress=not no_progress)
     result = run_extract(
         source, bb, out=out, cache_dir=exp.cache_dir, batch_size=exp.batch_size,
         workers=None if exp.workers < 0 else exp.workers, device=exp.device, precision=exp.precision,
@@ -171,6 +179,38 @@ def extract(pipeline, data, root, download, val_fraction, test_fraction, seed, l
         f"wrote {result.path}: {result.n_items} items{skipped}; {result.n_new} new in {result.seconds:.1f} s "
         f"= {result.images_per_s:.1f} images/s ({bb.name}, {exp.precision}, {exp.device}, batch {exp.batch_size})"
     )
+
+
+def _extract_sharded(exp, source, bb, out, rank: int, world: int, *, progress: bool) -> None:
+    """This process's shard, then (rank 0, after every rank is done) the merge into one cache."""
+    import torch.distributed as dist
+
+    from .extract import cache_key, cache_path
+    from .extract import extract as run_extract
+    from .shards import init_distributed, merge_shards
+
+    init_distributed(exp.device)
+    try:
+        result = run_extract(
+            source, bb, out=out, cache_dir=exp.cache_dir, batch_size=exp.batch_size,
+            workers=None if exp.workers < 0 else exp.workers, device=exp.device, precision=exp.precision,
+            channels_last=exp.channels_last, progress=progress and rank == 0,
+            log=lambda msg: click.echo(f"[rank {rank}/{world}] {msg}", err=True), shard=(rank, world),
+        )
+        final = Path(out) if out else cache_path(exp.cache_dir, source, bb, cache_key(source, bb, exp.precision))
+        if not result.reused:
+            click.echo(f"[rank {rank}/{world}] wrote {result.path}: {result.n_new} new items in {result.seconds:.1f} s "
+                       f"= {result.images_per_s:.1f} images/s", err=True)
+        dist.barrier()  # every shard is complete past this line
+        if rank == 0:
+            if final.exists():
+                click.echo(f"reusing {final} (cache key {result.cache_key} matches; nothing to recompute)")
+            else:
+                merge_shards(final, world=world, key=result.cache_key)
+                click.echo(f"wrote {final}: merged {world} shards")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def _resolve_cache(cache: str | None, exp) -> Path:
@@ -486,6 +526,22 @@ def _dask(scheduler: str | None):
             yield client
     finally:
         client.close()
+
+
+@main.command()
+@click.argument("cache", type=click.Path(dir_okay=False))
+@click.option("--world", type=click.IntRange(min=1), help="Number of shards to expect (default: the one run found).")
+def merge(cache, world):
+    """Merge the shard files of a sharded extraction (CACHE.shard-<rank>-of-<world>.h5) into CACHE.
+
+    `torchrun ... -m featx extract` merges by itself when every rank finishes; use this after
+    ranks ran as separate jobs (e.g. one batch job per shard with RANK and WORLD_SIZE set).
+    Refuses while a shard is missing or unfinished; deletes the shards once CACHE is complete.
+    """
+    from .shards import merge_shards
+
+    path = merge_shards(cache, world=world)
+    click.echo(f"wrote {path}")
 
 
 @main.command()

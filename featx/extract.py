@@ -123,10 +123,13 @@ def extract(
     channels_last: bool = True,
     progress: bool = True,
     log: Callable[[str], None] = lambda msg: click.echo(msg, err=True),
+    shard: tuple[int, int] | None = None,
 ) -> ExtractResult:
     """Run ``backbone`` over every item of ``source`` once and write the cache.
 
-    Reuses a complete cache with the same key; resumes an unfinished one.
+    Reuses a complete cache with the same key; resumes an unfinished one. With ``shard=(rank,
+    world)`` only that rank's block of every split is extracted, into its own shard file
+    (:mod:`featx.shards`; :func:`featx.shards.merge_shards` makes the cache from all of them).
     """
     if precision not in PRECISIONS:
         raise FeatxError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
@@ -136,6 +139,15 @@ def extract(
     splits = source.splits()
     key = cache_key(source, backbone, precision)
     path = Path(out) if out else cache_path(cache_dir, source, backbone, key)
+    attrs = {}
+    if shard is not None and shard[1] > 1 and not path.exists():
+        from .shards import check_world, shard_items, shard_path
+
+        rank, world = shard
+        check_world(path, world)
+        splits = {s: shard_items(items, rank, world) for s, items in splits.items()}
+        path = shard_path(path, rank, world)
+        attrs["shard"] = f"{rank}/{world}"
     total = sum(len(items) for items in splits.values())
     if path.exists():
         existing = open_features(path)
@@ -147,6 +159,7 @@ def extract(
         return ExtractResult(path, key, True, False, total, 0, 0, 0.0)
 
     attrs = {
+        **attrs,
         "cache_key": key,
         "backbone": backbone.name,
         "weights": backbone.weights,

@@ -7,17 +7,20 @@ the best point, refit it on train + val, and evaluate on test once.
 
 Speed: the L-BFGS heads (logreg, svm, rbf-svm) walk their C path from strong to weak
 regularisation with warm starts (each fit starts from the previous solution), one path per job; jobs run in parallel with joblib,
-which memory-maps the feature matrix for its worker processes instead of copying it per job.
+which memory-maps the feature matrix for its worker processes instead of copying it per job; on
+the Dask backend the matrix is scattered to the cluster once and shared by every task.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from joblib import Parallel, delayed, effective_n_jobs
+from joblib import Parallel, delayed, effective_n_jobs, parallel_config
+from joblib.parallel import get_active_backend
 from sklearn.model_selection import StratifiedKFold
 
 from .errors import FeatxError
@@ -147,7 +150,18 @@ def _sweep(head: str, grid: dict, X, y, Xv, yv, *, metric: str, jobs: int) -> li
                  for fixed in grid_points(rest) for seg in segments]
     else:
         tasks = [delayed(_fit_path)(head, point, None, None, X, y, Xv, yv, metric) for point in grid_points(grid)]
-    return [row for rows in Parallel(n_jobs=jobs)(tasks) for row in rows]
+    with _scattered(X, y, Xv, yv):
+        return [row for rows in Parallel(n_jobs=jobs)(tasks) for row in rows]
+
+
+def _scattered(*arrays):
+    """On joblib's Dask backend, send the arrays to the cluster once and let every task refer to
+    them (``scatter``), instead of shipping the feature matrix with each task. Elsewhere: nothing
+    (loky already memory-maps large arrays for its workers)."""
+    backend, _ = get_active_backend()
+    if type(backend).__name__ != "DaskDistributedBackend":
+        return contextlib.nullcontext()
+    return parallel_config(backend="dask", scatter=list(arrays))
 
 
 def search_head(head: str, fs, *, grid: dict | None = None, metric: str = "top1", jobs: int = 1,
