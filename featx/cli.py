@@ -189,6 +189,14 @@ def _extract_sharded(exp, source, bb, out, rank: int, world: int, *, progress: b
     from .extract import extract as run_extract
     from .shards import init_distributed, merge_shards
 
+    if "MASTER_ADDR" not in os.environ:  # RANK/WORLD_SIZE set by hand (batch jobs): no group, no merge
+        result = run_extract(
+            source, bb, out=out, cache_dir=exp.cache_dir, batch_size=exp.batch_size,
+            workers=None if exp.workers < 0 else exp.workers, device=exp.device, precision=exp.precision,
+            channels_last=exp.channels_last, progress=progress, shard=(rank, world),
+        )
+        click.echo(f"shard {rank} of {world} complete: {result.path}; run `featx merge` once every shard is")
+        return
     init_distributed(exp.device)
     try:
         result = run_extract(

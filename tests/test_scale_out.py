@@ -131,3 +131,21 @@ def test_dask_grid_scatters_the_features_once(image_folder, tiny_backbone, tmp_p
     assert len(result.sweep) == 3
     X, _ = fs["train"].labelled()
     assert len(seen) == 1 and any(isinstance(a, np.ndarray) and a.shape == X.shape for a in seen[0])
+
+
+def test_batch_job_shards_without_torchrun_then_featx_merge(image_folder, tmp_path):
+    """RANK/WORLD_SIZE set by hand (one batch job per shard): each writes its shard; `featx merge` joins them."""
+    import os
+
+    common = [sys.executable, "-m", "featx", "extract", "--data", str(image_folder), "--backbone", TINY,
+              "--weights", "none", "--no-progress"]
+    subprocess.run([*common, "--out", str(tmp_path / "one.h5")], check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k != "MASTER_ADDR"}
+    for rank in (1, 0):
+        run = subprocess.run([*common, "--out", str(tmp_path / "two.h5")], capture_output=True, text=True,
+                             env=dict(env, RANK=str(rank), WORLD_SIZE="2"))
+        assert run.returncode == 0 and f"shard {rank} of 2 complete" in run.stdout, run.stderr
+    merged = subprocess.run([sys.executable, "-m", "featx", "merge", str(tmp_path / "two.h5")], capture_output=True,
+                            text=True)
+    assert merged.returncode == 0, merged.stderr
+    assert_same_cache(tmp_path / "one.h5", tmp_path / "two.h5")
