@@ -114,12 +114,24 @@ class BackboneInfo:
 
 
 class RGBTransform:
-    """Converts any PIL image to RGB (grayscale replicated to 3 channels), then applies ``inner``."""
+    """Converts any PIL image to 8-bit RGB, then applies ``inner``.
+
+    As torchvision's image loader does: grayscale is replicated to 3 channels, palette and CMYK
+    images are converted, an alpha channel is dropped. 16- and 32-bit integer images (16-bit PNG,
+    TIFF) are scaled to 8 bits by their type's range (PIL's own conversion would clip them white).
+    """
 
     def __init__(self, inner: Callable):
         self.inner = inner
 
     def __call__(self, img):
+        if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            import numpy as np
+            from PIL import Image
+
+            arr = np.asarray(img)
+            top = 65535 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255
+            img = Image.fromarray((np.clip(arr, 0, top).astype(np.float64) * (255 / top)).round().astype(np.uint8))
         if img.mode != "RGB":
             img = img.convert("RGB")
         return self.inner(img)

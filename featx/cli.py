@@ -66,12 +66,13 @@ def _experiment(pipeline: str | None, **overrides):
     return exp
 
 
-def _source_and_backbone(exp, *, device: str = "cpu"):
+def _source_and_backbone(exp, *, device: str = "cpu", allow_outside: bool = False):
     from .backbones import load_backbone
     from .sources import make_source
 
     source = make_source(exp.data, root=exp.root, download=exp.download, val_fraction=exp.val_fraction,
-                         test_fraction=exp.test_fraction, seed=exp.seed, limit=exp.limit)
+                         test_fraction=exp.test_fraction, seed=exp.seed, limit=exp.limit,
+                         allow_outside=allow_outside)
     source.splits()
     backbone = load_backbone(exp.backbone, exp.weights, device=device, layer=exp.layer)
     return source, backbone
@@ -133,9 +134,13 @@ _pipeline_option = click.option(
 @click.option("--channels-last/--no-channels-last", default=None,
               help="Run the backbone in channels_last memory format (default on; same features within fp32 rounding).")
 @click.option("--offline", is_flag=True, help="Never download weights or data; fail with what to fetch instead.")
+@click.option("--strict", is_flag=True,
+              help="Fail on the first unreadable image instead of recording it as skipped (see `featx info`).")
+@click.option("--allow-outside", is_flag=True,
+              help="Let a CSV manifest list files outside its own folder (refused by default).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def extract(pipeline, data, root, download, val_fraction, test_fraction, seed, limit, backbone, weights, layer, out, cache_dir, batch_size, workers,
-            device, precision, channels_last, offline, no_progress):
+            device, precision, channels_last, offline, strict, allow_outside, no_progress):
     """Run a frozen backbone over a dataset once and write its embeddings to an HDF5 cache.
 
     A complete cache with the same key is reused; an interrupted run resumes where it stopped.
@@ -158,18 +163,18 @@ def extract(pipeline, data, root, download, val_fraction, test_fraction, seed, l
     if world > 1 and exp.device == "cuda":
         exp.device = f"cuda:{local_rank}"
     _check_device(exp.device)
-    source, bb = _source_and_backbone(exp, device=exp.device)
+    source, bb = _source_and_backbone(exp, device=exp.device, allow_outside=allow_outside)
     from .sources import layout_of
 
     sizes = ", ".join(f"{s} {len(items)}" for s, items in source.splits().items())
     if rank == 0:
         click.echo(f"data: {layout_of(source)}, {len(source.classes)} classes; {sizes}", err=True)
     if world > 1:
-        return _extract_sharded(exp, source, bb, out, rank, world, progress=not no_progress)
+        return _extract_sharded(exp, source, bb, out, rank, world, progress=not no_progress, strict=strict)
     result = run_extract(
         source, bb, out=out, cache_dir=exp.cache_dir, batch_size=exp.batch_size,
         workers=None if exp.workers < 0 else exp.workers, device=exp.device, precision=exp.precision,
-        channels_last=exp.channels_last, progress=not no_progress,
+        channels_last=exp.channels_last, progress=not no_progress, strict=strict,
     )
     if result.reused:
         click.echo(f"reusing {result.path} (cache key {result.cache_key} matches; nothing to recompute)")
@@ -181,7 +186,7 @@ def extract(pipeline, data, root, download, val_fraction, test_fraction, seed, l
     )
 
 
-def _extract_sharded(exp, source, bb, out, rank: int, world: int, *, progress: bool) -> None:
+def _extract_sharded(exp, source, bb, out, rank: int, world: int, *, progress: bool, strict: bool) -> None:
     """This process's shard, then (rank 0, after every rank is done) the merge into one cache."""
     import torch.distributed as dist
 
@@ -193,7 +198,7 @@ def _extract_sharded(exp, source, bb, out, rank: int, world: int, *, progress: b
         result = run_extract(
             source, bb, out=out, cache_dir=exp.cache_dir, batch_size=exp.batch_size,
             workers=None if exp.workers < 0 else exp.workers, device=exp.device, precision=exp.precision,
-            channels_last=exp.channels_last, progress=progress, shard=(rank, world),
+            channels_last=exp.channels_last, progress=progress, shard=(rank, world), strict=strict,
         )
         click.echo(f"shard {rank} of {world} complete: {result.path}; run `featx merge` once every shard is")
         return
@@ -204,6 +209,7 @@ def _extract_sharded(exp, source, bb, out, rank: int, world: int, *, progress: b
             workers=None if exp.workers < 0 else exp.workers, device=exp.device, precision=exp.precision,
             channels_last=exp.channels_last, progress=progress and rank == 0,
             log=lambda msg: click.echo(f"[rank {rank}/{world}] {msg}", err=True), shard=(rank, world),
+            strict=strict,
         )
         final = Path(out) if out else cache_path(exp.cache_dir, source, bb, cache_key(source, bb, exp.precision))
         if not result.reused:
@@ -319,7 +325,8 @@ def fit(cache, pipeline, head_name, params, out):
 def info(cache, as_json):
     """Describe a cache file: schema, backbone, weights, transform, splits, completeness, skipped items.
 
-    Unfinished `.h5.partial` files can be inspected too.
+    A complete cache is read through once, checking every chunk's checksum. Unfinished
+    `.h5.partial` files can be inspected too (without that check: another process may be writing).
     """
     from .store import open_features
 
@@ -328,6 +335,8 @@ def info(cache, as_json):
     for name in fs.splits:
         view = fs[name]
         splits[name] = {"rows": len(view), "items": view.n_items, "skipped": view.skipped}
+        if fs.meta.get("complete"):
+            view.verify()  # every chunk's checksum: a damaged file is an error here, not wrong numbers later
     record = {"path": str(fs.path), **fs.meta, "classes": list(fs.classes), "splits": splits}
     if as_json:
         click.echo(json.dumps(record, indent=2, default=str))

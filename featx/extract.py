@@ -124,12 +124,15 @@ def extract(
     progress: bool = True,
     log: Callable[[str], None] = lambda msg: click.echo(msg, err=True),
     shard: tuple[int, int] | None = None,
+    strict: bool = False,
 ) -> ExtractResult:
     """Run ``backbone`` over every item of ``source`` once and write the cache.
 
     Reuses a complete cache with the same key; resumes an unfinished one. With ``shard=(rank,
     world)`` only that rank's block of every split is extracted, into its own shard file
     (:mod:`featx.shards`; :func:`featx.shards.merge_shards` makes the cache from all of them).
+    Unreadable items are recorded skips; with ``strict`` the first one stops the run instead, before
+    the cache is marked complete.
     """
     if precision not in PRECISIONS:
         raise FeatxError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
@@ -195,10 +198,19 @@ def extract(
                         num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
                     )
                     for xs, idx, bad in loader:
+                        if bad and strict:
+                            raise FeatxError(f"--strict: {items.ids[bad[0][0]]} is unreadable ({bad[0][1]}); "
+                                             "stopped before the cache was marked complete")
                         feats = (embed(backbone, xs, device=dev, precision=precision, channels_last=channels_last)
                                  if xs is not None else np.zeros((0, backbone.feature_dim), np.float32))
-                        writer.append(split, feats, items.labels[idx], [items.ids[j] for j in idx],
-                                      skipped=[(items.ids[j], err) for j, err in bad])
+                        try:
+                            writer.append(split, feats, items.labels[idx], [items.ids[j] for j in idx],
+                                          skipped=[(items.ids[j], err) for j, err in bad])
+                        except OSError as exc:  # disk full, quota, I/O error
+                            done = sum(writer.position(s) for s in splits)
+                            raise FeatxError(
+                                f"could not write {writer.partial} ({_reason(exc)}) after {done}/{total} items; "
+                                "free space and run again: it resumes from there") from None
                         n_new += len(idx)
                         n_skipped += len(bad)
                         bar.update(len(idx) + len(bad))
@@ -209,4 +221,26 @@ def extract(
             ) from None
         seconds = time.perf_counter() - start_time
         writer.finalize()
+    if shard is None or shard[1] == 1:
+        _warn_empty_classes(path, source.classes, log)
     return ExtractResult(path, key, False, writer.resumed, total, n_new, n_skipped, seconds)
+
+
+def _reason(exc: OSError) -> str:
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        detail = f"; {exc.strerror}" if exc.strerror and exc.strerror != os.strerror(exc.errno) else ""
+        return f"the disk (or the file size limit) is full{detail}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _warn_empty_classes(path: Path, classes, log) -> None:
+    """Say so when a class ended up with no row in a split (e.g. a folder of unreadable images)."""
+    fs = open_features(path)
+    for split in [s for s in fs.splits if s == "train"]:
+        view = fs[split]
+        present = set(np.unique(view.y).tolist())
+        empty = [c for i, c in enumerate(classes) if i not in present]
+        if empty and view.n_items:
+            log(f"warning: {split} has no readable image of class(es) {', '.join(empty)}")

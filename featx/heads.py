@@ -187,3 +187,51 @@ def head_params(head: Pipeline) -> dict:
         for short, full in sorted(param_names(head).items())
         if isinstance(values[full], (int, float, str, bool, type(None)))
     }
+
+
+def card_path(head_path) -> "Path":
+    """The JSON card saved next to a head: ``x.svm.joblib`` -> ``x.svm.json``."""
+    from pathlib import Path
+
+    return Path(head_path).with_suffix(".json")
+
+
+def load_head(path, *, trust: bool = False):
+    """Load a head saved by ``featx fit``, and its card.
+
+    A head is a joblib pickle, and unpickling runs code: it is loaded only when its sha256 equals
+    the one ``featx fit`` recorded in its card (``<name>.json``), unless ``trust`` is set (for a
+    file you made yourself). Returns ``(estimator, card)``.
+    """
+    import json
+
+    import joblib
+
+    from .backbones import file_sha256
+
+    cp = card_path(path)
+    try:
+        card = json.loads(cp.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        card = None
+    except (OSError, ValueError) as exc:
+        raise FeatxError(f"head card {cp} cannot be read ({exc})") from None
+    if not trust:
+        if card is None:
+            raise FeatxError(f"head {path} has no card {cp.name} to check it against; a head file runs code "
+                             "when loaded: pass --trust only if you made it yourself")
+        try:
+            actual = file_sha256(path)
+        except OSError as exc:
+            raise FeatxError(f"head {path} cannot be read ({exc.strerror or exc})") from None
+        if actual != card.get("head_sha256"):
+            raise FeatxError(f"head {path} does not match its card (sha256 {actual[:12]}..., card says "
+                             f"{str(card.get('head_sha256'))[:12]}...): it was changed after `featx fit`; a head "
+                             "file runs code when loaded, so it is not loaded (--trust overrides)")
+    try:
+        est = joblib.load(path)
+    except FileNotFoundError:
+        raise FeatxError(f"head {path} does not exist") from None
+    except Exception as exc:  # a damaged or foreign pickle can raise anything
+        raise FeatxError(f"head {path} cannot be loaded ({type(exc).__name__}: {exc})") from None
+    return est, card or {}

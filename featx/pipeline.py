@@ -86,6 +86,21 @@ _TYPES = {f.name: f.type for f in fields(Experiment)}
 _PY = {"str": (str,), "bool": (bool,), "int": (int,), "float": (float, int), "str | None": (str,)}
 
 
+#: attribute -> (check, what a valid value is); types are checked first
+_RANGES = {
+    "val_fraction": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+    "test_fraction": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+    "limit": (lambda v: v >= 0, "0 (all) or a positive number of items"),
+    "batch_size": (lambda v: v >= 1, "a positive number of images"),
+    "workers": (lambda v: v >= -1, "-1 (automatic), 0 or a number of worker processes"),
+    "precision": (lambda v: v in ("fp32", "bf16", "fp16"), "one of fp32, bf16, fp16"),
+    "device": (lambda v: v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdecimal()),
+               "cpu, cuda or cuda:N"),
+    "data": (lambda v: bool(v.strip()), "a non-empty source"),
+    "backbone": (lambda v: bool(v.strip()), "a model name"),
+}
+
+
 def _check(where: str, attr: str, value):
     ok = _PY[_TYPES[attr]]
     if isinstance(value, bool) and bool not in ok:
@@ -93,6 +108,9 @@ def _check(where: str, attr: str, value):
     if not isinstance(value, ok):
         want = _TYPES[attr].replace(" | None", "")
         raise FeatxError(f"{where}: expected a {want}, got {value!r}")
+    check, what = _RANGES.get(attr, (None, ""))
+    if check is not None and not check(value):
+        raise FeatxError(f"{where}: expected {what}, got {value!r}")
     return value
 
 
@@ -105,6 +123,8 @@ def load_pipeline(path: str | Path) -> Experiment:
         raise FeatxError(f"pipeline file {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise FeatxError(f"pipeline file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise FeatxError(f"pipeline file {path} cannot be read: {exc.strerror or exc}") from None
     exp = Experiment(name=path.stem)
     for table, body in doc.items():
         if table in ("heads", "grid"):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import FeatxError
 
@@ -289,9 +289,16 @@ class FileSource(Source):
     """A source whose items are image files (``keys`` are paths)."""
 
     def open(self, key) -> Image.Image:
-        img = Image.open(key)
-        img.load()
-        return img
+        """Decode a file (the first frame of an animation), upright by its EXIF orientation.
+
+        PIL refuses decompression bombs (more than twice ``Image.MAX_IMAGE_PIXELS``, 179 Mpx) when
+        opening, before any pixel is decoded; the item is then a recorded skip like any other
+        unreadable file.
+        """
+        with Image.open(key) as img:
+            img.load()
+            upright = ImageOps.exif_transpose(img)  # a copy; also when there is nothing to rotate
+        return upright
 
     def fingerprint(self) -> dict:
         """Adds every file's size and modification time: an edited image changes the key."""
@@ -299,8 +306,11 @@ class FileSource(Source):
         stats = []
         for items in self.splits().values():
             for key in items.keys:
-                st = os.stat(key)
-                stats.append((st.st_size, st.st_mtime_ns))
+                try:
+                    st = os.stat(key)
+                    stats.append((st.st_size, st.st_mtime_ns))
+                except OSError:  # gone since it was listed: it will be a recorded skip
+                    stats.append((-1, -1))
         fp["files"] = _digest(stats)
         return fp
 
@@ -319,24 +329,23 @@ class ImageFolderSource(FileSource):
         self.presplit = (self.root / "train").is_dir()
 
     def _scan(self, folder: Path, class_to_idx: dict[str, int]) -> SplitItems:
-        from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
-
-        samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        samples = [(p, c) for name, c in class_to_idx.items() for p in _image_files(folder / name)]
         samples.sort(key=lambda s: (s[1], s[0]))
         return SplitItems(
             keys=[p for p, _ in samples],
-            ids=[Path(p).relative_to(self.root).as_posix() for p, _ in samples],
+            ids=[safe_id(os.path.relpath(p, self.root)) for p, _ in samples],
             labels=np.array([c for _, c in samples], dtype=np.int64),
         )
 
     def _find(self) -> dict[str, SplitItems]:
-        from torchvision.datasets.folder import find_classes
-
         base = self.root / "train" if self.presplit else self.root
         try:
-            self.classes, class_to_idx = find_classes(str(base))
-        except (FileNotFoundError, OSError) as exc:
-            raise FeatxError(f"image folder {self.root}: {exc}") from None
+            self.classes = sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
+        except OSError as exc:
+            raise FeatxError(f"image folder {self.root}: {exc.strerror or exc}: {base}") from None
+        if not self.classes:
+            raise FeatxError(f"image folder {base} has no class folders")
+        class_to_idx = {c: i for i, c in enumerate(self.classes)}
         if self.presplit:
             found = {s: self._scan(self.root / s, class_to_idx) for s in SPLIT_DIRS if (self.root / s).is_dir()}
         else:
@@ -355,6 +364,40 @@ class ImageFolderSource(FileSource):
             "seed": self.seed,
             "limit": self.limit,
         }
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def safe_id(path: str) -> str:
+    """A POSIX relative path as valid UTF-8 text: bytes of a non-UTF-8 file name become ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace").replace(os.sep, "/")
+
+
+def _image_files(folder: Path) -> list[str]:
+    """Image files under ``folder`` (recursively, following links, each real folder once so a
+    symlink loop ends), skipping hidden files and folders (``.DS_Store``, ``._x.jpg``, ``.git``).
+    Files without an image extension (``Thumbs.db``, ``notes.txt``) are not images."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    extensions = (*IMG_EXTENSIONS, ".gif")  # torchvision's list, plus GIF (its first frame)
+    seen: set[str] = set()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [os.path.join(dirpath, f) for f in sorted(filenames)
+                  if not f.startswith(".") and f.lower().endswith(extensions)]
+    return found
 
 
 def _require_files(where, paths) -> None:
@@ -406,7 +449,7 @@ class ManifestSource(FileSource):
         rows = self._rows()
         base = self.manifest.parent.resolve()
         names = sorted({label for _, _, label, _ in rows if label})
-        if names and all(n.lstrip("-").isdigit() for n in names):
+        if names and all(_is_int(n) for n in names):
             names.sort(key=int)
         self.classes = names
         index = {name: i for i, name in enumerate(names)}
@@ -416,7 +459,10 @@ class ManifestSource(FileSource):
             raise FeatxError(f"{self.manifest}:{n}: no split, but other rows have one; give every row a split or none")
         grouped: dict[str, list] = {}
         for n, path, label, split in rows:
-            full = (base / path).resolve()
+            try:
+                full = (base / path).resolve()
+            except (ValueError, OSError) as exc:  # a NUL byte, a link loop, a name too long
+                raise FeatxError(f"{self.manifest}:{n}: path {path!r} is not usable ({exc})") from None
             if not self.allow_outside and not full.is_relative_to(base):
                 raise FeatxError(f"{self.manifest}:{n}: {path} is outside the manifest's folder {base}")
             grouped.setdefault(split or "train", []).append((str(full), path, index.get(label, -1)))
@@ -490,7 +536,8 @@ class StanfordDogsSource(FileSource):
 
 
 def make_source(data: str, *, root: str | os.PathLike = "cache/datasets", download: bool = False,
-                val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, limit: int = 0) -> Source:
+                val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, limit: int = 0,
+                allow_outside: bool = False) -> Source:
     """Turn a ``--data`` string into a source, detecting the layout.
 
     ``torchvision:<Name>`` -> :class:`TorchvisionSource`; a ``.csv`` file -> :class:`ManifestSource`;
@@ -503,7 +550,7 @@ def make_source(data: str, *, root: str | os.PathLike = "cache/datasets", downlo
                                  **common)
     path = Path(data)
     if path.is_file() and path.suffix.lower() == ".csv":
-        return ManifestSource(path, test_fraction=test_fraction, **common)
+        return ManifestSource(path, test_fraction=test_fraction, allow_outside=allow_outside, **common)
     if path.is_dir():
         if StanfordDogsSource.detect(path):
             return StanfordDogsSource(path, **common)

@@ -22,9 +22,12 @@ without the ``.partial`` suffix is therefore always complete; a killed run resum
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import fcntl
 import json
 import os
+import resource
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -188,11 +191,13 @@ class FeatureWriter:
         rows = self.chunk_rows
         for split, size in self.split_sizes.items():
             g = f.create_group(split)
+            # fletcher32: a checksum per chunk, so flipped bytes are an error on reading, not wrong numbers
             g.create_dataset(
                 "features", shape=(0, self.feature_dim), maxshape=(None, self.feature_dim),
-                chunks=(rows, self.feature_dim), dtype="float32",
+                chunks=(rows, self.feature_dim), dtype="float32", fletcher32=True,
             )
-            g.create_dataset("labels", shape=(0,), maxshape=(None,), chunks=(rows * 16,), dtype="int64")
+            g.create_dataset("labels", shape=(0,), maxshape=(None,), chunks=(rows * 16,), dtype="int64",
+                             fletcher32=True)
             g.create_dataset("ids", shape=(0,), maxshape=(None,), chunks=(rows * 16,), dtype=_STR)
             g.attrs["n_committed"] = 0
             g.attrs["n_items"] = int(size)
@@ -225,6 +230,7 @@ class FeatureWriter:
             raise FeatxError(
                 f"internal: batch of shape {features.shape} does not fit ({k}, {self.feature_dim})"
             )
+        self._check_room(k)
         if k:
             for name in ("features", "labels", "ids"):
                 g[name].resize(n + k, axis=0)
@@ -237,6 +243,23 @@ class FeatureWriter:
             g.attrs["skipped"] = json.dumps(self._skipped[split])
         g.attrs["n_committed"] = n + k
         f.flush()
+
+    def _check_room(self, rows: int) -> None:
+        """Refuse a batch the disk (or the process's file-size limit) cannot take, before HDF5 tries.
+
+        HDF5 does not survive a failed write: the library can crash in the next flush and leave
+        the file unreadable. Checking first keeps the partial file as it was after the last
+        committed batch, so the run resumes once there is room. The estimate is generous: the
+        batch plus two chunks of every dataset (the file grows a chunk at a time) plus 1 MiB.
+        """
+        chunk = self.chunk_rows * (self.feature_dim * 4 + 16 * (8 + 16))
+        need = rows * (self.feature_dim * 4 + 8 + 64) + 2 * chunk + (1 << 20)
+        room = shutil.disk_usage(self.partial.parent).free
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            room = min(room, soft - os.path.getsize(self.partial))
+        if room < need:
+            raise OSError(errno.ENOSPC, f"{need >> 10} KiB needed, {max(room, 0) >> 10} KiB left")
 
     def finalize(self) -> Path:
         """Check every split is whole, mark the file complete and move it into place."""
@@ -277,8 +300,12 @@ class SplitView:
     name: str
 
     def _read(self, key: str, sel=slice(None)):
-        with _open_read(self.path) as f:
-            return f[self.name][key][sel]
+        try:
+            with _open_read(self.path) as f:
+                return f[self.name][key][sel]
+        except (OSError, KeyError, ValueError) as exc:
+            raise FeatxError(f"cache {self.path} is damaged: {self.name}/{key} cannot be read "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); extract it again") from None
 
     def __len__(self) -> int:
         with _open_read(self.path) as f:
@@ -308,6 +335,18 @@ class SplitView:
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Features of rows ``start:stop`` only."""
         return self._read("features", slice(start, stop))
+
+    def verify(self, block: int = 8192) -> None:
+        """Read every row (block by block) so that HDF5 checks each chunk's checksum.
+
+        Raises:
+            FeatxError: a chunk is damaged.
+        """
+        n = len(self)
+        for start in range(0, n, block):
+            self._read("features", slice(start, min(n, start + block)))
+        self._read("labels")
+        self._read("ids")
 
     @property
     def n_items(self) -> int:
