@@ -21,7 +21,7 @@ help:
 	@echo "make features [NPROC=2]    extract embeddings for PIPELINE=$(PIPELINE) into cache/ (NPROC torchrun shards)"
 	@echo "make fit HEAD=svm          fit a head (logreg svm rbf-svm knn torch-linear); PARAMS='C=0.1 ...'"
 	@echo "make grid [HEADS='logreg svm']  search every head's grid, write reports/<pipeline>/"
-	@echo "make bench                 extraction and seed-loop benchmarks (ratios, side by side)"
+	@echo "make bench                 extraction, seed-loop and heads benchmarks (ratios, side by side)"
 	@echo "make test                  run the test suite"
 
 # Everything below runs the install once; `make install` forces it again.
@@ -74,6 +74,7 @@ grid: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_extract.py
 	$(PY) bench/bench_seed_loop.py
+	$(PY) bench/bench_heads.py
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

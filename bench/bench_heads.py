@@ -165,7 +165,7 @@ def main(argv=None):
     p.add_argument("--caches", default="synthetic,default", help="synthetic and/or default")
     p.add_argument("--default-cache", default="auto",
                    help="path of the default pipeline's cache (auto: resolved from pipelines/default.toml)")
-    p.add_argument("--limit", type=float, default=60.0, help="seconds a textbook fit may take")
+    p.add_argument("--limit", type=float, default=45.0, help="seconds a textbook fit may take")
     p.add_argument("--out", type=Path, default=Path("bench/results/heads.json"))
     args = p.parse_args(argv)
     specs = []
