@@ -10,6 +10,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -259,6 +260,7 @@ def fit(cache, pipeline, head_name, params, out):
     from . import __version__
     from .backbones import file_sha256
     from .evaluate import METRICS, evaluate
+    from .reuse import EMBEDDING_META
     from .heads import head_params, make_head, parse_params
     from .store import open_features
 
@@ -313,6 +315,8 @@ def fit(cache, pipeline, head_name, params, out):
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "head_file": target.name,
         "head_sha256": file_sha256(target),
+        # what `featx predict` / `export-model` need to embed new images the same way
+        "embedding": {k: fs.meta.get(k) for k in EMBEDDING_META if k in fs.meta},
     }
     card_path = target.with_suffix(".json")
     card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
@@ -543,6 +547,155 @@ def _dask(scheduler: str | None):
             yield client
     finally:
         client.close()
+
+
+def _head_and_embedding(head_path: str, trust: bool):
+    """A saved head, its card, and the embedding record of the cache it was trained on."""
+    from .heads import load_head
+    from .store import open_features
+
+    head, card = load_head(head_path, trust=trust)
+    embedding = card.get("embedding")
+    if not embedding:  # a card written before featx recorded it: the cache still has it
+        if not card.get("cache") or not Path(card["cache"]).exists():
+            raise FeatxError(f"{head_path}: its card does not say which backbone made its features, and its cache "
+                             f"{card.get('cache')} is gone; refit it with this featx")
+        embedding = open_features(card["cache"]).meta
+    return head, card, embedding
+
+
+_trust_option = click.option(
+    "--trust", is_flag=True,
+    help="Load the head even if its sha256 does not match its JSON card (a head is a pickle and runs code "
+         "when loaded: only for files you made yourself).")
+
+
+@main.command()
+@click.option("--head", "-H", "head_path", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="A head saved by `featx fit` (.joblib, with its .json card next to it).")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", "-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Classes to show per image.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Also write the predictions to this .csv or .json file.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per forward pass.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@_trust_option
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def predict(head_path, images, top_k, output, batch_size, device, trust, no_progress):
+    """Classify new images (files or folders) with a trained head.
+
+    The backbone, weights, layer, transform and precision are the ones recorded for the head's
+    cache; featx refuses if they are not available here. Prints the top-k classes with their
+    probabilities (or decision scores, for heads without probabilities). Unreadable images are
+    reported and skipped.
+    """
+    import csv
+
+    from .reuse import backbone_for, embed_images, image_paths, predict_images
+
+    if output and Path(output).suffix.lower() not in (".csv", ".json"):
+        raise FeatxError(f"--output {output}: give a .csv or .json file name")
+    _check_device(device)
+    head, card, emb = _head_and_embedding(head_path, trust)
+    paths = image_paths(images)
+    if not paths:
+        raise FeatxError("no images found in " + ", ".join(images))
+    bb = backbone_for(emb, device=device)
+    with click.progressbar(length=len(paths), label="predicting", file=sys.stderr,
+                           hidden=no_progress or len(paths) < 2 * batch_size) as bar:
+        X, good, bad = embed_images(bb, paths, device=device, precision=emb.get("precision", "fp32"),
+                                    batch_size=batch_size, progress=bar.update)
+    preds = predict_images(head, card.get("classes") or [], X, good, k=top_k) if len(good) else []
+    for p in preds:
+        shown = ", ".join(f"{label} {score:.3f}" for label, score in zip(p.labels, p.scores))
+        click.echo(f"{p.path}\t{shown}")
+    for path, reason in bad:
+        click.echo(f"featx: skipped unreadable image {path}: {reason}", err=True)
+    if output:
+        rows = [{"path": p.path, "rank": r + 1, "label": label, p.kind.replace(" ", "_"): score}
+                for p in preds for r, (label, score) in enumerate(zip(p.labels, p.scores))]
+        rows += [{"path": path, "rank": "", "label": "", "error": reason} for path, reason in bad]
+        out = Path(output)
+        if out.suffix.lower() == ".json":
+            out.write_text(json.dumps({"head": str(head_path), "kind": preds[0].kind if preds else None,
+                                       "predictions": [p.__dict__ for p in preds],
+                                       "unreadable": [{"path": a, "reason": b} for a, b in bad]}, indent=2,
+                                      ensure_ascii=False) + "\n", encoding="utf-8")
+        else:
+            fields = ["path", "rank", "label", "probability", "decision_score", "error"]
+            with open(out, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(rows)
+        click.echo(f"wrote {out}", err=True)
+    click.echo(f"{len(preds)} predicted, {len(bad)} unreadable", err=True)
+
+
+@main.command()
+@click.argument("cache", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Neighbours per image.")
+@click.option("--split", "splits", multiple=True, help="Search only this split (repeatable; default all).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+def neighbors(cache, images, k, splits, device):
+    """The cached items most similar (cosine) to each image, embedded with the cache's own backbone."""
+    from .reuse import backbone_for, embed_images, image_paths, nearest
+    from .store import open_features
+
+    _check_device(device)
+    fs = open_features(cache)
+    for s in splits:
+        fs[s]  # noqa: B018 - an unknown split is one clear error
+    bb = backbone_for(fs.meta, device=device)
+    X, good, bad = embed_images(bb, image_paths(images), device=device, precision=fs.meta.get("precision", "fp32"))
+    for path, hits in zip(good, nearest(fs, X, k, splits=splits or None) if len(good) else []):
+        click.echo(path)
+        for h in hits:
+            click.echo(f"  {h.rank:>2}. {h.similarity:.4f}  {h.split}/{h.row}  {h.id}  {h.label}")
+    for path, reason in bad:
+        click.echo(f"featx: skipped unreadable image {path}: {reason}", err=True)
+
+
+@main.command()
+@click.argument("cache", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["npz", "npy", "parquet"]), default="npz", show_default=True,
+              help="npz: one file; npy: a folder of <split>_X/_y/_ids.npy and classes.json; parquet: one table "
+                   "(needs pyarrow).")
+@click.option("--out", "-o", type=click.Path(), help="Output file or folder (default next to the cache).")
+def export(cache, fmt, out):
+    """Write a cache's features, labels, ids and class names for tools that do not read HDF5."""
+    from .reuse import export_arrays
+    from .store import open_features
+
+    fs = open_features(cache)
+    target = Path(out) if out else Path(cache).with_suffix("" if fmt == "npy" else f".{fmt}")
+    for p in export_arrays(fs, target, fmt):
+        click.echo(f"wrote {p}")
+
+
+@main.command("export-model")
+@click.option("--head", "-H", "head_path", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="A linear head saved by `featx fit` (logreg, svm, torch-linear).")
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript",
+              show_default=True, help="TorchScript (.pt) or ONNX (needs the onnx package).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Output file (default <head>.pt / .onnx).")
+@_trust_option
+def export_model(head_path, fmt, out, trust):
+    """One deployable module: preprocessed images (N, 3, H, W) -> backbone -> the head's class scores.
+
+    Feed it what the recorded transform produces (resize, crop, normalise); its argmax is featx's
+    prediction. Linear heads only (their scaling is folded into the last layer).
+    """
+    from .reuse import backbone_for, export_model as run_export
+
+    head, card, emb = _head_and_embedding(head_path, trust)
+    bb = backbone_for(emb)
+    target = Path(out) if out else Path(head_path).with_suffix(".pt" if fmt == "torchscript" else ".onnx")
+    run_export(head, bb, target, fmt)
+    click.echo(f"wrote {target}: input (N, {', '.join(map(str, bb.preprocess.get('input_size', [])))}) "
+               f"preprocessed images, output (N, {len(head.classes_)}) scores for {card.get('classes')}")
 
 
 @main.command()

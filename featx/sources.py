@@ -285,20 +285,24 @@ def _labels_of(ds, name: str) -> np.ndarray:
     raise FeatxError(f"torchvision dataset {name}: cannot list its labels without decoding every image")
 
 
+def open_image(path) -> Image.Image:
+    """Decode an image file (the first frame of an animation), upright by its EXIF orientation.
+
+    PIL refuses decompression bombs (more than twice ``Image.MAX_IMAGE_PIXELS``, 179 Mpx) when
+    opening, before any pixel is decoded; the item is then a recorded skip like any other
+    unreadable file.
+    """
+    with Image.open(path) as img:
+        img.load()
+        upright = ImageOps.exif_transpose(img)  # a copy; also when there is nothing to rotate
+    return upright
+
+
 class FileSource(Source):
     """A source whose items are image files (``keys`` are paths)."""
 
     def open(self, key) -> Image.Image:
-        """Decode a file (the first frame of an animation), upright by its EXIF orientation.
-
-        PIL refuses decompression bombs (more than twice ``Image.MAX_IMAGE_PIXELS``, 179 Mpx) when
-        opening, before any pixel is decoded; the item is then a recorded skip like any other
-        unreadable file.
-        """
-        with Image.open(key) as img:
-            img.load()
-            upright = ImageOps.exif_transpose(img)  # a copy; also when there is nothing to rotate
-        return upright
+        return open_image(key)
 
     def fingerprint(self) -> dict:
         """Adds every file's size and modification time: an edited image changes the key."""

@@ -336,6 +336,31 @@ class SplitView:
         """Features of rows ``start:stop`` only."""
         return self._read("features", slice(start, stop))
 
+    def __getitem__(self, rows) -> np.ndarray:
+        """Features of a row range (``view[1000:2000]``) or of sorted row indices, read from disk."""
+        if isinstance(rows, slice):
+            return self._read("features", rows)
+        return self._read("features", np.asarray(rows))
+
+    def torch(self, start: int = 0, stop: int | None = None):
+        """Features of rows ``start:stop`` as a torch tensor (all rows by default)."""
+        import torch
+
+        return torch.from_numpy(self._read("features", slice(start, stop)))
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        with _open_read(self.path) as f:
+            return tuple(_decode(c) for c in f["classes"][()])
+
+    def dataset(self):
+        """A ``torch.utils.data.Dataset`` of ``(features, label)`` tensors for a DataLoader.
+
+        Each worker process opens the file itself on first use (h5py handles do not survive a
+        fork), and reads one row per item, so ``num_workers > 0`` and shuffling both work.
+        """
+        return FeatureDataset(str(self.path), self.name)
+
     def verify(self, block: int = 8192) -> None:
         """Read every row (block by block) so that HDF5 checks each chunk's checksum.
 
@@ -358,6 +383,32 @@ class SplitView:
     def skipped(self) -> list[dict]:
         with _open_read(self.path) as f:
             return json.loads(_decode(f[self.name].attrs["skipped"]))
+
+
+class FeatureDataset:
+    """``(features, label)`` rows of one split as a map-style torch dataset (see :meth:`SplitView.dataset`)."""
+
+    def __init__(self, path: str, split: str):
+        self.path, self.split = path, split
+        with _open_read(Path(path)) as f:
+            self._n = int(f[split].attrs["n_committed"])
+        self._file = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int):
+        import torch
+
+        if self._file is None or self._pid != os.getpid():  # first use in this process (or after a fork)
+            self._file = _open_read(Path(self.path))
+            self._pid = os.getpid()
+        g = self._file[self.split]
+        return torch.from_numpy(g["features"][i]), int(g["labels"][i])
+
+    def __getstate__(self):
+        return {"path": self.path, "split": self.split, "_n": self._n, "_file": None, "_pid": None}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from conftest import TINY
 from featx.cli import main
 
-COMMANDS = ["extract", "fit", "info", "backbones", "heads"]
+COMMANDS = sorted(main.commands)
 
 
 def run(*args, env=None):

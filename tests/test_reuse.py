@@ -1,0 +1,162 @@
+"""Reuse and deployment: reading caches from other code, predicting on new images, neighbours, export."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import TINY
+from featx import FeatxError, open_features
+from featx.cli import main
+from featx.extract import extract
+from featx.heads import load_head
+from featx.reuse import linear_weights
+from featx.sources import ImageFolderSource, open_image
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def cache_and_heads(image_folder, tiny_backbone, tmp_path):
+    cache = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "c.h5", progress=False).path
+    heads = {}
+    for name in ("logreg", "svm", "knn"):
+        heads[name] = tmp_path / f"{name}.joblib"
+        result = run("fit", cache, "--head", name, "--out", heads[name])
+        assert result.exit_code == 0, result.output
+    return cache, heads
+
+
+def test_cache_reads_as_ranges_torch_and_a_dataloader_with_workers(cache_and_heads):
+    cache, _ = cache_and_heads
+    view = open_features(cache)["train"]
+    X = view.X
+    np.testing.assert_array_equal(view[5:9], X[5:9])
+    np.testing.assert_array_equal(view[[1, 3]], X[[1, 3]])
+    assert torch.equal(view.torch(2, 4), torch.from_numpy(X[2:4]))
+    assert view.classes == open_features(cache).classes == ("circle", "square", "stripes")
+    loader = torch.utils.data.DataLoader(view.dataset(), batch_size=5, shuffle=True, num_workers=2)
+    rows, labels = zip(*[(x, y) for x, y in loader])
+    got = torch.cat(rows).numpy()
+    assert got.shape == X.shape
+    assert sorted(r.tobytes() for r in got) == sorted(r.tobytes() for r in X), "every row exactly once"
+    assert sorted(torch.cat(labels).tolist()) == sorted(view.y.tolist())
+
+
+def test_export_npz_and_npy_round_trip_parquet_says_when_missing(cache_and_heads, tmp_path):
+    cache, _ = cache_and_heads
+    fs = open_features(cache)
+    assert run("export", cache, "--format", "npz", "--out", tmp_path / "c.npz").exit_code == 0
+    z = np.load(tmp_path / "c.npz")
+    for s in fs.splits:
+        np.testing.assert_array_equal(z[f"{s}_X"], fs[s].X)
+        np.testing.assert_array_equal(z[f"{s}_y"], fs[s].y)
+        assert list(z[f"{s}_ids"]) == list(fs[s].ids)
+    assert list(z["classes"]) == list(fs.classes)
+    assert run("export", cache, "--format", "npy", "--out", tmp_path / "npy").exit_code == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "npy" / "test_X.npy"), fs["test"].X)
+    assert json.loads((tmp_path / "npy" / "classes.json").read_text()) == list(fs.classes)
+    result = run("export", cache, "--format", "parquet", "--out", tmp_path / "c.parquet")
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        assert result.exit_code == 1 and "needs pyarrow" in result.stderr
+    else:
+        table = pq.read_table(tmp_path / "c.parquet")
+        assert table.num_rows == sum(len(fs[s]) for s in fs.splits)
+
+
+def _test_images(cache, image_folder):
+    fs = open_features(cache)
+    ids = list(fs["test"].ids)
+    return fs, ids, [str(image_folder / i) for i in ids]
+
+
+def test_predict_matches_the_head_on_cached_features_and_reports_unreadable(cache_and_heads, image_folder, tmp_path):
+    cache, heads = cache_and_heads
+    fs, ids, paths = _test_images(cache, image_folder)
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not an image")
+    out = tmp_path / "pred.csv"
+    result = run("predict", "--head", heads["logreg"], *paths, bad, "-k", "2", "--output", out)
+    assert result.exit_code == 0, result.output
+    assert "skipped unreadable image" in result.stderr and "broken.jpg" in result.stderr
+    head, _ = load_head(heads["logreg"])
+    expected = [fs.classes[c] for c in head.predict(fs["test"].X)]
+    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    top1 = [r["label"] for r in rows if r["rank"] == "1"]
+    assert top1 == expected, "same backbone, transform and head as the cache: same predictions"
+    probs = [float(r["probability"]) for r in rows if r["rank"] == "1"]
+    assert all(0 < p <= 1 for p in probs)
+    assert any(r.get("error") for r in rows), "the unreadable image is in the output too"
+    # a head without probabilities gives decision scores; JSON output
+    result = run("predict", "--head", heads["svm"], image_folder / "circle", "--output", tmp_path / "p.json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert doc["kind"] == "decision score" and len(doc["predictions"]) == 12
+
+
+def test_predict_refuses_a_changed_head_and_a_missing_backbone(cache_and_heads, image_folder):
+    cache, heads = cache_and_heads
+    card_path = heads["logreg"].with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["embedding"]["backbone"] = "resnet18"  # not the backbone the features came from
+    card["embedding"]["transform"] = {"input_size": [3, 9, 9]}
+    card_path.write_text(json.dumps(card))
+    result = run("predict", "--head", heads["logreg"], image_folder / "circle")
+    assert result.exit_code == 1 and "transform here differs" in result.stderr
+    heads["svm"].write_bytes(heads["svm"].read_bytes() + b"tampered")
+    result = run("predict", "--head", heads["svm"], image_folder / "circle")
+    assert result.exit_code == 1 and "does not match its card" in result.stderr and "Traceback" not in result.output
+
+
+def test_neighbors_of_a_cached_image_start_with_itself(cache_and_heads, image_folder):
+    cache, _ = cache_and_heads
+    fs, ids, paths = _test_images(cache, image_folder)
+    result = run("neighbors", cache, paths[0], "-k", "3")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == paths[0] and len(lines) == 4
+    first = lines[1].split()
+    assert first[0] == "1." and float(first[1]) > 0.9999 and first[3] == ids[0]
+
+
+def test_exported_torchscript_model_predicts_what_featx_predicts(cache_and_heads, image_folder, tmp_path,
+                                                                  tiny_backbone):
+    cache, heads = cache_and_heads
+    fs, ids, paths = _test_images(cache, image_folder)
+    for name in ("logreg", "svm"):
+        out = tmp_path / f"{name}.pt"
+        result = run("export-model", "--head", heads[name], "--format", "torchscript", "--out", out)
+        assert result.exit_code == 0, result.output
+        module = torch.jit.load(str(out))
+        x = torch.stack([tiny_backbone.transform(open_image(p)) for p in paths])
+        with torch.no_grad():
+            scores = module(x).numpy()
+        head, _ = load_head(heads[name])
+        np.testing.assert_array_equal(head.classes_[scores.argmax(1)], head.predict(fs["test"].X))
+        W, b = linear_weights(head)
+        np.testing.assert_allclose(fs["test"].X @ W.T + b, head.decision_function(fs["test"].X), rtol=1e-3, atol=1e-3)
+    knn = run("export-model", "--head", heads["knn"], "--out", tmp_path / "k.pt")
+    assert knn.exit_code == 1 and "only linear heads" in knn.stderr
+    onnx = run("export-model", "--head", heads["logreg"], "--format", "onnx", "--out", tmp_path / "m.onnx")
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        assert onnx.exit_code == 1 and "needs the onnx package" in onnx.stderr
+    else:
+        assert onnx.exit_code == 0 and (tmp_path / "m.onnx").exists()
+
+
+def test_linear_weights_refuses_nonlinear_heads():
+    from featx.heads import make_head
+
+    with pytest.raises(FeatxError, match="only linear heads"):
+        linear_weights(make_head("rbf-svm"))
