@@ -106,8 +106,8 @@ def tune_malloc() -> bool:
     By default glibc serves blocks above 128 KiB (adaptively up to 32 MiB) with mmap and gives
     them back on free, so each batch's activations are page-faulted in again. Raising the mmap
     threshold to its maximum and the trim threshold to 256 MiB keeps them in the heap: the bare
-    ResNet-50 forward on 2 CPU cores, batch 16, went from 16.6 to 19.7 images/s in fp32 and from
-    35.8 to 40.9 in bf16 (means of 3 runs, docs/benchmarks.md). Memory stays bounded by the
+    ResNet-50 forward on 2 CPU cores, batch 16, went from 16.7 to 19.7 images/s in fp32 and from
+    36.5 to 41.0 in bf16 (means of 3 runs, docs/benchmarks.md). Memory stays bounded by the
     largest batch's working set.
     Only on glibc; ``FEATX_SYSTEM_MALLOC=1`` leaves the allocator alone. Returns whether it applied.
     """
