@@ -67,13 +67,14 @@ def run(backbones, n: int, batch: int, device: str) -> list[dict]:
             # warm-up run on a few images so both sides start warm
             extract(ImageFolderSource(folder, val_fraction=0, test_fraction=0, limit=batch), bb,
                     out=Path(tmp) / f"warm-{name}.h5", batch_size=batch, device=device, progress=False)
-            result = extract(source, bb, out=Path(tmp) / f"{name}.h5", batch_size=batch, device=device,
-                             progress=False)
-            bare = bare_forward(bb, n, batch, dev, channels_last=True)
-            rows.append({"backbone": name, "images": n, "batch": batch, "device": device, "precision": "fp32",
-                         "featx_images_per_s": round(result.images_per_s, 1), "bare_images_per_s": round(bare, 1),
-                         "ratio": round(result.images_per_s / bare, 3)})
-            print(json.dumps(rows[-1]), file=sys.stderr)
+            for decoder in ("pil", "torchvision"):
+                result = extract(source, bb, out=Path(tmp) / f"{name}-{decoder}.h5", batch_size=batch,
+                                 device=device, progress=False, decoder=decoder)
+                bare = bare_forward(bb, n, batch, dev, channels_last=True)  # right after, on the same machine state
+                rows.append({"backbone": name, "decoder": decoder, "images": n, "batch": batch, "device": device,
+                             "precision": "fp32", "featx_images_per_s": round(result.images_per_s, 1),
+                             "bare_images_per_s": round(bare, 1), "ratio": round(result.images_per_s / bare, 3)})
+                print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 
 
@@ -88,11 +89,11 @@ def main(argv=None):
     rows = run(args.backbones.split(","), args.images, args.batch, args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    print("| backbone | device | batch | images | featx images/s | bare forward images/s | featx / bare |")
-    print("|---|---|---|---|---|---|---|")
+    print("| backbone | decoder | device | batch | images | featx images/s | bare forward images/s | featx / bare |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['backbone']} | {r['device']} | {r['batch']} | {r['images']} | {r['featx_images_per_s']} | "
-              f"{r['bare_images_per_s']} | {r['ratio']:.2f} |")
+        print(f"| {r['backbone']} | {r['decoder']} | {r['device']} | {r['batch']} | {r['images']} | "
+              f"{r['featx_images_per_s']} | {r['bare_images_per_s']} | {r['ratio']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .backbones import Backbone
 from .errors import FeatxError
-from .sources import Source, SplitItems
+from .sources import FileSource, Source, SplitItems
 from .store import SCHEMA_VERSION, FeatureWriter, open_features, partial_path
 
 __all__ = ["PRECISIONS", "ExtractResult", "cache_key", "cache_path", "extract", "embed"]
@@ -43,7 +43,7 @@ class ExtractResult:
         return self.n_new / self.seconds if self.seconds > 0 else 0.0
 
 
-def cache_key(source: Source, backbone: Backbone, precision: str) -> str:
+def cache_key(source: Source, backbone: Backbone, precision: str, decoder: str = "pil") -> str:
     """Hash of everything that determines the features (16 hex digits)."""
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -56,6 +56,8 @@ def cache_key(source: Source, backbone: Backbone, precision: str) -> str:
     }
     if backbone.layer:  # only when set, so that penultimate-layer keys stay as they were
         record["layer"] = backbone.layer
+    if decoder != "pil" and isinstance(source, FileSource):  # idem; in-memory datasets have no files to decode
+        record["decoder"] = decoder
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -64,19 +66,34 @@ def cache_path(cache_dir: str | os.PathLike, source: Source, backbone: Backbone,
     return Path(cache_dir) / source.name / f"{backbone.name}-{key}.h5"
 
 
+#: Image decoders: ``pil`` (the default: PIL, as torchvision's ImageFolder loader) or ``torchvision``
+#: (``torchvision.io.decode_image`` + the weights' own preset on the uint8 tensor, as in torchvision's
+#: documentation; ~1.7x faster per image here, features within ~1.5% -- opt-in and part of the cache key).
+DECODERS = ("pil", "torchvision")
+
+
 class _Items(Dataset):
     """Items ``start:`` of one split; a failed decode becomes a recorded skip, not a crash."""
 
-    def __init__(self, source: Source, items: SplitItems, start: int, transform: Callable):
-        self.source, self.items, self.start, self.transform = source, items, start, transform
+    def __init__(self, source: Source, items: SplitItems, start: int, backbone: Backbone, decoder: str = "pil"):
+        self.source, self.items, self.start = source, items, start
+        self.transform = backbone.transform
+        self.tensor_transform = getattr(backbone.transform, "inner", None) if decoder == "torchvision" else None
 
     def __len__(self) -> int:
         return len(self.items) - self.start
 
     def __getitem__(self, i: int):
         j = self.start + i
+        key = self.items.keys[j]
         try:
-            return self.transform(self.source.open(self.items.keys[j])), j, ""
+            if self.tensor_transform is not None and isinstance(self.source, FileSource):
+                from .sources import decode_tensor
+
+                img = decode_tensor(key)
+                if img is not None:
+                    return self.tensor_transform(img), j, ""
+            return self.transform(self.source.open(key)), j, ""
         except Exception as exc:  # any decode/transform failure of this one item
             return None, j, f"{type(exc).__name__}: {exc}"
 
@@ -149,6 +166,7 @@ def extract(
     log: Callable[[str], None] = lambda msg: click.echo(msg, err=True),
     shard: tuple[int, int] | None = None,
     strict: bool = False,
+    decoder: str = "pil",
 ) -> ExtractResult:
     """Run ``backbone`` over every item of ``source`` once and write the cache.
 
@@ -162,10 +180,12 @@ def extract(
         raise FeatxError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     if batch_size < 1:
         raise FeatxError(f"batch size must be at least 1, got {batch_size}")
+    if decoder not in DECODERS:
+        raise FeatxError(f"unknown decoder {decoder!r} (choose from {', '.join(DECODERS)})")
     dev = torch.device(device)
     tune_malloc()
     splits = source.splits()
-    key = cache_key(source, backbone, precision)
+    key = cache_key(source, backbone, precision, decoder)
     path = Path(out) if out else cache_path(cache_dir, source, backbone, key)
     attrs = {}
     if shard is not None and shard[1] > 1 and not path.exists():
@@ -197,6 +217,7 @@ def extract(
         "precision": precision,
         "memory_format": "channels_last" if channels_last else "contiguous",
         "layer": backbone.layer or "penultimate",
+        "decoder": decoder if isinstance(source, FileSource) else "in-memory",
     }
     writer = FeatureWriter(path, attrs=attrs, classes=source.classes,
                            split_sizes={s: len(i) for s, i in splits.items()}, feature_dim=backbone.feature_dim)
@@ -219,7 +240,7 @@ def extract(
                     if start >= len(items):
                         continue
                     loader = DataLoader(
-                        _Items(source, items, start, backbone.transform), batch_size=batch_size,
+                        _Items(source, items, start, backbone, decoder), batch_size=batch_size,
                         num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
                     )
                     for xs, idx, bad in loader:

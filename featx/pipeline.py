@@ -22,6 +22,7 @@ A pipeline file has these tables (every key optional; defaults shown)::
     device = "cpu"                      # cpu, cuda, cuda:1, ...
     precision = "fp32"                  # fp32 (default, exact), bf16, fp16
     channels_last = true
+    decoder = "pil"                     # pil (default) or torchvision (faster JPEG/PNG/WebP decode, recorded)
 
     [cache]
     dir = "cache"
@@ -67,6 +68,7 @@ class Experiment:
     device: str = "cpu"
     precision: str = "fp32"
     channels_last: bool = True
+    decoder: str = "pil"
     # [cache]
     cache_dir: str = "cache"
     # [heads.<name>]
@@ -79,7 +81,7 @@ class Experiment:
 SECTIONS = {
     "source": {k: k for k in ("data", "root", "download", "val_fraction", "test_fraction", "seed", "limit")},
     "backbone": {"name": "backbone", "weights": "weights", "layer": "layer"},
-    "extract": {k: k for k in ("batch_size", "workers", "device", "precision", "channels_last")},
+    "extract": {k: k for k in ("batch_size", "workers", "device", "precision", "channels_last", "decoder")},
     "cache": {"dir": "cache_dir"},
 }
 _TYPES = {f.name: f.type for f in fields(Experiment)}
@@ -94,6 +96,7 @@ _RANGES = {
     "batch_size": (lambda v: v >= 1, "a positive number of images"),
     "workers": (lambda v: v >= -1, "-1 (automatic), 0 or a number of worker processes"),
     "precision": (lambda v: v in ("fp32", "bf16", "fp16"), "one of fp32, bf16, fp16"),
+    "decoder": (lambda v: v in ("pil", "torchvision"), "pil or torchvision"),
     "device": (lambda v: v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdecimal()),
                "cpu, cuda or cuda:N"),
     "data": (lambda v: bool(v.strip()), "a non-empty source"),

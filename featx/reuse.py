@@ -20,7 +20,7 @@ __all__ = ["EMBEDDING_META", "backbone_for", "image_paths", "embed_images", "pre
 
 #: Cache attributes that determine the embedding (copied into a head's card by ``featx fit``).
 EMBEDDING_META = ("backbone", "weights", "weights_sha256", "transform", "layer", "precision", "feature_dim",
-                  "memory_format")
+                  "memory_format", "decoder")
 
 
 def backbone_for(meta: dict, *, device: str = "cpu"):
@@ -59,12 +59,23 @@ def image_paths(targets: Iterable[str | os.PathLike]) -> list[str]:
 
 
 def embed_images(bb, paths: list[str], *, device: str = "cpu", precision: str = "fp32", batch_size: int = 16,
+                 decoder: str = "pil",
                  progress: Callable[[int], None] = lambda n: None) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
-    """Embeddings of the readable images among ``paths`` -> (features, their paths, [(path, reason)] unreadable)."""
+    """Embeddings of the readable images among ``paths`` -> (features, their paths, [(path, reason)] unreadable).
+
+    ``decoder`` is the one the cache was made with (``pil`` or ``torchvision``, see ``featx.extract.DECODERS``).
+    """
     import torch
 
     from .extract import embed
-    from .sources import open_image
+    from .sources import decode_tensor, open_image
+
+    def load(p):
+        if decoder == "torchvision":
+            img = decode_tensor(p)
+            if img is not None:
+                return bb.transform.inner(img)
+        return bb.transform(open_image(p))
 
     dev = torch.device(device)
     feats, good, bad = [], [], []
@@ -80,7 +91,7 @@ def embed_images(bb, paths: list[str], *, device: str = "cpu", precision: str = 
 
     for p in paths:
         try:
-            batch.append(bb.transform(open_image(p)))
+            batch.append(load(p))
             names.append(p)
         except Exception as exc:  # an unreadable image is reported, not fatal
             bad.append((p, f"{type(exc).__name__}: {exc}"))

@@ -298,6 +298,29 @@ def open_image(path) -> Image.Image:
     return upright
 
 
+#: What torchvision's decoder takes over from PIL with ``--decoder torchvision``: single-frame JPEG, PNG and
+#: WebP in 8-bit modes. Everything else (GIF, BMP, TIFF, 16-bit, CMYK) still goes through PIL.
+_TV_FORMATS = {"JPEG", "PNG", "WEBP"}
+_TV_MODES = {"RGB", "L", "RGBA", "LA", "P"}
+
+
+def decode_tensor(path):
+    """An image file as a ``(3, H, W)`` uint8 tensor decoded by ``torchvision.io`` (libjpeg-turbo / libpng /
+    libwebp), upright by its EXIF orientation; ``None`` when it should go through PIL instead.
+
+    PIL reads the header first (cheap, no pixels): its decompression-bomb limit still applies.
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+
+    with open(path, "rb") as f, Image.open(f) as img:  # Python opens it: any file name, also non-UTF-8
+        if img.format not in _TV_FORMATS or img.mode not in _TV_MODES or getattr(img, "n_frames", 1) > 1:
+            return None
+        f.seek(0)
+        data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+    return decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+
+
 class FileSource(Source):
     """A source whose items are image files (``keys`` are paths)."""
 

@@ -128,3 +128,22 @@ def test_bf16_is_opt_in_recorded_and_close(tmp_path):
     a, b = open_features(fp32.path)["test"].X, open_features(bf16.path)["test"].X
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.98
+
+
+def test_torchvision_decoder_is_opt_in_recorded_and_close(image_folder, tiny_backbone, tmp_path):
+    """--decoder torchvision: a different cache key, recorded, features close to PIL's (not equal)."""
+    from featx.extract import cache_key
+
+    source = ImageFolderSource(image_folder)
+    pil = extract(source, tiny_backbone, out=tmp_path / "pil.h5", progress=False)
+    tv = extract(source, tiny_backbone, out=tmp_path / "tv.h5", progress=False, decoder="torchvision")
+    assert pil.cache_key == cache_key(source, tiny_backbone, "fp32") != tv.cache_key
+    a, b = open_features(pil.path), open_features(tv.path)
+    assert a.meta["decoder"] == "pil" and b.meta["decoder"] == "torchvision"
+    for split in a.splits:
+        np.testing.assert_array_equal(a[split].ids, b[split].ids)
+        Xa, Xb = a[split].X, b[split].X
+        cos = (Xa * Xb).sum(1) / np.linalg.norm(Xa, axis=1) / np.linalg.norm(Xb, axis=1)
+        assert cos.min() > 0.99
+    with pytest.raises(FeatxError, match="unknown decoder"):
+        extract(source, tiny_backbone, out=tmp_path / "x.h5", progress=False, decoder="opencv")

@@ -103,11 +103,13 @@ READABLE = {"plain.jpg", "alpha.png", "palette.png", "sixteen_bit.png", "gray.jp
 UNREADABLE = {"zero.jpg", "truncated.jpg", "text.jpg", "bomb.png"}
 
 
-def test_messy_folder_every_readable_image_extracted_every_other_recorded(messy_folder, tiny_backbone, tmp_path):
+@pytest.mark.parametrize("decoder", ["pil", "torchvision"])
+def test_messy_folder_every_readable_image_extracted_every_other_recorded(messy_folder, tiny_backbone, tmp_path,
+                                                                          decoder):
     logs = []
     t0 = time.perf_counter()
     result = extract(ImageFolderSource(messy_folder, **NO_SPLIT), tiny_backbone, out=tmp_path / "m.h5",
-                     batch_size=4, progress=False, log=logs.append)
+                     batch_size=4, progress=False, log=logs.append, decoder=decoder)
     assert time.perf_counter() - t0 < 60, "the decompression bomb is refused, not decoded"
     train = open_features(result.path)["train"]
     ids = list(train.ids)
