@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .backbones import Backbone
 from .errors import FeatxError
-from .sources import FileSource, Source, SplitItems
+from .sources import FileSource, Source, SplitItems, decode_tensor
 from .store import SCHEMA_VERSION, FeatureWriter, open_features, partial_path
 
 __all__ = ["PRECISIONS", "ExtractResult", "cache_key", "cache_path", "extract", "embed"]
@@ -88,8 +88,6 @@ class _Items(Dataset):
         key = self.items.keys[j]
         try:
             if self.tensor_transform is not None and isinstance(self.source, FileSource):
-                from .sources import decode_tensor
-
                 img = decode_tensor(key)
                 if img is not None:
                     return self.tensor_transform(img), j, ""
@@ -187,7 +185,7 @@ def extract(
     splits = source.splits()
     key = cache_key(source, backbone, precision, decoder)
     path = Path(out) if out else cache_path(cache_dir, source, backbone, key)
-    attrs = {}
+    shard_attrs = {}
     if shard is not None and shard[1] > 1 and not path.exists():
         from .shards import check_world, shard_items, shard_path
 
@@ -195,7 +193,7 @@ def extract(
         check_world(path, world)
         splits = {s: shard_items(items, rank, world) for s, items in splits.items()}
         path = shard_path(path, rank, world)
-        attrs["shard"] = f"{rank}/{world}"
+        shard_attrs["shard"] = f"{rank}/{world}"
     total = sum(len(items) for items in splits.values())
     if path.exists():
         existing = open_features(path)
@@ -207,7 +205,7 @@ def extract(
         return ExtractResult(path, key, True, False, total, 0, 0, 0.0)
 
     attrs = {
-        **attrs,
+        **shard_attrs,
         "cache_key": key,
         "backbone": backbone.name,
         "weights": backbone.weights,

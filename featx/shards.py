@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import FeatxError
 from .sources import SplitItems
-from .store import PARTIAL_SUFFIX, FeatureWriter, open_features, partial_path
+from .store import PARTIAL_SUFFIX, FeatureWriter, open_features
 
 __all__ = ["dist_env", "shard_items", "shard_path", "find_shards", "merge_shards", "init_distributed"]
 
@@ -137,9 +137,9 @@ def merge_shards(path: str | os.PathLike, *, world: int | None = None, key: str 
     auto = {"schema_version", "featx_version", "created", "feature_dim", "complete", "shard"}
     attrs = {k: v for k, v in first.meta.items() if k not in auto}
     sizes = {s: sum(fs[s].n_items for fs in sets) for s in first.splits}
-    partial_path(path).unlink(missing_ok=True)  # a merge killed midway restarts: the shards hold the data
+    # fresh: a merge killed midway starts over (the shards hold the data)
     writer = FeatureWriter(path, attrs=attrs, classes=first.classes, split_sizes=sizes,
-                           feature_dim=int(first.meta["feature_dim"]))
+                           feature_dim=int(first.meta["feature_dim"]), fresh=True)
     with writer:
         for split in first.splits:
             for fs in sets:

@@ -85,6 +85,8 @@ class FeatureWriter:
         split_sizes: number of items per split, in canonical order.
         feature_dim: embedding size D.
         chunk_rows: HDF5 chunk height of the feature datasets.
+        fresh: delete an unfinished file of the same cache instead of resuming it (for files
+            made from other files, such as a merge, which simply runs again).
     """
 
     def __init__(
@@ -96,8 +98,10 @@ class FeatureWriter:
         split_sizes: dict[str, int],
         feature_dim: int,
         chunk_rows: int = 256,
+        fresh: bool = False,
     ):
         self.path = Path(path)
+        self.fresh = fresh
         self.partial = partial_path(path)
         self.attrs = dict(attrs)
         self.classes = list(classes)
@@ -119,6 +123,8 @@ class FeatureWriter:
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock()
+        if self.partial.exists() and self.fresh:  # derived data (a merge): start over, under the lock
+            self.partial.unlink()
         if self.partial.exists():
             reason = self._try_resume()
             if reason is None:
@@ -337,10 +343,12 @@ class SplitView:
         return self._read("features", slice(start, stop))
 
     def __getitem__(self, rows) -> np.ndarray:
-        """Features of a row range (``view[1000:2000]``) or of sorted row indices, read from disk."""
+        """Features of a row range (``view[1000:2000]``) or of row indices (any order, repeats allowed),
+        read from disk."""
         if isinstance(rows, slice):
             return self._read("features", rows)
-        return self._read("features", np.asarray(rows))
+        unique, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)  # h5py wants them sorted
+        return self._read("features", unique)[inverse.reshape(-1)]
 
     def torch(self, start: int = 0, stop: int | None = None):
         """Features of rows ``start:stop`` as a torch tensor (all rows by default)."""

@@ -40,6 +40,7 @@ def test_cache_reads_as_ranges_torch_and_a_dataloader_with_workers(cache_and_hea
     X = view.X
     np.testing.assert_array_equal(view[5:9], X[5:9])
     np.testing.assert_array_equal(view[[1, 3]], X[[1, 3]])
+    np.testing.assert_array_equal(view[[7, 2, 7]], X[[7, 2, 7]])  # any order, repeats
     assert torch.equal(view.torch(2, 4), torch.from_numpy(X[2:4]))
     assert view.classes == open_features(cache).classes == ("circle", "square", "stripes")
     loader = torch.utils.data.DataLoader(view.dataset(), batch_size=5, shuffle=True, num_workers=2)

@@ -75,6 +75,11 @@ def test_killed_shard_resumes_and_merge_waits_for_it(image_folder, tiny_backbone
     assert not out.exists(), "no merge while a shard is unfinished"
     resumed = extract(source, tiny_backbone, out=out, batch_size=4, progress=False, shard=(1, 2))
     assert resumed.resumed and resumed.n_new < resumed.n_items
+    # a merge killed midway left a partial of the same cache: the next merge starts it over
+    restore = _interrupt_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        merge_shards(out, world=2)
+    restore()
     merge_shards(out, world=2)
     assert_same_cache(one, out)
     assert open_features(out).meta.get("shard") is None
