@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .backbones import Backbone
 from .errors import FeatxError
-from .sources import FileSource, Source, SplitItems, decode_tensor
+from .sources import FileSource, Source, SplitItems, decode_tensor, open_image
 from .store import SCHEMA_VERSION, FeatureWriter, open_features, partial_path
 
 __all__ = ["PRECISIONS", "ExtractResult", "cache_key", "cache_path", "extract", "embed"]
@@ -72,13 +72,22 @@ def cache_path(cache_dir: str | os.PathLike, source: Source, backbone: Backbone,
 DECODERS = ("pil", "torchvision")
 
 
+def image_input(key, transform: Callable, decoder: str = "pil", open_pil: Callable = open_image) -> torch.Tensor:
+    """One image -> a backbone's input tensor (``transform`` is its ``Backbone.transform``), decoded as
+    ``decoder`` says (see :data:`DECODERS`; ``torchvision`` needs ``key`` to be a file path); the PIL
+    path opens ``key`` with ``open_pil`` (a source's own ``open``)."""
+    if decoder == "torchvision":
+        img = decode_tensor(key)
+        if img is not None:  # None: a format or mode that goes through PIL
+            return transform.inner(img)  # the weights' own preset, on the uint8 tensor
+    return transform(open_pil(key))
+
+
 class _Items(Dataset):
     """Items ``start:`` of one split; a failed decode becomes a recorded skip, not a crash."""
 
-    def __init__(self, source: Source, items: SplitItems, start: int, backbone: Backbone, decoder: str = "pil"):
-        self.source, self.items, self.start = source, items, start
-        self.transform = backbone.transform
-        self.tensor_transform = getattr(backbone.transform, "inner", None) if decoder == "torchvision" else None
+    def __init__(self, source: Source, items: SplitItems, start: int, transform: Callable, decoder: str = "pil"):
+        self.source, self.items, self.start, self.transform, self.decoder = source, items, start, transform, decoder
 
     def __len__(self) -> int:
         return len(self.items) - self.start
@@ -87,11 +96,8 @@ class _Items(Dataset):
         j = self.start + i
         key = self.items.keys[j]
         try:
-            if self.tensor_transform is not None and isinstance(self.source, FileSource):
-                img = decode_tensor(key)
-                if img is not None:
-                    return self.tensor_transform(img), j, ""
-            return self.transform(self.source.open(key)), j, ""
+            decoder = self.decoder if isinstance(self.source, FileSource) else "pil"  # in-memory: nothing to decode
+            return image_input(key, self.transform, decoder, self.source.open), j, ""
         except Exception as exc:  # any decode/transform failure of this one item
             return None, j, f"{type(exc).__name__}: {exc}"
 
@@ -238,7 +244,7 @@ def extract(
                     if start >= len(items):
                         continue
                     loader = DataLoader(
-                        _Items(source, items, start, backbone, decoder), batch_size=batch_size,
+                        _Items(source, items, start, backbone.transform, decoder), batch_size=batch_size,
                         num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
                     )
                     for xs, idx, bad in loader:

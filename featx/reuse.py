@@ -67,15 +67,7 @@ def embed_images(bb, paths: list[str], *, device: str = "cpu", precision: str = 
     """
     import torch
 
-    from .extract import embed
-    from .sources import decode_tensor, open_image
-
-    def load(p):
-        if decoder == "torchvision":
-            img = decode_tensor(p)
-            if img is not None:
-                return bb.transform.inner(img)
-        return bb.transform(open_image(p))
+    from .extract import embed, image_input
 
     dev = torch.device(device)
     feats, good, bad = [], [], []
@@ -91,7 +83,7 @@ def embed_images(bb, paths: list[str], *, device: str = "cpu", precision: str = 
 
     for p in paths:
         try:
-            batch.append(load(p))
+            batch.append(image_input(p, bb.transform, decoder))
             names.append(p)
         except Exception as exc:  # an unreadable image is reported, not fatal
             bad.append((p, f"{type(exc).__name__}: {exc}"))
@@ -142,33 +134,37 @@ def nearest(fs, queries: np.ndarray, k: int = 5, *, splits: Iterable[str] | None
             block: int = 16384) -> list[list[Neighbor]]:
     """The ``k`` cached items most similar (cosine) to each query embedding, best first.
 
-    Reads the cache block by block, so a cache larger than memory works too.
+    Reads the cache block by block, keeping only the best ``k`` so far, so a cache larger than
+    memory works too.
     """
     q = np.asarray(queries, dtype=np.float32)
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    names = list(splits or fs.splits)
     best_s = np.full((len(q), 0), -np.inf, np.float32)
-    best_ref: list[list[tuple[str, int]]] = [[] for _ in q]
-    for split in splits or fs.splits:
+    best_split = np.zeros((len(q), 0), np.int64)  # index into names
+    best_row = np.zeros((len(q), 0), np.int64)
+    for si, split in enumerate(names):
         view = fs[split]
         n = len(view)
         for start in range(0, n, block):
             X = view.rows(start, min(n, start + block))
             X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
             s = q @ X.T
-            both = np.concatenate([best_s, s], axis=1)
-            keep = np.argsort(-both, axis=1, kind="stable")[:, :k]
-            refs = [best_ref[i] + [(split, start + j) for j in range(s.shape[1])] for i in range(len(q))]
-            best_s = np.take_along_axis(both, keep, axis=1)
-            best_ref = [[refs[i][j] for j in keep[i]] for i in range(len(q))]
+            cand_s = np.concatenate([best_s, s], axis=1)
+            cand_split = np.concatenate([best_split, np.full(s.shape, si)], axis=1)
+            cand_row = np.concatenate([best_row, np.broadcast_to(np.arange(start, start + s.shape[1]), s.shape)], axis=1)
+            keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+            best_s, best_split, best_row = (np.take_along_axis(a, keep, axis=1) for a in (cand_s, cand_split, cand_row))
+    used = {names[i] for i in np.unique(best_split)}
+    ids = {s: fs[s].ids for s in used}
+    labels = {s: fs[s].y for s in used}
     out = []
-    cache_ids = {s: fs[s].ids for s in {s for refs in best_ref for s, _ in refs}}
-    cache_y = {s: fs[s].y for s in cache_ids}
-    for i in range(len(q)):
+    for qs, qsplit, qrow in zip(best_s, best_split, best_row):
         row = []
-        for rank, ((split, r), sim) in enumerate(zip(best_ref[i], best_s[i]), 1):
-            y = int(cache_y[split][r])
-            row.append(Neighbor(rank, split, r, str(cache_ids[split][r]), fs.classes[y] if y >= 0 else "",
-                                float(sim)))
+        for rank, (sim, si, r) in enumerate(zip(qs, qsplit, qrow), 1):
+            split = names[si]
+            y = int(labels[split][r])
+            row.append(Neighbor(rank, split, int(r), str(ids[split][r]), fs.classes[y] if y >= 0 else "", float(sim)))
         out.append(row)
     return out
 
