@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import json
 import os
 import sys
@@ -174,13 +175,14 @@ def extract(pipeline, data, root, download, val_fraction, test_fraction, seed, l
     sizes = ", ".join(f"{s} {len(items)}" for s, items in source.splits().items())
     if rank == 0:
         click.echo(f"data: {layout_of(source)}, {len(source.classes)} classes; {sizes}", err=True)
-    if world > 1:
-        return _extract_sharded(exp, source, bb, out, rank, world, progress=not no_progress, strict=strict)
-    result = run_extract(
-        source, bb, out=out, cache_dir=exp.cache_dir, batch_size=exp.batch_size,
+    run = functools.partial(
+        run_extract, source, bb, out=out, cache_dir=exp.cache_dir, batch_size=exp.batch_size,
         workers=None if exp.workers < 0 else exp.workers, device=exp.device, precision=exp.precision,
-        channels_last=exp.channels_last, progress=not no_progress, strict=strict, decoder=exp.decoder,
+        channels_last=exp.channels_last, strict=strict, decoder=exp.decoder,
     )
+    if world > 1:
+        return _extract_sharded(run, exp, source, bb, out, rank, world, progress=not no_progress)
+    result = run(progress=not no_progress)
     if result.reused:
         click.echo(f"reusing {result.path} (cache key {result.cache_key} matches; nothing to recompute)")
         return
@@ -191,32 +193,23 @@ def extract(pipeline, data, root, download, val_fraction, test_fraction, seed, l
     )
 
 
-def _extract_sharded(exp, source, bb, out, rank: int, world: int, *, progress: bool, strict: bool) -> None:
-    """This process's shard, then (rank 0, after every rank is done) the merge into one cache."""
+def _extract_sharded(run, exp, source, bb, out, rank: int, world: int, *, progress: bool) -> None:
+    """This process's shard (``run`` is the configured extraction), then, under torchrun, rank 0
+    merges every rank's shard into one cache after a barrier."""
     import torch.distributed as dist
 
-    from .extract import cache_key, cache_path
-    from .extract import extract as run_extract
+    from .extract import cache_path
     from .shards import init_distributed, merge_shards
 
     if "MASTER_ADDR" not in os.environ:  # RANK/WORLD_SIZE set by hand (batch jobs): no group, no merge
-        result = run_extract(
-            source, bb, out=out, cache_dir=exp.cache_dir, batch_size=exp.batch_size,
-            workers=None if exp.workers < 0 else exp.workers, device=exp.device, precision=exp.precision,
-            channels_last=exp.channels_last, progress=progress, shard=(rank, world), strict=strict, decoder=exp.decoder,
-        )
+        result = run(progress=progress, shard=(rank, world))
         click.echo(f"shard {rank} of {world} complete: {result.path}; run `featx merge` once every shard is")
         return
     init_distributed(exp.device)
     try:
-        result = run_extract(
-            source, bb, out=out, cache_dir=exp.cache_dir, batch_size=exp.batch_size,
-            workers=None if exp.workers < 0 else exp.workers, device=exp.device, precision=exp.precision,
-            channels_last=exp.channels_last, progress=progress and rank == 0,
-            log=lambda msg: click.echo(f"[rank {rank}/{world}] {msg}", err=True), shard=(rank, world),
-            strict=strict, decoder=exp.decoder,
-        )
-        final = Path(out) if out else cache_path(exp.cache_dir, source, bb, cache_key(source, bb, exp.precision, exp.decoder))
+        result = run(progress=progress and rank == 0, shard=(rank, world),
+                     log=lambda msg: click.echo(f"[rank {rank}/{world}] {msg}", err=True))
+        final = Path(out) if out else cache_path(exp.cache_dir, source, bb, result.cache_key)
         if not result.reused:
             click.echo(f"[rank {rank}/{world}] wrote {result.path}: {result.n_new} new items in {result.seconds:.1f} s "
                        f"= {result.images_per_s:.1f} images/s", err=True)
