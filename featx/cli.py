@@ -137,6 +137,9 @@ _pipeline_option = click.option(
               help="pil (default: PIL, as torchvision's ImageFolder loader) or torchvision (torchvision.io decoding of "
                    "JPEG/PNG/WebP files and the weights' transform on uint8 tensors: faster, features within ~1.5%, "
                    "recorded and part of the cache key).")
+@click.option("--compile/--no-compile", "compile_model", default=None,
+              help="Run the backbone through torch.compile (default off): ~30 s of compiling first, then a faster "
+                   "forward (1.9x for MobileNetV2 on 2 CPU cores); same features within fp32 rounding, recorded.")
 @click.option("--channels-last/--no-channels-last", default=None,
               help="Run the backbone in channels_last memory format (default on; same features within fp32 rounding).")
 @click.option("--offline", is_flag=True, help="Never download weights or data; fail with what to fetch instead.")
@@ -146,7 +149,7 @@ _pipeline_option = click.option(
               help="Let a CSV manifest list files outside its own folder (refused by default).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def extract(pipeline, data, root, download, val_fraction, test_fraction, seed, limit, backbone, weights, layer, out, cache_dir, batch_size, workers,
-            device, precision, decoder, channels_last, offline, strict, allow_outside, no_progress):
+            device, precision, decoder, compile_model, channels_last, offline, strict, allow_outside, no_progress):
     """Run a frozen backbone over a dataset once and write its embeddings to an HDF5 cache.
 
     A complete cache with the same key is reused; an interrupted run resumes where it stopped.
@@ -160,7 +163,7 @@ def extract(pipeline, data, root, download, val_fraction, test_fraction, seed, l
                       test_fraction=test_fraction, seed=seed, limit=limit,
                       backbone=backbone,
                       weights=weights, layer=layer, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
-                      precision=precision, channels_last=channels_last, decoder=decoder)
+                      precision=precision, channels_last=channels_last, decoder=decoder, compile=compile_model)
     if backbone and not weights:  # another backbone than the pipeline's: not the pipeline's weights either
         exp.weights = None
     from .shards import dist_env
@@ -178,7 +181,7 @@ def extract(pipeline, data, root, download, val_fraction, test_fraction, seed, l
     run = functools.partial(
         run_extract, source, bb, out=out, cache_dir=exp.cache_dir, batch_size=exp.batch_size,
         workers=None if exp.workers < 0 else exp.workers, device=exp.device, precision=exp.precision,
-        channels_last=exp.channels_last, strict=strict, decoder=exp.decoder,
+        channels_last=exp.channels_last, strict=strict, decoder=exp.decoder, compile=exp.compile,
     )
     if world > 1:
         return _extract_sharded(run, exp, source, bb, out, rank, world, progress=not no_progress)

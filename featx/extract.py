@@ -110,15 +110,23 @@ def _collate(batch):
 
 
 def embed(backbone: Backbone, x: torch.Tensor, *, device: torch.device, precision: str = "fp32",
-          channels_last: bool = True) -> np.ndarray:
-    """One batch of preprocessed images -> fp32 embeddings as numpy."""
+          channels_last: bool = True, model: Callable | None = None, pad_to: int = 0) -> np.ndarray:
+    """One batch of preprocessed images -> fp32 embeddings as numpy.
+
+    ``model`` replaces ``backbone.model`` (a compiled version of it); ``pad_to`` pads a short batch
+    with zeros to that size and drops their rows (a compiled model then sees one shape only; the
+    backbone is in eval mode, so rows do not influence each other).
+    """
+    n = len(x)
+    if pad_to > n:
+        x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
     x = x.to(device, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     dtype = PRECISIONS[precision]
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        out = backbone.model(x)
-    return out.float().cpu().numpy()
+        out = (model if model is not None else backbone.model)(x)
+    return out[:n].float().cpu().numpy()
 
 
 def tune_malloc() -> bool:
@@ -171,6 +179,7 @@ def extract(
     shard: tuple[int, int] | None = None,
     strict: bool = False,
     decoder: str = "pil",
+    compile: bool = False,
 ) -> ExtractResult:
     """Run ``backbone`` over every item of ``source`` once and write the cache.
 
@@ -178,7 +187,9 @@ def extract(
     world)`` only that rank's block of every split is extracted, into its own shard file
     (:mod:`featx.shards`; :func:`featx.shards.merge_shards` makes the cache from all of them).
     Unreadable items are recorded skips; with ``strict`` the first one stops the run instead, before
-    the cache is marked complete.
+    the cache is marked complete. ``compile`` runs the backbone through ``torch.compile`` (opt-in:
+    ~30 s of compiling first; MobileNetV2's forward 1.9x faster on 2 CPU cores, same features within
+    1e-6), recorded in the cache but not part of its key, like the memory format.
     """
     if precision not in PRECISIONS:
         raise FeatxError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
@@ -222,10 +233,12 @@ def extract(
         "memory_format": "channels_last" if channels_last else "contiguous",
         "layer": backbone.layer or "penultimate",
         "decoder": decoder if isinstance(source, FileSource) else "in-memory",
+        "compiled": bool(compile),
     }
     writer = FeatureWriter(path, attrs=attrs, classes=source.classes,
                            split_sizes={s: len(i) for s, i in splits.items()}, feature_dim=backbone.feature_dim)
     workers = _default_workers(dev) if workers is None else workers
+    model = torch.compile(backbone.model) if compile else None  # compiles on its first batch
     n_new = n_skipped = 0
     with writer:
         if writer.discarded:
@@ -251,8 +264,16 @@ def extract(
                         if bad and strict:
                             raise FeatxError(f"--strict: {items.ids[bad[0][0]]} is unreadable ({bad[0][1]}); "
                                              "stopped before the cache was marked complete")
-                        feats = (embed(backbone, xs, device=dev, precision=precision, channels_last=channels_last)
-                                 if xs is not None else np.zeros((0, backbone.feature_dim), np.float32))
+                        try:
+                            feats = (embed(backbone, xs, device=dev, precision=precision, channels_last=channels_last,
+                                           model=model, pad_to=batch_size if compile else 0)
+                                     if xs is not None else np.zeros((0, backbone.feature_dim), np.float32))
+                        except Exception as exc:
+                            if not compile:
+                                raise
+                            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                            raise FeatxError(f"--compile: torch.compile failed ({reason}); run without --compile "
+                                             "(it needs a C++ compiler on CPU)") from None
                         try:
                             writer.append(split, feats, items.labels[idx], [items.ids[j] for j in idx],
                                           skipped=[(items.ids[j], err) for j, err in bad])

@@ -23,6 +23,7 @@ A pipeline file has these tables (every key optional; defaults shown)::
     precision = "fp32"                  # fp32 (default, exact), bf16, fp16
     channels_last = true
     decoder = "pil"                     # pil (default) or torchvision (faster JPEG/PNG/WebP decode, recorded)
+    compile = false                     # torch.compile the backbone (~30 s first; faster forward; recorded)
 
     [cache]
     dir = "cache"
@@ -69,6 +70,7 @@ class Experiment:
     precision: str = "fp32"
     channels_last: bool = True
     decoder: str = "pil"
+    compile: bool = False
     # [cache]
     cache_dir: str = "cache"
     # [heads.<name>]
@@ -81,7 +83,7 @@ class Experiment:
 SECTIONS = {
     "source": {k: k for k in ("data", "root", "download", "val_fraction", "test_fraction", "seed", "limit")},
     "backbone": {"name": "backbone", "weights": "weights", "layer": "layer"},
-    "extract": {k: k for k in ("batch_size", "workers", "device", "precision", "channels_last", "decoder")},
+    "extract": {k: k for k in ("batch_size", "workers", "device", "precision", "channels_last", "decoder", "compile")},
     "cache": {"dir": "cache_dir"},
 }
 _TYPES = {f.name: f.type for f in fields(Experiment)}

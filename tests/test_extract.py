@@ -147,3 +147,20 @@ def test_torchvision_decoder_is_opt_in_recorded_and_close(image_folder, tiny_bac
         assert cos.min() > 0.99
     with pytest.raises(FeatxError, match="unknown decoder"):
         extract(source, tiny_backbone, out=tmp_path / "x.h5", progress=False, decoder="opencv")
+
+
+@pytest.mark.skipif(not (__import__("shutil").which("cc") or __import__("shutil").which("gcc")),
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compile_is_opt_in_recorded_and_gives_the_same_features(image_folder, tiny_backbone, tmp_path):
+    """--compile: same key and features (within fp32 rounding) as eager; short last batches are padded,
+    so the compiled model sees one shape."""
+    source = ImageFolderSource(image_folder)  # 28 / 4 / 4 items: batches of 8 leave short ones
+    eager = extract(source, tiny_backbone, out=tmp_path / "eager.h5", batch_size=8, progress=False)
+    compiled = extract(source, tiny_backbone, out=tmp_path / "compiled.h5", batch_size=8, progress=False,
+                       compile=True)
+    assert compiled.cache_key == eager.cache_key
+    a, b = open_features(eager.path), open_features(compiled.path)
+    assert not a.meta["compiled"] and b.meta["compiled"]
+    for split in a.splits:
+        np.testing.assert_array_equal(a[split].ids, b[split].ids)
+        np.testing.assert_allclose(b[split].X, a[split].X, rtol=1e-4, atol=1e-6 * np.abs(a[split].X).max())
