@@ -261,7 +261,7 @@ def fit(cache, pipeline, head_name, params, out):
     from .backbones import file_sha256
     from .evaluate import METRICS, evaluate
     from .reuse import EMBEDDING_META
-    from .heads import head_params, make_head, parse_params
+    from .heads import card_path, head_params, make_head, parse_params
     from .store import open_features
 
     exp = _experiment(pipeline)
@@ -318,9 +318,9 @@ def fit(cache, pipeline, head_name, params, out):
         # what `featx predict` / `export-model` need to embed new images the same way
         "embedding": {k: fs.meta.get(k) for k in EMBEDDING_META if k in fs.meta},
     }
-    card_path = target.with_suffix(".json")
-    card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    click.echo(f"saved {target} and {card_path}")
+    card_file = card_path(target)
+    card_file.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    click.echo(f"saved {target} and {card_file}")
 
 
 @main.command()
