@@ -130,9 +130,10 @@ class LBFGSLinearClassifier(_TorchLinearBase):
         k = len(self.classes_)
         if k < 2:
             raise ValueError(f"needs samples of at least 2 classes; the data has {k} class")
-        weights = compute_class_weight(self.class_weight, classes=np.arange(k), y=yt.cpu().numpy()) \
-            if self.class_weight is not None else None
-        if isinstance(self.class_weight, dict):  # keys are labels, not indices
+        weights = None
+        if self.class_weight == "balanced":
+            weights = compute_class_weight("balanced", classes=np.arange(k), y=yt.cpu().numpy())
+        elif isinstance(self.class_weight, dict):  # keys are labels, not indices
             weights = np.array([self.class_weight.get(c, 1.0) for c in self.classes_], dtype=np.float64)
         sample_w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=dev)[yt]
 
