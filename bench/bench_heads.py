@@ -52,7 +52,7 @@ def synthetic(n_train=12000, n_test=3000, d=2048, k=120, latent=128, sep=0.4, se
 def default_cache(path: str, n_train=12000, seed=0):
     from sklearn.model_selection import train_test_split
 
-    from featx.store import open_features
+    from featx.cache.store import open_features
 
     fs = open_features(path)
     X, y = fs["train"].labelled()
@@ -74,7 +74,7 @@ def textbook(head: str):
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC, LinearSVC
 
-    from featx.heads import make_head
+    from featx.heads.registry import make_head
 
     p = make_head(head).get_params()
     if head in ("logreg", "torch-linear"):
@@ -127,7 +127,7 @@ def run_textbook(spec: dict, head: str, limit: float) -> dict:
 
 
 def run(specs, heads, limit: float) -> list[dict]:
-    from featx.heads import make_head
+    from featx.heads.registry import make_head
 
     rows = []
     for spec in specs:

@@ -23,12 +23,13 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader
 
-from featx.backbones import RGBTransform, load_backbone
-from featx.evaluate import evaluate
+from featx.backbones import load_backbone
+from featx.data.decoding import RGBTransform
+from featx.analysis.evaluate import evaluate
 from featx.extract import extract
-from featx.heads import make_head
-from featx.sources import ImageFolderSource, make_source
-from featx.store import open_features
+from featx.heads.registry import make_head
+from featx.data.sources import ImageFolderSource, make_source
+from featx.cache.store import open_features
 
 
 def write_images(root: Path, n_train: int, n_test: int) -> Path:

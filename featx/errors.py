@@ -1,11 +1,32 @@
-"""The one error type featx raises for problems a user can fix."""
+"""The error types featx raises for problems a user can fix.
 
-__all__ = ["FeatxError"]
+The exit-status rule of the command line follows them:
+
+- :class:`FeatxUsageError` -- the command was asked for something that cannot be: an unknown head,
+  parameter, backbone, weights, layer, precision or device name, a value out of range, a named
+  input file that does not exist, a pipeline file that does not validate. Nothing was done.
+  Exit status **2** (as for click's own usage errors).
+- :class:`FeatxError` -- the arguments were fine but the run failed: a damaged or unfinished
+  cache, a full disk, weights that cannot be found offline, an interrupted extraction.
+  Exit status **1**.
+
+Either way the CLI prints one line, ``featx: error: <message>``.
+"""
+
+__all__ = ["FeatxError", "FeatxUsageError"]
 
 
 class FeatxError(Exception):
     """A problem with the user's input or environment, reported as one clear line.
 
     The CLI prints ``featx: error: <message>`` and exits with status 1; library users
-    can catch this single type.
+    can catch this single type (it is also the base of :class:`FeatxUsageError`).
     """
+
+    exit_code = 1
+
+
+class FeatxUsageError(FeatxError):
+    """A bad argument, caught before any work: the CLI exits with status 2."""
+
+    exit_code = 2

@@ -1,30 +1,48 @@
-"""The extraction loop: source -> DataLoader -> frozen backbone -> resumable HDF5 writer."""
+"""The extraction stage: source -> DataLoader -> frozen backbone -> resumable HDF5 writer.
+
+:func:`extract` runs four named steps a reader can follow:
+
+1. :func:`plan_extraction` -- the items (this rank's block when sharded), the cache key, the file and
+   its attributes; nothing is read or written yet.
+2. reuse: a complete cache with the same key is the answer.
+3. :func:`_run` -- open (or resume) the writer, decode and embed batch by batch, append and commit.
+4. finalise -- mark the cache complete, rename it into place, warn about classes with no readable image.
+
+Messages go to the ``featx`` logger; progress goes to an optional callback ``progress(done, total,
+label)``, which the command line renders as a bar (terminal) or steady lines (log file).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import click
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .backbones import Backbone
-from .errors import FeatxError
-from .sources import FileSource, Source, SplitItems, decode_tensor, open_image
-from .store import SCHEMA_VERSION, FeatureWriter, open_features, partial_path
+from .backbones.registry import Backbone
+from .cache.store import SCHEMA_VERSION, FeatureWriter, open_features, partial_path
+from .data.decoding import image_input
+from .data.sources import FileSource, Source, SplitItems
+from .errors import FeatxError, FeatxUsageError
+from .options import DEVICE_HELP, PRECISIONS, ExtractOptions
+from .util import first_line
 
-__all__ = ["PRECISIONS", "ExtractResult", "cache_key", "cache_path", "extract", "embed"]
+__all__ = ["ExtractResult", "ExtractPlan", "ProgressFn", "cache_key", "cache_path", "check_device", "extract",
+           "plan_extraction", "embed"]
 
-#: name -> autocast dtype (``None`` = plain fp32, the default).
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger("featx")
+
+#: ``progress(done, total, label)``: called once at the start and after every batch.
+ProgressFn = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -64,23 +82,6 @@ def cache_key(source: Source, backbone: Backbone, precision: str, decoder: str =
 def cache_path(cache_dir: str | os.PathLike, source: Source, backbone: Backbone, key: str) -> Path:
     """``<cache_dir>/<source>/<backbone>-<key>.h5``."""
     return Path(cache_dir) / source.name / f"{backbone.name}-{key}.h5"
-
-
-#: Image decoders: ``pil`` (the default: PIL, as torchvision's ImageFolder loader) or ``torchvision``
-#: (``torchvision.io.decode_image`` + the weights' own preset on the uint8 tensor, as in torchvision's
-#: documentation; ~1.7x faster per image here, features within ~1.5% -- opt-in and part of the cache key).
-DECODERS = ("pil", "torchvision")
-
-
-def image_input(key, transform: Callable, decoder: str = "pil", open_pil: Callable = open_image) -> torch.Tensor:
-    """One image -> a backbone's input tensor (``transform`` is its ``Backbone.transform``), decoded as
-    ``decoder`` says (see :data:`DECODERS`; ``torchvision`` needs ``key`` to be a file path); the PIL
-    path opens ``key`` with ``open_pil`` (a source's own ``open``)."""
-    if decoder == "torchvision":
-        img = decode_tensor(key)
-        if img is not None:  # None: a format or mode that goes through PIL
-            return transform.inner(img)  # the weights' own preset, on the uint8 tensor
-    return transform(open_pil(key))
 
 
 class _Items(Dataset):
@@ -123,7 +124,8 @@ def embed(backbone: Backbone, x: torch.Tensor, *, device: torch.device, precisio
     x = x.to(device, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    dtype = PRECISIONS[precision]
+    autocast = PRECISIONS[precision].autocast
+    dtype = getattr(torch, autocast) if autocast else None
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         out = (model if model is not None else backbone.model)(x)
     return out[:n].float().cpu().numpy()
@@ -163,138 +165,167 @@ def _default_workers(device: torch.device) -> int:
     return min(8, cores - 1)
 
 
-def extract(
-    source: Source,
-    backbone: Backbone,
-    *,
-    out: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike = "cache",
-    batch_size: int = 16,
-    workers: int | None = None,
-    device: str = "cpu",
-    precision: str = "fp32",
-    channels_last: bool = True,
-    progress: bool = True,
-    log: Callable[[str], None] = lambda msg: click.echo(msg, err=True),
-    shard: tuple[int, int] | None = None,
-    strict: bool = False,
-    decoder: str = "pil",
-    compile: bool = False,
-) -> ExtractResult:
-    """Run ``backbone`` over every item of ``source`` once and write the cache.
+def check_device(device: str) -> torch.device:
+    """The torch device for a device name, or a usage error saying why it cannot be used here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise FeatxUsageError(f"unknown device {device!r} (use {DEVICE_HELP})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FeatxUsageError(f"device {device} asked for, but this machine has no CUDA device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FeatxUsageError(f"device {device} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    elif dev.type != "cpu":
+        raise FeatxUsageError(f"device {device!r} is not supported (use {DEVICE_HELP})")
+    return dev
 
-    Reuses a complete cache with the same key; resumes an unfinished one. With ``shard=(rank,
-    world)`` only that rank's block of every split is extracted, into its own shard file
-    (:mod:`featx.shards`; :func:`featx.shards.merge_shards` makes the cache from all of them).
-    Unreadable items are recorded skips; with ``strict`` the first one stops the run instead, before
-    the cache is marked complete. ``compile`` runs the backbone through ``torch.compile`` (opt-in:
-    ~30 s of compiling first; MobileNetV2's forward 1.9x faster on 2 CPU cores, same features within
-    1e-6), recorded in the cache but not part of its key, like the memory format.
-    """
-    if precision not in PRECISIONS:
-        raise FeatxError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
-    if batch_size < 1:
-        raise FeatxError(f"batch size must be at least 1, got {batch_size}")
-    if decoder not in DECODERS:
-        raise FeatxError(f"unknown decoder {decoder!r} (choose from {', '.join(DECODERS)})")
-    dev = torch.device(device)
-    tune_malloc()
+
+@dataclass
+class ExtractPlan:
+    """What one extraction will do, before anything is read or written."""
+
+    splits: dict[str, SplitItems]
+    key: str
+    path: Path
+    attrs: dict
+    total: int
+    shard: tuple[int, int] | None = None
+    classes: list = field(default_factory=list)
+
+
+def plan_extraction(source: Source, backbone: Backbone, options: ExtractOptions, *, out=None,
+                    shard: tuple[int, int] | None = None) -> ExtractPlan:
+    """Step 1: items, cache key, target file (this rank's shard file when sharded) and its attributes."""
     splits = source.splits()
-    key = cache_key(source, backbone, precision, decoder)
-    path = Path(out) if out else cache_path(cache_dir, source, backbone, key)
-    shard_attrs = {}
+    key = cache_key(source, backbone, options.precision, options.decoder)
+    path = Path(out) if out else cache_path(options.cache_dir, source, backbone, key)
+    attrs = {}
     if shard is not None and shard[1] > 1 and not path.exists():
-        from .shards import check_world, shard_items, shard_path
+        from .cache.shards import check_world, shard_items, shard_path
 
         rank, world = shard
         check_world(path, world)
         splits = {s: shard_items(items, rank, world) for s, items in splits.items()}
         path = shard_path(path, rank, world)
-        shard_attrs["shard"] = f"{rank}/{world}"
-    total = sum(len(items) for items in splits.values())
-    if path.exists():
-        existing = open_features(path)
-        if existing.cache_key != key:
-            raise FeatxError(
-                f"{path} holds another cache (key {existing.cache_key}, this run's is {key}); "
-                "choose another --out or delete it"
-            )
-        return ExtractResult(path, key, True, False, total, 0, 0, 0.0)
-
-    attrs = {
-        **shard_attrs,
+        attrs["shard"] = f"{rank}/{world}"
+    else:
+        shard = None
+    attrs.update({
         "cache_key": key,
         "backbone": backbone.name,
         "weights": backbone.weights,
         "weights_sha256": backbone.weights_sha256 or "",
         "transform": backbone.preprocess,
         "source": source.describe(),
-        "precision": precision,
-        "memory_format": "channels_last" if channels_last else "contiguous",
+        "precision": options.precision,
+        "memory_format": "channels_last" if options.channels_last else "contiguous",
         "layer": backbone.layer or "penultimate",
-        "decoder": decoder if isinstance(source, FileSource) else "in-memory",
-        "compiled": bool(compile),
-    }
-    writer = FeatureWriter(path, attrs=attrs, classes=source.classes,
-                           split_sizes={s: len(i) for s, i in splits.items()}, feature_dim=backbone.feature_dim)
-    workers = _default_workers(dev) if workers is None else workers
-    model = torch.compile(backbone.model) if compile else None  # compiles on its first batch
-    n_new = n_skipped = 0
+        "decoder": options.decoder if isinstance(source, FileSource) else "in-memory",
+        "compiled": bool(options.compile),
+    })
+    return ExtractPlan(splits, key, path, attrs, sum(len(i) for i in splits.values()), shard, list(source.classes))
+
+
+def extract(source: Source, backbone: Backbone, options: ExtractOptions | None = None, *, out=None,
+            progress: ProgressFn | None = None, shard: tuple[int, int] | None = None, **settings) -> ExtractResult:
+    """Run ``backbone`` over every item of ``source`` once and write the cache.
+
+    Args:
+        source, backbone: what to embed and with what.
+        options: the extraction settings (:class:`featx.options.ExtractOptions`; its defaults when
+            not given); keyword ``settings`` (``precision="bf16"``, ``batch_size=8``, ...) override
+            single fields and are validated the same way.
+        out: the cache file (default ``<cache_dir>/<source>/<backbone>-<key>.h5``).
+        progress: ``progress(done, total, label)`` after every batch (``None``/``False``: none).
+        shard: ``(rank, world)``: only that rank's block of every split, into its own shard file
+            (:mod:`featx.cache.shards`; :func:`featx.cache.shards.merge_shards` joins them).
+
+    Reuses a complete cache with the same key; resumes an unfinished one. Unreadable items are
+    recorded skips; with ``strict`` the first one stops the run instead, before the cache is marked
+    complete. ``compile`` runs the backbone through ``torch.compile`` (opt-in: ~30 s of compiling
+    first; MobileNetV2's forward 1.9x faster on 2 CPU cores, same features within 1e-6), recorded in
+    the cache but not part of its key, like the memory format.
+    """
+    import dataclasses
+
+    options = dataclasses.replace(options or ExtractOptions(), **settings)
+    plan = plan_extraction(source, backbone, options, out=out, shard=shard)
+    if plan.path.exists():  # step 2: reuse
+        existing = open_features(plan.path)
+        if existing.cache_key != plan.key:
+            raise FeatxUsageError(f"{plan.path} holds another cache (key {existing.cache_key}, this run's is "
+                                  f"{plan.key}); choose another --out or delete it")
+        return ExtractResult(plan.path, plan.key, True, False, plan.total, 0, 0, 0.0)
+    tune_malloc()
+    writer = FeatureWriter(plan.path, attrs=plan.attrs, classes=plan.classes,
+                           split_sizes={s: len(i) for s, i in plan.splits.items()}, feature_dim=backbone.feature_dim)
     with writer:
-        if writer.discarded:
-            log(f"warning: {writer.discarded}; starting over")
-        done = sum(writer.position(s) for s in splits)
-        if writer.resumed:
-            log(f"resuming {writer.partial}: {done}/{total} items already done")
-        start_time = time.perf_counter()
-        bar = click.progressbar(length=total, label=f"{backbone.name} on {source.name}", show_pos=True,
-                                file=sys.stderr, hidden=not progress)
-        try:
-            with bar:
-                bar.update(done)
-                for split, items in splits.items():
-                    start = writer.position(split)
-                    if start >= len(items):
-                        continue
-                    loader = DataLoader(
-                        _Items(source, items, start, backbone.transform, decoder), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
-                    )
-                    for xs, idx, bad in loader:
-                        if bad and strict:
-                            raise FeatxError(f"--strict: {items.ids[bad[0][0]]} is unreadable ({bad[0][1]}); "
-                                             "stopped before the cache was marked complete")
-                        try:
-                            feats = (embed(backbone, xs, device=dev, precision=precision, channels_last=channels_last,
-                                           model=model, pad_to=batch_size if compile else 0)
-                                     if xs is not None else np.zeros((0, backbone.feature_dim), np.float32))
-                        except Exception as exc:
-                            if not compile:
-                                raise
-                            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                            raise FeatxError(f"--compile: torch.compile failed ({reason}); run without --compile "
-                                             "(it needs a C++ compiler on CPU)") from None
-                        try:
-                            writer.append(split, feats, items.labels[idx], [items.ids[j] for j in idx],
-                                          skipped=[(items.ids[j], err) for j, err in bad])
-                        except OSError as exc:  # disk full, quota, I/O error
-                            done = sum(writer.position(s) for s in splits)
-                            raise FeatxError(
-                                f"could not write {writer.partial} ({_reason(exc)}) after {done}/{total} items; "
-                                "free space and run again: it resumes from there") from None
-                        n_new += len(idx)
-                        n_skipped += len(bad)
-                        bar.update(len(idx) + len(bad))
-        except KeyboardInterrupt:
-            done = sum(writer.position(s) for s in splits)
-            raise FeatxError(
-                f"interrupted after {done}/{total} items; {partial_path(path)} keeps them and the next run resumes"
-            ) from None
-        seconds = time.perf_counter() - start_time
-        writer.finalize()
-    if shard is None or shard[1] == 1:
-        _warn_empty_classes(path, source.classes, splits, log)
-    return ExtractResult(path, key, False, writer.resumed, total, n_new, n_skipped, seconds)
+        n_new, n_skipped, seconds = _run(plan, writer, source, backbone, options, progress)
+        writer.finalize()  # step 4
+    if plan.shard is None:
+        _warn_empty_classes(plan.path, plan.classes, plan.splits)
+    return ExtractResult(plan.path, plan.key, False, writer.resumed, plan.total, n_new, n_skipped, seconds)
+
+
+def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Backbone, options: ExtractOptions,
+         progress: ProgressFn | None) -> tuple[int, int, float]:
+    """Step 3: embed every item the writer does not have yet; returns (embedded, skipped, seconds)."""
+    dev = torch.device(options.device)
+    workers = _default_workers(dev) if options.workers < 0 else options.workers
+    model = torch.compile(backbone.model) if options.compile else None  # compiles on its first batch
+    label = f"{backbone.name} on {source.name}"
+    report = progress if callable(progress) else (lambda done, total, label: None)
+    if writer.discarded:
+        log.warning(f"warning: {writer.discarded}; starting over")
+    done = sum(writer.position(s) for s in plan.splits)
+    if writer.resumed:
+        log.info(f"resuming {writer.partial}: {done}/{plan.total} items already done")
+    n_new = n_skipped = 0
+    start_time = time.perf_counter()
+    report(done, plan.total, label)
+    try:
+        for split, items in plan.splits.items():
+            start = writer.position(split)
+            if start >= len(items):
+                continue
+            loader = DataLoader(_Items(source, items, start, backbone.transform, options.decoder),
+                                batch_size=options.batch_size, num_workers=workers, collate_fn=_collate,
+                                pin_memory=dev.type == "cuda")
+            for xs, idx, bad in loader:
+                if bad and options.strict:
+                    raise FeatxError(f"--strict: {items.ids[bad[0][0]]} is unreadable ({bad[0][1]}); "
+                                     "stopped before the cache was marked complete")
+                feats = _embed_batch(backbone, xs, dev, options, model)
+                try:
+                    writer.append(split, feats, items.labels[idx], [items.ids[j] for j in idx],
+                                  skipped=[(items.ids[j], err) for j, err in bad])
+                except OSError as exc:  # disk full, quota, I/O error
+                    done = sum(writer.position(s) for s in plan.splits)
+                    raise FeatxError(f"could not write {writer.partial} ({_reason(exc)}) after {done}/{plan.total} "
+                                     "items; free space and run again: it resumes from there") from None
+                n_new += len(idx)
+                n_skipped += len(bad)
+                done += len(idx) + len(bad)
+                report(done, plan.total, label)
+    except KeyboardInterrupt:
+        done = sum(writer.position(s) for s in plan.splits)
+        raise FeatxError(f"interrupted after {done}/{plan.total} items; {partial_path(plan.path)} keeps them and the "
+                         "next run resumes") from None
+    return n_new, n_skipped, time.perf_counter() - start_time
+
+
+def _embed_batch(backbone: Backbone, xs, dev: torch.device, options: ExtractOptions, model) -> np.ndarray:
+    if xs is None:  # every item of the batch was unreadable
+        return np.zeros((0, backbone.feature_dim), np.float32)
+    try:
+        return embed(backbone, xs, device=dev, precision=options.precision, channels_last=options.channels_last,
+                     model=model, pad_to=options.batch_size if options.compile else 0)
+    except Exception as exc:
+        if not options.compile:
+            raise
+        raise FeatxError(f"--compile: torch.compile failed ({first_line(exc)}); run without --compile "
+                         "(it needs a C++ compiler on CPU)") from None
 
 
 def _reason(exc: OSError) -> str:
@@ -303,10 +334,10 @@ def _reason(exc: OSError) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         detail = f"; {exc.strerror}" if exc.strerror and exc.strerror != os.strerror(exc.errno) else ""
         return f"the disk (or the file size limit) is full{detail}"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return first_line(exc)
 
 
-def _warn_empty_classes(path: Path, classes, splits: dict[str, SplitItems], log) -> None:
+def _warn_empty_classes(path: Path, classes, splits: dict[str, SplitItems]) -> None:
     """Say so when every item of a class was unreadable (e.g. a folder of broken files)."""
     if "train" not in splits:
         return
@@ -314,4 +345,4 @@ def _warn_empty_classes(path: Path, classes, splits: dict[str, SplitItems], log)
     present = set(np.unique(open_features(path)["train"].y).tolist())
     empty = [c for i, c in enumerate(classes) if i in listed and i not in present]
     if empty:
-        log(f"warning: train has no readable image of class(es) {', '.join(empty)}")
+        log.warning(f"warning: train has no readable image of class(es) {', '.join(empty)}")

@@ -34,89 +34,67 @@ A pipeline file has these tables (every key optional; defaults shown)::
     [grid.logreg]                       # search grids per head (featx grid), replacing the defaults
     C = [0.001, 0.01, 0.1]
 
-Unknown tables, keys, and values of the wrong type are refused with one clear line.
+Unknown tables, keys, and values of the wrong type are refused with one clear line. The keys, their
+defaults and checks are declared once, in :mod:`featx.options`; command-line overrides
+(:meth:`Experiment.override`) go through the same checks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import FeatxError
+from .errors import FeatxUsageError
+from .options import BackboneOptions, ExtractOptions, SourceOptions, settings_of
 
 __all__ = ["Experiment", "load_pipeline", "SECTIONS"]
 
+#: options dataclass -> attribute of :class:`Experiment`
+_GROUPS = {"source": SourceOptions, "backbone": BackboneOptions, "extract": ExtractOptions}
 
-@dataclass
+
+def _sections() -> dict[str, dict[str, tuple[str, str]]]:
+    """table -> {key in the file: (group attribute of Experiment, field name)}, read off the declarations."""
+    out: dict[str, dict[str, tuple[str, str]]] = {}
+    for group, cls in _GROUPS.items():
+        for name, f in settings_of(cls).items():
+            out.setdefault(f.metadata["table"], {})[f.metadata["key"] or name] = (group, name)
+    return out
+
+
+#: table -> {key: (group, field)}: [source], [backbone], [extract], [cache]
+SECTIONS = _sections()
+
+
+@dataclass(frozen=True)
 class Experiment:
+    """A named experiment: the settings of every stage, and per-head parameters and grids."""
+
     name: str = "adhoc"
-    # [source]
-    data: str = "torchvision:FashionMNIST"
-    root: str = "cache/datasets"
-    download: bool = False
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    seed: int = 0
-    limit: int = 0
-    # [backbone]
-    backbone: str = "mobilenet_v2"
-    weights: str | None = "IMAGENET1K_V1"  # the embedded default; None = the model's DEFAULT weights
-    layer: str | None = None
-    # [extract]
-    batch_size: int = 16
-    workers: int = -1
-    device: str = "cpu"
-    precision: str = "fp32"
-    channels_last: bool = True
-    decoder: str = "pil"
-    compile: bool = False
-    # [cache]
-    cache_dir: str = "cache"
-    # [heads.<name>]
+    source: SourceOptions = field(default_factory=SourceOptions)
+    backbone: BackboneOptions = field(default_factory=BackboneOptions)
+    extract: ExtractOptions = field(default_factory=ExtractOptions)
+    #: [heads.<name>] parameter overrides
     heads: dict = field(default_factory=dict)
-    # [grid.<name>]
+    #: [grid.<name>] search grids
     grids: dict = field(default_factory=dict)
 
-
-#: table -> {key in the file: attribute of Experiment}
-SECTIONS = {
-    "source": {k: k for k in ("data", "root", "download", "val_fraction", "test_fraction", "seed", "limit")},
-    "backbone": {"name": "backbone", "weights": "weights", "layer": "layer"},
-    "extract": {k: k for k in ("batch_size", "workers", "device", "precision", "channels_last", "decoder", "compile")},
-    "cache": {"dir": "cache_dir"},
-}
-_TYPES = {f.name: f.type for f in fields(Experiment)}
-_PY = {"str": (str,), "bool": (bool,), "int": (int,), "float": (float, int), "str | None": (str,)}
-
-
-#: attribute -> (check, what a valid value is); types are checked first
-_RANGES = {
-    "val_fraction": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
-    "test_fraction": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
-    "limit": (lambda v: v >= 0, "0 (all) or a positive number of items"),
-    "batch_size": (lambda v: v >= 1, "a positive number of images"),
-    "workers": (lambda v: v >= -1, "-1 (automatic), 0 or a number of worker processes"),
-    "precision": (lambda v: v in ("fp32", "bf16", "fp16"), "one of fp32, bf16, fp16"),
-    "decoder": (lambda v: v in ("pil", "torchvision"), "pil or torchvision"),
-    "device": (lambda v: v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdecimal()),
-               "cpu, cuda or cuda:N"),
-    "data": (lambda v: bool(v.strip()), "a non-empty source"),
-    "backbone": (lambda v: bool(v.strip()), "a model name"),
-}
-
-
-def _check(where: str, attr: str, value):
-    ok = _PY[_TYPES[attr]]
-    if isinstance(value, bool) and bool not in ok:
-        ok = ()
-    if not isinstance(value, ok):
-        want = _TYPES[attr].replace(" | None", "")
-        raise FeatxError(f"{where}: expected a {want}, got {value!r}")
-    check, what = _RANGES.get(attr, (None, ""))
-    if check is not None and not check(value):
-        raise FeatxError(f"{where}: expected {what}, got {value!r}")
-    return value
+    def override(self, **values) -> "Experiment":
+        """A copy with the given settings (field names of any group; ``None`` = keep) changed,
+        each checked as a pipeline file's value would be (named by its command-line flag)."""
+        changes: dict[str, dict] = {}
+        for name, value in values.items():
+            if value is None:
+                continue
+            group = next((g for g, cls in _GROUPS.items() if name in settings_of(cls)), None)
+            if group is None:
+                raise TypeError(f"no setting {name!r}")
+            cls = _GROUPS[group]
+            flag = settings_of(cls)[name].metadata["cli"] or f"--{name.replace('_', '-')}"
+            changes.setdefault(group, {})[name] = cls.validated(name, value, flag.split("/")[0])
+        return dataclasses.replace(self, **{g: dataclasses.replace(getattr(self, g), **c) for g, c in changes.items()})
 
 
 def load_pipeline(path: str | Path) -> Experiment:
@@ -125,33 +103,34 @@ def load_pipeline(path: str | Path) -> Experiment:
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FeatxError(f"pipeline file {path} does not exist") from None
+        raise FeatxUsageError(f"pipeline file {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise FeatxError(f"pipeline file {path} is not valid TOML: {exc}") from None
+        raise FeatxUsageError(f"pipeline file {path} is not valid TOML: {exc}") from None
     except OSError as exc:
-        raise FeatxError(f"pipeline file {path} cannot be read: {exc.strerror or exc}") from None
-    exp = Experiment(name=path.stem)
+        raise FeatxUsageError(f"pipeline file {path} cannot be read: {exc.strerror or exc}") from None
+    groups: dict[str, dict] = {g: {} for g in _GROUPS}
+    heads, grids = {}, {}
     for table, body in doc.items():
         if table in ("heads", "grid"):
             if not isinstance(body, dict) or not all(isinstance(v, dict) for v in body.values()):
-                raise FeatxError(f"{path}: [{table}] must hold one table per head, e.g. [{table}.svm]")
-            from .heads import HEADS
+                raise FeatxUsageError(f"{path}: [{table}] must hold one table per head, e.g. [{table}.svm]")
+            from .heads.registry import check_head
 
             for head in body:
-                if head not in HEADS:
-                    raise FeatxError(f"{path}: [{table}.{head}]: unknown head (choose from {', '.join(HEADS)})")
+                check_head(head, where=f"{path}: [{table}.{head}]")
             if table == "heads":
-                exp.heads = body
+                heads = body
             else:
-                exp.grids = {h: {k: v if isinstance(v, list) else [v] for k, v in g.items()} for h, g in body.items()}
+                grids = {h: {k: v if isinstance(v, list) else [v] for k, v in g.items()} for h, g in body.items()}
             continue
         if table not in SECTIONS:
-            raise FeatxError(f"{path}: unknown table [{table}] (known: {', '.join([*SECTIONS, 'heads', 'grid'])})")
+            raise FeatxUsageError(f"{path}: unknown table [{table}] (known: {', '.join([*SECTIONS, 'heads', 'grid'])})")
         if not isinstance(body, dict):
-            raise FeatxError(f"{path}: {table} must be a table")
+            raise FeatxUsageError(f"{path}: {table} must be a table")
         for key, value in body.items():
             if key not in SECTIONS[table]:
-                raise FeatxError(f"{path}: [{table}] has no key {key!r} (known: {', '.join(SECTIONS[table])})")
-            attr = SECTIONS[table][key]
-            setattr(exp, attr, _check(f"{path}: [{table}] {key}", attr, value))
-    return exp
+                raise FeatxUsageError(f"{path}: [{table}] has no key {key!r} (known: {', '.join(SECTIONS[table])})")
+            group, name = SECTIONS[table][key]
+            groups[group][name] = _GROUPS[group].validated(name, value, f"{path}: [{table}] {key}")
+    return Experiment(name=path.stem, heads=heads, grids=grids,
+                      **{g: cls(**groups[g]) for g, cls in _GROUPS.items()})

@@ -6,7 +6,7 @@ from scipy.io import savemat
 
 from conftest import CLASSES, draw, make_folder
 from featx import FeatxError
-from featx.sources import (ImageFolderSource, ManifestSource, StanfordDogsSource, TorchvisionSource, layout_of,
+from featx.data.sources import (ImageFolderSource, ManifestSource, StanfordDogsSource, TorchvisionSource, layout_of,
                            make_source)
 
 BREEDS = ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02085936-Maltese_dog"]

@@ -11,7 +11,7 @@ from conftest import TINY
 from featx import FeatxError, open_features
 from featx.backbones import list_backbones, load_backbone
 from featx.extract import extract
-from featx.sources import ImageFolderSource
+from featx.data.sources import ImageFolderSource
 
 needs_timm = pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm not installed")
 
@@ -111,7 +111,7 @@ def test_embedded_efficientnet_lite0_loads_real_weights(image_folder, tmp_path):
 
 @needs_timm
 def test_lite0_key_mapping_refuses_a_mismatch():
-    from featx.timm_backbones import map_lukemelas_keys
+    from featx.backbones.timm_models import map_lukemelas_keys
 
     target = {"conv_stem.weight": torch.zeros(8, 3, 3, 3), "bn1.weight": torch.zeros(8)}
     with pytest.raises(FeatxError, match="do not match the network at _bn0.weight -> bn1.weight"):

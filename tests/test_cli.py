@@ -42,16 +42,16 @@ def test_bad_usage_exits_2():
 
 
 def test_missing_cache(tmp_path):
-    msg = one_line_error(run("fit", tmp_path / "nope.h5"))
+    msg = one_line_error(run("fit", tmp_path / "nope.h5"), status=2)
     assert "nope.h5 does not exist" in msg
-    assert "does not exist" in one_line_error(run("info", tmp_path / "nope.h5"))
+    assert "does not exist" in one_line_error(run("info", tmp_path / "nope.h5"), status=2)
 
 
 def test_unknown_head_and_backbone(image_folder, tmp_path):
-    assert "unknown head 'mlp'" in one_line_error(run("fit", tmp_path / "x.h5", "--head", "mlp"))
-    msg = one_line_error(run("extract", "--data", image_folder, "--backbone", "resnet5000", "--cache-dir", tmp_path))
+    assert "unknown head 'mlp'" in one_line_error(run("fit", tmp_path / "x.h5", "--head", "mlp"), status=2)
+    msg = one_line_error(run("extract", "--data", image_folder, "--backbone", "resnet5000", "--cache-dir", tmp_path), status=2)
     assert "unknown backbone 'resnet5000'" in msg and "featx backbones" in msg
-    msg = one_line_error(run("extract", "--data", image_folder, "--backbone", "resnet18", "--weights", "V9"))
+    msg = one_line_error(run("extract", "--data", image_folder, "--backbone", "resnet18", "--weights", "V9"), status=2)
     assert "no weights 'V9'" in msg and "IMAGENET1K_V1" in msg
 
 
@@ -64,10 +64,10 @@ def test_missing_offline_weights_names_the_file_and_where_to_put_it(image_folder
 
 
 def test_missing_embedded_weights_says_which_package_ships_them(image_folder, tmp_path, monkeypatch):
-    import featx.backbones
+    import featx.backbones.torchvision_models as tv_models
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(featx.backbones, "_embedded_copy", lambda name: None)
+    monkeypatch.setattr(tv_models, "_embedded_copy", lambda name: None)
     msg = one_line_error(run("extract", "--data", image_folder, "--backbone", "mobilenet_v2",
                              "--weights", "IMAGENET1K_V1", "--cache-dir", tmp_path))
     assert "mobilenet_v2-b0353104.pth" in msg
@@ -79,17 +79,17 @@ def test_cuda_on_a_machine_without_it(image_folder):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    assert "no CUDA device" in one_line_error(run("extract", "--data", image_folder, "--device", "cuda"))
+    assert "no CUDA device" in one_line_error(run("extract", "--data", image_folder, "--device", "cuda"), status=2)
 
 
 def test_pipeline_file_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[backbone]\nnmae = "resnet50"\n')
-    assert "[backbone] has no key 'nmae'" in one_line_error(run("extract", "--pipeline", bad))
+    assert "[backbone] has no key 'nmae'" in one_line_error(run("extract", "--pipeline", bad), status=2)
     bad.write_text('[extract]\nbatch_size = "big"\n')
-    assert "batch_size: expected a int" in one_line_error(run("extract", "--pipeline", bad))
+    assert "batch_size: expected a int" in one_line_error(run("extract", "--pipeline", bad), status=2)
     bad.write_text("[extract\n")
-    assert "not valid TOML" in one_line_error(run("extract", "--pipeline", bad))
+    assert "not valid TOML" in one_line_error(run("extract", "--pipeline", bad), status=2)
 
 
 def test_extract_info_fit_workflow(image_folder, tmp_path):
@@ -121,8 +121,8 @@ def test_extract_info_fit_workflow(image_folder, tmp_path):
     assert card["featx_version"] and len(card["head_sha256"]) == 64
     assert cache.with_name(f"{cache.stem}.logreg.joblib").exists()
 
-    assert "no parameter 'gamma'" in one_line_error(run("fit", cache, "--head", "svm", "--param", "gamma=2"))
-    assert "must be a float in the range (0.0, inf)" in one_line_error(run("fit", cache, "--head", "svm", "--param", "C=-1"))
+    assert "no parameter 'gamma'" in one_line_error(run("fit", cache, "--head", "svm", "--param", "gamma=2"), status=2)
+    assert "must be a float in the range (0.0, inf)" in one_line_error(run("fit", cache, "--head", "svm", "--param", "C=-1"), status=2)
 
 
 def test_listings():

@@ -27,9 +27,9 @@ from conftest import TINY, draw, make_folder
 from featx import FeatxError, open_features
 from featx.cli import main
 from featx.extract import cache_key, extract
-from featx.heads import load_head
+from featx.heads.persist import load_head
 from featx.pipeline import load_pipeline
-from featx.sources import ImageFolderSource, ManifestSource
+from featx.data.sources import ImageFolderSource, ManifestSource
 
 NO_SPLIT = {"val_fraction": 0, "test_fraction": 0}
 
@@ -38,8 +38,9 @@ def run_cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
+def one_line_error(result, *fragments, status=1):
+    """One ``featx: error:`` line and the exit status of the rule: 2 usage error, 1 failed run."""
+    assert result.exit_code == status, result.output
     assert "Traceback" not in result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("featx: error: "), result.stderr
@@ -105,11 +106,12 @@ UNREADABLE = {"zero.jpg", "truncated.jpg", "text.jpg", "bomb.png"}
 
 @pytest.mark.parametrize("decoder", ["pil", "torchvision"])
 def test_messy_folder_every_readable_image_extracted_every_other_recorded(messy_folder, tiny_backbone, tmp_path,
-                                                                          decoder):
-    logs = []
+                                                                          decoder, caplog):
     t0 = time.perf_counter()
-    result = extract(ImageFolderSource(messy_folder, **NO_SPLIT), tiny_backbone, out=tmp_path / "m.h5",
-                     batch_size=4, progress=False, log=logs.append, decoder=decoder)
+    with caplog.at_level("INFO", logger="featx"):
+        result = extract(ImageFolderSource(messy_folder, **NO_SPLIT), tiny_backbone, out=tmp_path / "m.h5",
+                         batch_size=4, progress=False, decoder=decoder)
+    logs = [r.getMessage() for r in caplog.records if r.name == "featx"]
     assert time.perf_counter() - t0 < 60, "the decompression bomb is refused, not decoded"
     train = open_features(result.path)["train"]
     ids = list(train.ids)
@@ -130,7 +132,7 @@ def test_exif_orientation_is_applied_and_16_bit_is_scaled(messy_folder, tiny_bac
     source = ImageFolderSource(messy_folder, **NO_SPLIT)
     assert source.open(str(messy_folder / "good" / "exif_rotated.jpg")).size == (30, 60)  # stored as 60x30
     sixteen = source.open(str(messy_folder / "good" / "sixteen_bit.png"))
-    from featx.backbones import RGBTransform
+    from featx.data.decoding import RGBTransform
 
     rgb = np.asarray(RGBTransform(lambda im: im)(sixteen))
     assert rgb.shape == (40, 40, 3) and 60 < rgb.mean() < 200, "scaled to 8 bits, not clipped to white"
@@ -318,20 +320,21 @@ def test_manifest_paths_cannot_escape_unless_allowed(tmp_path):
 ])
 def test_bad_devices_are_one_line(image_folder, tmp_path, args, fragment):
     one_line_error(run_cli("extract", "--data", image_folder, "--backbone", TINY, "--weights", "none", *args,
-                           "--out", tmp_path / "x.h5"), fragment)
+                           "--out", tmp_path / "x.h5"), fragment, status=2)
+    assert not list(tmp_path.glob("x.h5*")), "a refused run writes nothing"
 
 
 @pytest.mark.parametrize("text,fragment", [
-    ('[extract]\nprecision = "fp33"\n', "expected one of fp32, bf16, fp16"),
+    ('[extract]\nprecision = "fp33"\n', "unknown precision 'fp33' (choose from fp32, bf16, fp16)"),
     ('[extract]\nbatch_size = -4\n', "expected a positive number of images"),
-    ('[extract]\ndevice = "cuda:x"\n', "expected cpu, cuda or cuda:N"),
+    ('[extract]\ndevice = "cuda:x"\n', "unknown device 'cuda:x' (use cpu, cuda or cuda:N)"),
     ('[source]\nval_fraction = 1.5\n', "expected a fraction"),
     ('[source]\ndatta = "x"\n', "has no key 'datta'"),
 ])
 def test_typos_in_pipeline_files_are_one_line(tmp_path, text, fragment):
     p = tmp_path / "p.toml"
     p.write_text(text)
-    one_line_error(run_cli("extract", "--pipeline", p), fragment)
+    one_line_error(run_cli("extract", "--pipeline", p), fragment, status=2)
 
 
 # -- property-based: no input makes the parsers raise anything but FeatxError ----------------------------

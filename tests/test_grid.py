@@ -14,8 +14,8 @@ from conftest import TINY, needs_fashion
 from featx import FeatxError, open_features
 from featx.cli import main
 from featx.extract import extract
-from featx.search import GRIDS, LOGREG_C_GRID, parse_grid, search_head
-from featx.sources import ImageFolderSource
+from featx.analysis.search import GRIDS, LOGREG_C_GRID, parse_grid, search_head
+from featx.data.sources import ImageFolderSource
 
 
 def run(*args):
@@ -109,7 +109,7 @@ def test_grid_cli_errors_are_one_line(image_folder, tiny_backbone, tmp_path):
         (["--heads", "logreg", "--shots", "0,2"], "give positive integers"),
     ]:
         result = run("grid", cache, *args, "--out", tmp_path / "r")
-        assert result.exit_code == 1 and message in result.stderr and "Traceback" not in result.output
+        assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output  # usage
     assert not (tmp_path / "r").exists(), "nothing written when the input is bad"
 
 

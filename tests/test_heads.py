@@ -9,9 +9,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from conftest import needs_fashion
 from featx import FeatxError, open_features
-from featx.evaluate import evaluate
-from featx.heads import HEADS, make_head, parse_params
-from featx.torch_head import LBFGSLinearClassifier, TorchLinearClassifier
+from featx.analysis.evaluate import evaluate
+from featx.heads.registry import HEADS, make_head, parse_params
+from featx.heads.solvers import LBFGSLinearClassifier, TorchLinearClassifier
 
 
 @needs_fashion

@@ -9,16 +9,16 @@ import pytest
 from conftest import CLASSES, make_folder, needs_fashion
 from featx import FeatxError
 from featx.pipeline import load_pipeline
-from featx.sources import ImageFolderSource, make_source, stratified_split
+from featx.data.sources import ImageFolderSource, make_source, stratified_split
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_default_pipeline_is_the_embedded_default():
     exp = load_pipeline(REPO / "pipelines" / "default.toml")
-    assert (exp.data, exp.backbone, exp.weights, exp.precision) == (
+    assert (exp.source.data, exp.backbone.name, exp.backbone.weights, exp.extract.precision) == (
         "torchvision:FashionMNIST", "mobilenet_v2", "IMAGENET1K_V1", "fp32")
-    assert exp.val_fraction == 0.1 and exp.name == "default"
+    assert exp.source.val_fraction == 0.1 and exp.name == "default"
 
 
 def test_pipeline_heads_table(tmp_path):
@@ -86,8 +86,8 @@ def test_fashion_mnist_offline_from_the_debian_package(tmp_path):
 
 
 def test_missing_dataset_offline_says_what_to_fetch(tmp_path, monkeypatch):
-    import featx.sources
+    import featx.data.sources
 
-    monkeypatch.setitem(featx.sources.OFFLINE_DATA, "FashionMNIST", (str(tmp_path / "nowhere"), "dataset-fashion-mnist"))
+    monkeypatch.setitem(featx.data.sources.OFFLINE_DATA, "FashionMNIST", (str(tmp_path / "nowhere"), "dataset-fashion-mnist"))
     with pytest.raises(FeatxError, match="dataset FashionMNIST is not available in .*apt-get install dataset-fashion-mnist"):
         make_source("torchvision:FashionMNIST", root=tmp_path / "data").splits()

@@ -14,9 +14,9 @@ from conftest import TINY
 from featx import FeatxError, open_features
 from featx.cli import main
 from featx.extract import extract
-from featx.heads import load_head
-from featx.reuse import linear_weights
-from featx.sources import ImageFolderSource, open_image
+from featx.heads.persist import load_head
+from featx.heads.export import linear_weights
+from featx.data.sources import ImageFolderSource, open_image
 
 
 def run(*args):
@@ -157,7 +157,7 @@ def test_exported_torchscript_model_predicts_what_featx_predicts(cache_and_heads
 
 
 def test_linear_weights_refuses_nonlinear_heads():
-    from featx.heads import make_head
+    from featx.heads.registry import make_head
 
     with pytest.raises(FeatxError, match="only linear heads"):
         linear_weights(make_head("rbf-svm"))

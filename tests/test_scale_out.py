@@ -11,9 +11,9 @@ import pytest
 from conftest import TINY
 from featx import FeatxError, open_features
 from featx.extract import extract
-from featx.shards import find_shards, merge_shards, shard_items, shard_path
-from featx.sources import ImageFolderSource
-from featx.store import FeatureWriter
+from featx.cache.shards import find_shards, merge_shards, shard_items, shard_path
+from featx.data.sources import ImageFolderSource
+from featx.cache.store import FeatureWriter
 
 
 def assert_same_cache(a, b, rtol=1e-4):
@@ -118,7 +118,7 @@ def test_dask_grid_scatters_the_features_once(image_folder, tiny_backbone, tmp_p
     import joblib
     from dask.distributed import Client, LocalCluster
 
-    import featx.search as search
+    import featx.analysis.search as search
 
     seen = []
     real = search.parallel_config

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from featx import FeatxError, open_features
-from featx.store import SCHEMA_VERSION, FeatureWriter, partial_path
+from featx.cache.store import SCHEMA_VERSION, FeatureWriter, partial_path
 
 ATTRS = {
     "cache_key": "k1",

@@ -20,10 +20,11 @@ import os
 from pathlib import Path
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms._presets import ImageClassification
 
-from .errors import FeatxError
+from ..data.decoding import Preset
+from ..errors import FeatxError, FeatxUsageError
+from ..util import file_sha256, offline
+from .loading import LoadedModel, is_file_spec, load_into, load_state_file, seeded_init
 
 __all__ = ["LITE0_PACKAGE", "LITE0_TOP1", "load", "lite0_shape", "lite0_weights_file", "map_lukemelas_keys"]
 
@@ -69,20 +70,18 @@ def map_lukemelas_keys(source: dict, target: dict) -> dict:
     return out
 
 
-def _preset(cfg: dict) -> ImageClassification:
+def _preset(cfg: dict) -> Preset:
     crop = int(cfg["input_size"][-1])
-    return ImageClassification(
+    return Preset(
         crop_size=crop,
         resize_size=int(math.floor(crop / cfg.get("crop_pct", 0.875))),
         mean=tuple(cfg["mean"]),
         std=tuple(cfg["std"]),
-        interpolation=InterpolationMode(cfg.get("interpolation", "bilinear")),
+        interpolation=cfg.get("interpolation", "bilinear"),
     )
 
 
 def _create(timm, arch: str, *, pretrained: bool):
-    from .backbones import seeded_init
-
     if pretrained:
         return timm.create_model(arch, pretrained=True)
     with seeded_init():  # random init is seeded, as for torchvision models
@@ -97,33 +96,29 @@ def lite0_shape() -> tuple[int, int]:
 
 
 def _lite0(timm, weights: str | None):
-    from .backbones import _is_file_spec, _load_into, _load_state_file
-
     model = _create(timm, "tf_efficientnet_lite0", pretrained=False)
     meta = {"imagenet_top1": LITE0_TOP1, "num_params": sum(p.numel() for p in model.parameters())}
     if weights is not None and weights.lower() == "none":
         return model, "none", None, meta
-    if _is_file_spec(weights):
+    if is_file_spec(weights):
         path, label = Path(weights), f"file:{Path(weights).name}"
     elif weights in (None, "DEFAULT", "IMAGENET1K"):
         path, label = lite0_weights_file(), "IMAGENET1K"
     else:
-        raise FeatxError(f"efficientnet_lite0 has weights IMAGENET1K (embedded), none, or a .pth file; not {weights!r}")
-    state, sha = _load_state_file(path)
+        raise FeatxUsageError(f"efficientnet_lite0 has weights IMAGENET1K (embedded), none, or a .pth file; not {weights!r}")
+    state, sha = load_state_file(path)
     if next(iter(state), "").startswith("_"):  # lukemelas layout
         state = map_lukemelas_keys(state, model.state_dict())
-    _load_into(model, state, str(path))
+    load_into(model, state, str(path))
     return model, label, sha, meta
 
 
 def _hub(timm, arch: str, weights: str | None):
-    from .backbones import file_sha256, offline
-
     random_init = weights is not None and weights.lower() == "none"
     if offline():
         os.environ["HF_HUB_OFFLINE"] = "1"
     if arch not in timm.list_models():
-        raise FeatxError(f"timm has no model {arch!r}")
+        raise FeatxUsageError(f"timm has no model {arch!r}")
     try:
         model = _create(timm, arch, pretrained=not random_init)
     except Exception as exc:  # not in the local Hugging Face cache while offline, download errors
@@ -139,12 +134,12 @@ def _hub(timm, arch: str, weights: str | None):
     return model, model.pretrained_cfg.get("tag") or "pretrained", file_sha256(files[0]) if files else None, {}
 
 
-def load(name: str, weights: str | None):
-    """(model returning pooled features, dim, preset, weights label, sha256, meta)."""
+def load(name: str, weights: str | None) -> LoadedModel:
+    """A timm model returning pooled features (classifier reset), and how to feed it."""
     timm = _timm()
     if name == "efficientnet_lite0":
         model, label, sha, meta = _lite0(timm, weights)
     else:
         model, label, sha, meta = _hub(timm, name.removeprefix("timm:"), weights)
     model.reset_classifier(0)
-    return model.eval(), int(model.num_features), _preset(model.pretrained_cfg), label, sha, meta
+    return LoadedModel(model.eval(), int(model.num_features), _preset(model.pretrained_cfg), label, sha, meta)

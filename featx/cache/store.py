@@ -35,7 +35,7 @@ from typing import Iterable, Sequence
 import h5py
 import numpy as np
 
-from .errors import FeatxError
+from ..errors import FeatxError, FeatxUsageError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -183,7 +183,7 @@ class FeatureWriter:
         return None
 
     def _create(self) -> None:
-        from . import __version__
+        from ..version import __version__
 
         f = h5py.File(self.partial, "w")
         for key, value in self.attrs.items():
@@ -465,7 +465,7 @@ def open_features(path: str | os.PathLike, *, allow_incomplete: bool = False) ->
         hint = ""
         if partial_path(path).exists():
             hint = " (an unfinished extraction exists next to it; run the extraction again to finish it)"
-        raise FeatxError(f"cache {path} does not exist{hint}")
+        raise FeatxUsageError(f"cache {path} does not exist{hint}")
     try:
         with _open_read(path) as f:
             meta = read_meta(f)

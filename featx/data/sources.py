@@ -10,15 +10,20 @@ On the command line and in pipeline files a source is one string (see :func:`mak
   (FashionMNIST, MNIST, KMNIST, CIFAR10, CIFAR100). Fashion-MNIST and MNIST are found
   offline in Debian's ``dataset-fashion-mnist`` / ``dataset-mnist`` packages
   (:data:`OFFLINE_DATA`); otherwise torchvision downloads them.
+- ``torchvision:<Name>`` for built-ins with ``split=`` (STL10, SVHN, Flowers102, OxfordIIITPet, DTD,
+  Food101, StanfordCars, FGVCAircraft, Country211, GTSRB, PCAM) or with no split at all (EuroSAT,
+  Caltech101, Caltech256: val and test carved).
 - a directory - an ImageFolder tree, ``root/<class>/*.jpg`` (split deterministically,
   stratified, by ``val_fraction``/``test_fraction`` and ``seed``) or
   ``root/{train,val,test}/<class>/*``.
+- a ``.csv`` manifest - ``path,label[,split]`` rows (:class:`ManifestSource`).
+- a Stanford Dogs root - the official ``Images/`` + ``lists/{train,test}_list.mat`` layout
+  (:class:`StanfordDogsSource`).
 """
 
 from __future__ import annotations
 
 import csv
-import difflib
 import gzip
 import hashlib
 import json
@@ -31,7 +36,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import FeatxError
+from ..errors import FeatxError, FeatxUsageError
+from ..util import atomic_write, did_you_mean, first_line, offline
+from .decoding import open_image
 
 __all__ = [
     "OFFLINE_DATA",
@@ -114,7 +121,7 @@ class Source(ABC):
     limit: int = 0
     #: fractions of train carved out as val / test when the source has no such split of its own
     val_fraction: float = 0.1
-    test_fraction: float = 0.0
+    test_fraction: float = 0.1
     seed: int = 0
     _splits: dict[str, SplitItems] | None = None
 
@@ -184,9 +191,8 @@ class TorchvisionSource(Source):
             self._layout = {"train": {}}
         else:
             supported = sorted([*TRAIN_FLAG_DATASETS, *SPLIT_ARG_DATASETS, *NO_SPLIT_DATASETS])
-            close = difflib.get_close_matches(dataset, supported, n=3)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise FeatxError(f"torchvision dataset {dataset!r} is not supported; {hint}supported: {', '.join(supported)}")
+            raise FeatxUsageError(f"torchvision dataset {dataset!r} is not supported; "
+                                  f"{did_you_mean(dataset, supported, cutoff=0.6)}supported: {', '.join(supported)}")
         self.dataset = dataset
         self.root = Path(root)
         self.download = download
@@ -214,17 +220,13 @@ class TorchvisionSource(Source):
             if target.exists():
                 continue
             raw.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-            with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+            with atomic_write(target) as tmp, gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-            os.replace(tmp, target)
 
     def _load(self, split: str):
         if split not in self._data:
-            from . import backbones
-
             self._unpack_offline_copy()
-            download = self.download and not backbones.offline()
+            download = self.download and not offline()
             try:
                 self._data[split] = self._cls(str(self.root), download=download, **self._layout[split])
             except Exception as exc:  # torchvision raises RuntimeError / URLError / OSError
@@ -233,9 +235,8 @@ class TorchvisionSource(Source):
                 if self.dataset in OFFLINE_DATA:
                     folder, pkg = OFFLINE_DATA[self.dataset]
                     hint += f" (or `apt-get install {pkg}`, which puts them in {folder})"
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise FeatxError(
-                    f"dataset {self.dataset} is not available in {where} ({first}): "
+                    f"dataset {self.dataset} is not available in {where} ({first_line(exc)}): "
                     f"fetch its files as torchvision's {self.dataset} expects them and put them there{hint}"
                 ) from exc
         return self._data[split]
@@ -285,42 +286,6 @@ def _labels_of(ds, name: str) -> np.ndarray:
     raise FeatxError(f"torchvision dataset {name}: cannot list its labels without decoding every image")
 
 
-def open_image(path) -> Image.Image:
-    """Decode an image file (the first frame of an animation), upright by its EXIF orientation.
-
-    PIL refuses decompression bombs (more than twice ``Image.MAX_IMAGE_PIXELS``, 179 Mpx) when
-    opening, before any pixel is decoded; the item is then a recorded skip like any other
-    unreadable file.
-    """
-    with Image.open(path) as img:
-        img.load()
-        upright = ImageOps.exif_transpose(img)  # a copy; also when there is nothing to rotate
-    return upright
-
-
-#: What torchvision's decoder takes over from PIL with ``--decoder torchvision``: single-frame JPEG, PNG and
-#: WebP in 8-bit modes. Everything else (GIF, BMP, TIFF, 16-bit, CMYK) still goes through PIL.
-_TV_FORMATS = {"JPEG", "PNG", "WEBP"}
-_TV_MODES = {"RGB", "L", "RGBA", "LA", "P"}
-
-
-def decode_tensor(path):
-    """An image file as a ``(3, H, W)`` uint8 tensor decoded by ``torchvision.io`` (libjpeg-turbo / libpng /
-    libwebp), upright by its EXIF orientation; ``None`` when it should go through PIL instead.
-
-    PIL reads the header first (cheap, no pixels): its decompression-bomb limit still applies.
-    """
-    import torch
-    from torchvision.io import ImageReadMode, decode_image
-
-    with open(path, "rb") as f, Image.open(f) as img:  # Python opens it: any file name, also non-UTF-8
-        if img.format not in _TV_FORMATS or img.mode not in _TV_MODES or getattr(img, "n_frames", 1) > 1:
-            return None
-        f.seek(0)
-        data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
-    return decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-
-
 class FileSource(Source):
     """A source whose items are image files (``keys`` are paths)."""
 
@@ -356,7 +321,7 @@ class ImageFolderSource(FileSource):
         self.presplit = (self.root / "train").is_dir()
 
     def _scan(self, folder: Path, class_to_idx: dict[str, int]) -> SplitItems:
-        samples = [(p, c) for name, c in class_to_idx.items() for p in _image_files(folder / name)]
+        samples = [(p, c) for name, c in class_to_idx.items() for p in image_files(folder / name)]
         samples.sort(key=lambda s: (s[1], s[0]))
         return SplitItems(
             keys=[p for p, _ in samples],
@@ -406,7 +371,7 @@ def safe_id(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace").replace(os.sep, "/")
 
 
-def _image_files(folder: Path) -> list[str]:
+def image_files(folder: Path) -> list[str]:
     """Image files under ``folder`` (recursively, following links, each real folder once so a
     symlink loop ends), skipping hidden files and folders (``.DS_Store``, ``._x.jpg``, ``.git``).
     Files without an image extension (``Thumbs.db``, ``notes.txt``) are not images."""
@@ -582,7 +547,7 @@ def make_source(data: str, *, root: str | os.PathLike = "cache/datasets", downlo
         if StanfordDogsSource.detect(path):
             return StanfordDogsSource(path, **common)
         return ImageFolderSource(path, test_fraction=test_fraction, **common)
-    raise FeatxError(f"data {data!r} is neither torchvision:<Name>, a .csv manifest nor an existing directory")
+    raise FeatxUsageError(f"data {data!r} is neither torchvision:<Name>, a .csv manifest nor an existing directory")
 
 
 def layout_of(source: Source) -> str:

@@ -9,7 +9,7 @@ against scikit-learn's textbook estimators on the default cache and on a 12,000 
 cache, see ``docs/benchmarks.md``):
 
 - ``logreg``: multinomial logistic regression on standardised features, fitted by full-batch
-  L-BFGS in torch (:class:`featx.torch_head.LBFGSLinearClassifier`, scikit-learn's objective and
+  L-BFGS in torch (:class:`featx.heads.solvers.LBFGSLinearClassifier`, scikit-learn's objective and
   ``C``). ``LogisticRegression(solver="lbfgs")`` reaches the same accuracy 1.3-2.6x slower in
   ``make bench`` (35 s vs 19 s on the full default cache).
 - ``svm``: linear SVM (squared hinge, one-vs-rest, ``LinearSVC``'s default loss and ``C``), all
@@ -22,7 +22,7 @@ cache, see ``docs/benchmarks.md``):
 - ``knn``: k-nearest neighbours by cosine similarity (L2-normalised features, brute force),
   distance-weighted votes, as in the k-NN evaluations of self-supervised features.
 - ``torch-linear``: the classic "new fc layer" trained with AdamW, see
-  :class:`featx.torch_head.TorchLinearClassifier`.
+  :class:`featx.heads.solvers.TorchLinearClassifier`.
 
 Default parameters were chosen on the default pipeline's validation split (never on test).
 """
@@ -33,16 +33,12 @@ import ast
 from dataclasses import dataclass
 from typing import Callable
 
-from sklearn.base import BaseEstimator
-from sklearn.kernel_approximation import Nystroem
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
+from ..errors import FeatxUsageError
+from ..util import did_you_mean, first_line
 
-from .errors import FeatxError
-from .torch_head import LBFGSLinearClassifier, TorchLinearClassifier
+# scikit-learn and torch are imported inside the builders: naming and checking heads stays instant.
 
-__all__ = ["HEADS", "HeadSpec", "make_head", "parse_params", "head_params", "param_names"]
+__all__ = ["HEADS", "HeadSpec", "check_head", "make_head", "parse_params", "head_params", "param_names"]
 
 
 @dataclass(frozen=True)
@@ -50,21 +46,37 @@ class HeadSpec:
     """A named head: how to build it, its defaults and a one-line description."""
 
     name: str
-    build: Callable[[], Pipeline]
+    build: Callable[[], "Pipeline"]  # noqa: F821 - sklearn.pipeline.Pipeline
     description: str
     #: the parameters worth tuning, shown by ``featx heads``
     key_params: tuple[str, ...] = ()
 
 
-def _logreg() -> Pipeline:
+def _logreg():
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from .solvers import LBFGSLinearClassifier
+
     return Pipeline([("scale", StandardScaler()), ("clf", LBFGSLinearClassifier(loss="log_loss", C=0.01))])
 
 
-def _svm() -> Pipeline:
+def _svm():
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from .solvers import LBFGSLinearClassifier
+
     return Pipeline([("scale", StandardScaler()), ("clf", LBFGSLinearClassifier(loss="squared_hinge", C=0.001))])
 
 
-def _rbf_svm() -> Pipeline:
+def _rbf_svm():
+    from sklearn.kernel_approximation import Nystroem
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from .solvers import LBFGSLinearClassifier
+
     return Pipeline([
         ("scale", StandardScaler()),
         ("kmap", Nystroem(kernel="rbf", gamma=None, n_components=NYSTROEM_COMPONENTS, random_state=0)),
@@ -78,14 +90,23 @@ def _rbf_svm() -> Pipeline:
 NYSTROEM_COMPONENTS = 1024
 
 
-def _knn() -> Pipeline:
+def _knn():
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer
+
     return Pipeline([
         ("norm", Normalizer()),
         ("clf", KNeighborsClassifier(n_neighbors=20, weights="distance", algorithm="brute")),
     ])
 
 
-def _torch_linear() -> Pipeline:
+def _torch_linear():
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from .solvers import TorchLinearClassifier
+
     return Pipeline([("scale", StandardScaler()), ("clf", TorchLinearClassifier())])
 
 
@@ -106,13 +127,21 @@ HEADS: dict[str, HeadSpec] = {
 }
 
 
+def check_head(name: str, where: str | None = None) -> str:
+    """``name`` if it is a registered head, else a usage error listing them (the one place this is checked)."""
+    if name not in HEADS:
+        prefix = f"{where}: " if where else ""
+        raise FeatxUsageError(f"{prefix}unknown head {name!r}; {did_you_mean(name, HEADS)}choose from {', '.join(HEADS)}")
+    return name
+
+
 def parse_params(pairs) -> dict:
     """``["C=0.1", "kmap__gamma=1e-3", "class_weight=balanced"]`` -> a dict of Python values."""
     params = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
         if not sep or not name.strip():
-            raise FeatxError(f"parameter {pair!r} is not NAME=VALUE")
+            raise FeatxUsageError(f"parameter {pair!r} is not NAME=VALUE")
         try:
             value = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
@@ -121,13 +150,15 @@ def parse_params(pairs) -> dict:
     return params
 
 
-def param_names(head: Pipeline) -> dict[str, str]:
+def param_names(head) -> dict[str, str]:
     """Short parameter names -> full sklearn names.
 
     Parameters of the ``clf`` step go by their own name (``C``, even when nested as
     ``clf__estimator__C``; the shallowest wins a clash); other steps keep their prefix
     (``kmap__gamma``).
     """
+    from sklearn.base import BaseEstimator
+
     names: dict[str, str] = {}
     for full, value in head.get_params(deep=True).items():
         if "__" not in full or isinstance(value, BaseEstimator):
@@ -140,15 +171,14 @@ def param_names(head: Pipeline) -> dict[str, str]:
     return names
 
 
-def make_head(name: str, params: dict | None = None) -> Pipeline:
+def make_head(name: str, params: dict | None = None):
     """A fresh, unfitted head with ``params`` applied and validated before any data is seen.
 
     Args:
         name: a key of :data:`HEADS`.
         params: short names (``C``, ``kmap__gamma``) or full sklearn names to values.
     """
-    if name not in HEADS:
-        raise FeatxError(f"unknown head {name!r} (choose from {', '.join(HEADS)})")
+    check_head(name)
     head = HEADS[name].build()
     if params:
         names = param_names(head)
@@ -157,7 +187,8 @@ def make_head(name: str, params: dict | None = None) -> Pipeline:
         for key, value in params.items():
             target = names.get(key, key)
             if target not in full_names:
-                raise FeatxError(f"head {name} has no parameter {key!r} (it has: {', '.join(sorted(names))})")
+                raise FeatxUsageError(f"head {name} has no parameter {key!r}; {did_you_mean(key, names)}"
+                                      f"it has: {', '.join(sorted(names))}")
             full[target] = value
         head.set_params(**full)
         _validate(name, head)
@@ -165,21 +196,34 @@ def make_head(name: str, params: dict | None = None) -> Pipeline:
 
 
 def _validate(name: str, head) -> None:
-    """Check types and ranges now, before any data is loaded (sklearn would at ``fit``)."""
-    from sklearn.utils._param_validation import InvalidParameterError
+    """Check types and ranges now, before any data is loaded (scikit-learn would at ``fit``)."""
+    from sklearn.base import BaseEstimator
 
     estimators = [head, *(v for v in head.get_params(deep=True).values() if isinstance(v, BaseEstimator))]
     for est in estimators:
-        check = getattr(est, "_validate_params", None)  # sklearn's own constraint check
-        if check is None or not hasattr(est, "_parameter_constraints"):
-            continue
         try:
-            check()
-        except InvalidParameterError as exc:
-            raise FeatxError(f"head {name}: {exc}") from None
+            if hasattr(est, "check_params"):  # featx's own solvers
+                est.check_params()
+            else:
+                sklearn_check_params(est)
+        except (ValueError, TypeError) as exc:  # scikit-learn's InvalidParameterError is both
+            raise FeatxUsageError(f"head {name}: {first_line(exc)}") from None
 
 
-def head_params(head: Pipeline) -> dict:
+def sklearn_check_params(est) -> None:
+    """Run a scikit-learn estimator's own parameter constraints without data.
+
+    scikit-learn has no public call for this: its estimators check ``_parameter_constraints`` at
+    the start of ``fit`` through the private ``_validate_params``. This is featx's one use of it;
+    ``tests/test_layout.py`` fails loudly if scikit-learn renames it (featx would otherwise find
+    bad parameters only at ``fit``, after loading the cache).
+    """
+    check = getattr(est, "_validate_params", None)
+    if check is not None and hasattr(est, "_parameter_constraints"):
+        check()
+
+
+def head_params(head) -> dict:
     """The parameters of a head by their short names, JSON-able values only."""
     values = head.get_params(deep=True)
     return {
@@ -187,51 +231,3 @@ def head_params(head: Pipeline) -> dict:
         for short, full in sorted(param_names(head).items())
         if isinstance(values[full], (int, float, str, bool, type(None)))
     }
-
-
-def card_path(head_path) -> "Path":
-    """The JSON card saved next to a head: ``x.svm.joblib`` -> ``x.svm.json``."""
-    from pathlib import Path
-
-    return Path(head_path).with_suffix(".json")
-
-
-def load_head(path, *, trust: bool = False):
-    """Load a head saved by ``featx fit``, and its card.
-
-    A head is a joblib pickle, and unpickling runs code: it is loaded only when its sha256 equals
-    the one ``featx fit`` recorded in its card (``<name>.json``), unless ``trust`` is set (for a
-    file you made yourself). Returns ``(estimator, card)``.
-    """
-    import json
-
-    import joblib
-
-    from .backbones import file_sha256
-
-    cp = card_path(path)
-    try:
-        card = json.loads(cp.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        card = None
-    except (OSError, ValueError) as exc:
-        raise FeatxError(f"head card {cp} cannot be read ({exc})") from None
-    if not trust:
-        if card is None:
-            raise FeatxError(f"head {path} has no card {cp.name} to check it against; a head file runs code "
-                             "when loaded: pass --trust only if you made it yourself")
-        try:
-            actual = file_sha256(path)
-        except OSError as exc:
-            raise FeatxError(f"head {path} cannot be read ({exc.strerror or exc})") from None
-        if actual != card.get("head_sha256"):
-            raise FeatxError(f"head {path} does not match its card (sha256 {actual[:12]}..., card says "
-                             f"{str(card.get('head_sha256'))[:12]}...): it was changed after `featx fit`; a head "
-                             "file runs code when loaded, so it is not loaded (--trust overrides)")
-    try:
-        est = joblib.load(path)
-    except FileNotFoundError:
-        raise FeatxError(f"head {path} does not exist") from None
-    except Exception as exc:  # a damaged or foreign pickle can raise anything
-        raise FeatxError(f"head {path} cannot be loaded ({type(exc).__name__}: {exc})") from None
-    return est, card or {}

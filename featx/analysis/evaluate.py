@@ -5,15 +5,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score, top_k_accuracy_score
 
-__all__ = ["METRICS", "scores", "evaluate"]
+from ..options import METRICS
 
-#: metric name -> what it means (the order of report columns).
-METRICS = {
-    "top1": "top-1 accuracy",
-    "top5": "top-5 accuracy",
-    "mean_per_class": "mean per-class accuracy (balanced accuracy)",
-    "macro_f1": "macro-averaged F1",
-}
+__all__ = ["METRICS", "scores", "evaluate"]
 
 
 def scores(head, X) -> np.ndarray:

@@ -23,9 +23,9 @@ from joblib import Parallel, delayed, effective_n_jobs, parallel_config
 from joblib.parallel import get_active_backend
 from sklearn.model_selection import StratifiedKFold
 
-from .errors import FeatxError
+from ..errors import FeatxError, FeatxUsageError
+from ..heads.registry import check_head, head_params, make_head, param_names
 from .evaluate import evaluate
-from .heads import HEADS, head_params, make_head, param_names
 
 __all__ = [
     "LOGREG_C_GRID",
@@ -97,13 +97,12 @@ class HeadSearch:
 
 def parse_grid(head: str, overrides: dict | None = None) -> dict:
     """The head's grid with overrides (``{"C": [0.1, 1]}``) applied, checked before any work."""
-    if head not in HEADS:
-        raise FeatxError(f"unknown head {head!r} (choose from {', '.join(HEADS)})")
+    check_head(head)
     grid = {k: tuple(v) for k, v in GRIDS[head].items()}
     for key, values in (overrides or {}).items():
         values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
         if not values:
-            raise FeatxError(f"grid for {head} parameter {key!r} is empty")
+            raise FeatxUsageError(f"grid for {head} parameter {key!r} is empty")
         grid[key] = values
     for point in grid_points(grid):
         make_head(head, point)  # unknown names and wrong types/ranges fail here, in one line
@@ -172,7 +171,7 @@ def search_head(head: str, fs, *, grid: dict | None = None, metric: str = "top1"
         head: head name.
         fs: the cache (needs ``train`` and ``test``; ``val`` is used for selection when present).
         grid: the grid (already checked by :func:`parse_grid`); default :data:`GRIDS` ``[head]``.
-        metric: the selection score, a key of :data:`featx.evaluate.METRICS`.
+        metric: the selection score, a key of :data:`featx.options.METRICS`.
         jobs: parallel fits (joblib ``n_jobs``; -1 = all cores).
         folds: k of the stratified k-fold CV used when there is no validation split.
         class_weight: ``"balanced"`` for every head that supports it.

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FeatxError
-from .sources import SplitItems
+from ..errors import FeatxError
+from ..data.sources import SplitItems
 from .store import PARTIAL_SUFFIX, FeatureWriter, open_features
 
 __all__ = ["dist_env", "shard_items", "shard_path", "find_shards", "merge_shards", "init_distributed"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FeatxError
+from ..errors import FeatxError
 from .evaluate import METRICS
 
 __all__ = ["expected_calibration_error", "write_reports", "merge_results", "render_rows"]

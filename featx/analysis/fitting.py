@@ -1,0 +1,74 @@
+"""Fit one head on a cache's train split, score it on val and test, save it with its card."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..cache.store import open_features
+from ..errors import FeatxError
+from ..heads.persist import save_head
+from ..heads.registry import head_params
+from ..util import first_line
+from .evaluate import evaluate
+
+__all__ = ["FitResult", "fit_head", "fit_quietly"]
+
+log = logging.getLogger("featx")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    head_path: Path
+    card_path: Path
+    params: dict
+    metrics: dict
+    fit_seconds: float
+    n_train: int
+    n_features: int
+    n_classes: int
+
+
+def fit_quietly(head_name: str, head, X, y):
+    """``head.fit(X, y)`` with scikit-learn's known notices in featx's own words, and a one-line error
+    for what scikit-learn refuses."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            head.fit(X, y)
+        except (ValueError, TypeError) as exc:  # sklearn's InvalidParameterError is a ValueError
+            raise FeatxError(f"cannot fit {head_name}: {first_line(exc)}") from None
+    for w in caught:
+        if "n_components > n_samples" in str(w.message):
+            kmap = head.named_steps.get("kmap") if hasattr(head, "named_steps") else None
+            used = getattr(kmap, "n_components_", len(y))
+            log.info(f"note: {head_name} used {used} Nystroem landmarks (only {len(y)} training rows)")
+        elif not issubclass(w.category, (DeprecationWarning, FutureWarning)):
+            log.info(f"note: {head_name}: {first_line(Warning(str(w.message)))}")
+    return head
+
+
+def fit_head(head_name: str, head, cache, *, out=None) -> FitResult:
+    """Train ``head`` (a fresh estimator from :func:`featx.heads.registry.make_head`) on ``cache``'s
+    train split, evaluate on val and test, save it (default ``<cache>.<head>.joblib``) and its card."""
+    path = Path(cache)
+    fs = open_features(path)
+    if "train" not in fs:
+        raise FeatxError(f"{path} has no train split to fit on")
+    X, y = fs["train"].labelled()
+    if len(np.unique(y)) < 2:
+        raise FeatxError(f"{path}: the train split needs at least two labelled classes to fit a head")
+    t0 = time.perf_counter()
+    fit_quietly(head_name, head, X, y)
+    fit_s = time.perf_counter() - t0
+    metrics = {split: evaluate(head, fs[split].X, fs[split].y) for split in ("val", "test") if split in fs}
+    target = Path(out) if out else path.with_name(f"{path.stem}.{head_name}.joblib")
+    params = head_params(head)
+    head_path, card_path = save_head(head, target, head_name=head_name, params=params, metrics=metrics,
+                                     fit_seconds=fit_s, n_train=len(y), fs=fs)
+    return FitResult(head_path, card_path, params, metrics, fit_s, len(y), int(X.shape[1]), len(fs.classes))

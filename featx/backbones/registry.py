@@ -1,0 +1,192 @@
+"""Backbones: a name -> a frozen network that returns embeddings, its transform and its record.
+
+The registry in front of the backbone families: torchvision classification models
+(:mod:`featx.backbones.torchvision_models`, every model through torchvision's weights API) and timm
+models (:mod:`featx.backbones.timm_models`: the embedded EfficientNet-Lite0 and ``timm:<name>``).
+Both families share :mod:`featx.backbones.loading` and return a
+:class:`~featx.backbones.loading.LoadedModel`; :func:`load_backbone` freezes it, optionally cuts it
+at an intermediate layer, and wraps it as a :class:`Backbone`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..data.decoding import RGBTransform, preprocess_record
+from ..errors import FeatxError, FeatxUsageError
+from ..util import did_you_mean
+from . import torchvision_models
+
+__all__ = ["EXTRA_BACKBONES", "Backbone", "BackboneInfo", "load_backbone", "list_backbones", "parse_backbone"]
+
+#: Backbones that are not torchvision models: name -> what it is (see featx/backbones/timm_models.py).
+EXTRA_BACKBONES = {
+    "efficientnet_lite0": "ImageNet EfficientNet-Lite0 (timm tf_efficientnet_lite0 architecture, embedded weights)",
+}
+
+
+@dataclass
+class Backbone:
+    """A frozen feature extractor and everything needed to reproduce its inputs.
+
+    Attributes:
+        name: torchvision model name.
+        weights: weights enum name (``IMAGENET1K_V1``) or ``"none"`` for random init.
+        model: the module in eval mode; ``model(x)`` returns ``(N, feature_dim)`` embeddings.
+        transform: PIL image -> normalised ``(3, H, W)`` float tensor (the weights' own).
+        preprocess: the transform as one JSON-able record (timm ``PretrainedCfg`` style).
+        feature_dim: embedding size.
+        weights_sha256: sha256 of the weight file, ``None`` for random init.
+        meta: the weights' metadata (ImageNet accuracy, parameter count, ...).
+        layer: the intermediate node the embedding comes from, ``None`` = penultimate.
+    """
+
+    name: str
+    weights: str
+    model: nn.Module
+    transform: Callable
+    preprocess: dict
+    feature_dim: int
+    weights_sha256: str | None
+    meta: dict = field(default_factory=dict)
+    layer: str | None = None
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """One row of ``featx backbones``: a model with one of its weights."""
+
+    name: str
+    weights: str
+    is_default: bool
+    feature_dim: int
+    params: int | None
+    top1: float | None
+    offline: bool
+
+
+def parse_backbone(spec: str, weights: str | None = None) -> tuple[str, str | None]:
+    """``"resnet50:IMAGENET1K_V2"`` -> ``("resnet50", "IMAGENET1K_V2")``; ``weights`` wins if both given."""
+    name, _, inline = spec.partition(":")
+    return name.strip(), (weights or inline or None)
+
+
+class _PooledLayer(nn.Module):
+    """Output of one intermediate node, global-average-pooled (over H, W; or over tokens)."""
+
+    def __init__(self, model: nn.Module, layer: str):
+        super().__init__()
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        self.body = create_feature_extractor(model, return_nodes={layer: "out"})
+
+    def forward(self, x):
+        y = self.body(x)["out"]
+        if y.ndim == 4:
+            return y.mean(dim=(2, 3))
+        if y.ndim == 3:
+            return y.mean(dim=1)
+        return y.flatten(1)
+
+
+def _at_layer(model: nn.Module, layer: str, preset) -> tuple[nn.Module, int]:
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    nodes = get_graph_node_names(model)[1]
+    modules = {name for name, _ in model.named_modules() if name}
+    if layer not in nodes and layer not in modules:  # a module name means that module's output
+        raise FeatxUsageError(
+            f"layer {layer!r} is not a module or node of this model; {did_you_mean(layer, sorted(modules), cutoff=0.4)}"
+            f"it has {len(nodes)}, e.g. {', '.join(nodes[-6:])}"
+        )
+    pooled = _PooledLayer(model, layer).eval()
+    crop = int(preset.crop_size[0])
+    with torch.inference_mode():
+        dim = pooled(torch.zeros(1, 3, crop, crop)).shape[1]
+    return pooled, int(dim)
+
+
+def load_backbone(spec: str, weights: str | None = None, *, device: str | torch.device = "cpu",
+                  layer: str | None = None) -> Backbone:
+    """Build a frozen backbone.
+
+    Args:
+        spec: a torchvision model name (optionally ``name:WEIGHTS``), ``efficientnet_lite0``
+            (embedded, needs timm) or ``timm:<name>`` (needs timm and the weights in the local
+            Hugging Face cache).
+        weights: weights enum member name (``IMAGENET1K_V1``), ``DEFAULT``/``None`` for the
+            default, ``"none"`` for random init (seeded), or a local ``.pth`` state dict
+            (loaded with ``weights_only=True``, preprocessed as the model's default weights).
+        device: where the model lives.
+        layer: an intermediate node (``torchvision.models.feature_extraction`` name) whose
+            output is global-average-pooled instead of the penultimate embedding.
+    """
+    if spec.startswith("timm:") or spec in EXTRA_BACKBONES:
+        from . import timm_models
+
+        name, weights_name = (spec, weights) if spec.startswith("timm:") else parse_backbone(spec, weights)
+        loaded = timm_models.load(name, weights_name)
+    else:
+        name, weights_name = parse_backbone(spec, weights)
+        loaded = torchvision_models.load(name, weights_name, other_names=EXTRA_BACKBONES)
+    model, dim, preset = loaded.model, loaded.feature_dim, loaded.preset
+    model.eval().requires_grad_(False)
+    if layer:
+        model, dim = _at_layer(model, layer, preset)
+        model.requires_grad_(False)
+    return Backbone(
+        name=name.replace(":", "-"),
+        weights=loaded.weights,
+        model=model.to(device),
+        transform=RGBTransform(preset),
+        preprocess=preprocess_record(preset),
+        feature_dim=dim,
+        weights_sha256=loaded.sha256,
+        meta=loaded.meta,
+        layer=layer,
+    )
+
+
+def list_backbones(*, offline_only: bool = False) -> list[BackboneInfo]:
+    """Every torchvision classification model and weights, with embedding size and accuracy,
+    then the embedded timm backbones.
+
+    Args:
+        offline_only: only weights whose file is available without a download.
+    """
+    from torchvision.models import get_model_weights
+
+    tv = torchvision_models
+    rows = []
+    for name in tv.classification_models():
+        have = tv.offline_weights(name)
+        if offline_only and not have:
+            continue
+        enum = get_model_weights(name)
+        dim = tv.embedding_dim(name)
+        rows += [BackboneInfo(name=name, weights=w.name, is_default=w is enum.DEFAULT, feature_dim=dim,
+                              params=w.meta.get("num_params"), top1=tv.imagenet_top1(w), offline=w.name in have)
+                 for w in enum if not offline_only or w.name in have]
+    rows.extend(_extra_rows())
+    return rows
+
+
+def _extra_rows() -> list[BackboneInfo]:
+    """The embedded EfficientNet-Lite0 (listed when timm is installed)."""
+    if importlib.util.find_spec("timm") is None:
+        return []
+    from . import timm_models as timm_backbones
+
+    try:
+        timm_backbones.lite0_weights_file()
+        have = True
+    except FeatxError:
+        have = False
+    dim, params = timm_backbones.lite0_shape()
+    return [BackboneInfo(name="efficientnet_lite0", weights="IMAGENET1K", is_default=True, feature_dim=dim,
+                         params=params, top1=timm_backbones.LITE0_TOP1, offline=have)]

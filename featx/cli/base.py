@@ -1,0 +1,228 @@
+"""What every command shares: the group with featx's exit-status rule, logging and progress rendering,
+options generated from :mod:`featx.options`, and the checks that run before any heavy import.
+
+Exit status (the README states the same rule):
+
+- **0** -- the command did its job.
+- **2** -- a usage error: a bad option or argument (click's own errors and
+  :class:`~featx.errors.FeatxUsageError`: unknown head/parameter/backbone/weights/layer/device, a
+  named input file that does not exist, a pipeline file that does not validate). Nothing was done
+  and nothing was written.
+- **1** -- the run failed (:class:`~featx.errors.FeatxError`: damaged or unfinished cache, full disk,
+  weights missing offline, interrupted; or an unforeseen error).
+
+Every error is one line on stderr, ``featx: error: ...``; ``featx --debug ...`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import click
+
+from ..errors import FeatxError, FeatxUsageError
+from ..options import settings_of
+from ..util import first_line
+
+__all__ = ["FeatxGroup", "setting_option", "existing_file", "configure_output", "progress_renderer",
+           "pipeline_option", "trust_option", "out_option", "top_k_option"]
+
+log = logging.getLogger("featx")
+
+
+class _Failure(click.ClickException):
+    """A featx error on its way out: one line on stderr, the error's own exit status."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class FeatxGroup(click.Group):
+    """click's group with featx's exit-status rule and one-line errors (see the module docstring)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except FeatxError as exc:
+            if ctx.params.get("debug"):
+                raise
+            raise _Failure(str(exc), exc.exit_code) from None
+        except Exception as exc:  # a bug or an environment problem we did not foresee
+            if ctx.params.get("debug"):
+                raise
+            raise _Failure(f"{type(exc).__name__}: {first_line(exc)} (run `featx --debug ...` for the traceback)") from None
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = code if isinstance(code, int) else 0
+        except click.UsageError as exc:  # click's own: missing/invalid option or argument, unknown command
+            path = exc.ctx.command_path if exc.ctx is not None else "featx"
+            click.echo(f"featx: error: {exc.format_message()} (see `{path} --help`)", err=True)
+            code = 2
+        except click.ClickException as exc:
+            click.echo(f"featx: error: {exc.format_message()}", err=True)
+            code = exc.exit_code
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("featx: error: interrupted", err=True)
+            code = 1
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def setting_option(cls, name: str, *short: str):
+    """A click option for setting ``name`` of options dataclass ``cls``: its flag, help text and choices
+    come from the declaration; its default is ``None`` (= the pipeline file's value, else the declared default)."""
+    f = settings_of(cls)[name]
+    m = f.metadata
+    flag = m["cli"] or f"--{name.replace('_', '-')}"
+    kind = m["kind"]
+    kwargs: dict = {"default": None, "help": m["help"]}
+    if m["choices"] is not None:
+        kwargs["type"] = _RegistryChoice(m["choices"])
+    elif kind is bool and "/" not in flag:
+        kwargs["is_flag"] = True
+    elif kind is int:
+        kwargs["type"] = int
+    elif kind is float:
+        kwargs["type"] = float
+    return click.option(flag, *short, name, **kwargs)
+
+
+class _RegistryChoice(click.Choice):
+    """``click.Choice`` over a registry read when used, so an entry registered later is listed too."""
+
+    def __init__(self, registry):
+        self._registry = registry
+        super().__init__(list(registry()))
+
+    @property
+    def choices(self):
+        return tuple(self._registry())
+
+    @choices.setter
+    def choices(self, value):  # click's __init__ assigns it; the registry stays the source
+        pass
+
+
+def existing_file(path: str | None, what: str, hint: str = "") -> Path | None:
+    """``path`` when it exists, else a usage error -- checked before anything heavy is imported."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        if Path(f"{path}.partial").exists():
+            hint = " (an unfinished extraction exists next to it; run the extraction again to finish it)"
+        raise FeatxUsageError(f"{what} {path} does not exist{hint}")
+    if p.is_dir():
+        raise FeatxUsageError(f"{what} {path} is a folder, not a file")
+    return p
+
+
+class _Lines(logging.Handler):
+    """featx's messages on stderr, one line each."""
+
+    def emit(self, record):
+        click.echo(record.getMessage(), err=True)
+
+
+def configure_output(*, verbose: bool = True) -> None:
+    """Route the ``featx`` logger to stderr and third-party warnings to one-line notes.
+
+    Warnings that featx already handles in its own words are silenced: scikit-learn's Nystroem
+    "n_components > n_samples" (featx reports the landmark count it used), loky's leaked-semaphore
+    notices at exit.
+    """
+    if not any(isinstance(h, _Lines) for h in log.handlers):
+        log.addHandler(_Lines())
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    log.propagate = False
+    warnings.filterwarnings("ignore", message=r"n_components > n_samples")
+    warnings.filterwarnings("ignore", message=r".*leaked semaphore", category=UserWarning)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")  # loky's tracker process
+    warnings.showwarning = _one_line_warning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    module = Path(filename).parent.name if filename else ""
+    click.echo(f"featx: note ({module or category.__name__}): {first_line(Warning(str(message)))}", err=True)
+
+
+def progress_renderer(*, enabled: bool = True, every_s: float = 30.0):
+    """A ``progress(done, total, label)`` callback for the library.
+
+    On a terminal: click's progress bar. Otherwise (a log file, nohup, CI, a batch scheduler): one
+    steady line at the start, every ``every_s`` seconds and at the end, with the rate and the time left.
+    """
+    if not enabled:
+        return None
+    if sys.stderr.isatty():
+        return _Bar()
+    return _SteadyLines(every_s)
+
+
+class _Bar:
+    def __init__(self):
+        self.bar = None
+        self.shown = 0
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=label, show_pos=True, file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done - self.shown)
+        self.shown = done
+        if done >= total:
+            self.bar.__exit__(None, None, None)
+
+
+class _SteadyLines:
+    def __init__(self, every_s: float):
+        self.every_s = every_s
+        self.t0 = self.last = None
+        self.first_done = 0
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0, self.last, self.first_done = now, now, done
+            click.echo(f"{label}: {done}/{total} items", err=True)
+            return
+        if now - self.last < self.every_s and done < total:
+            return
+        self.last = now
+        rate = (done - self.first_done) / max(now - self.t0, 1e-9)
+        left = f", about {(total - done) / rate / 60:.1f} min left" if rate > 0 and done < total else ""
+        click.echo(f"{label}: {done}/{total} items ({100 * done / max(total, 1):.0f}%), {rate:.1f} items/s{left}",
+                   err=True)
+
+
+pipeline_option = click.option(
+    "--pipeline", "-p", type=click.Path(dir_okay=False), default=None,
+    help="Pipeline file (pipelines/*.toml) giving source, backbone and settings; other options override it.",
+)
+
+trust_option = click.option(
+    "--trust", is_flag=True,
+    help="Load the head even if its sha256 does not match its JSON card (a head is a pickle and runs code "
+         "when loaded: only for files you made yourself).")
+
+
+def out_option(help: str, *, file: bool = True, aliases: tuple[str, ...] = ()):
+    """``-o/--out``: the same name and short flag in every command (``aliases``: older names kept working)."""
+    return click.option("--out", *aliases, "-o", "out", type=click.Path(dir_okay=not file, file_okay=file), help=help)
+
+
+def top_k_option(default: int, help: str):
+    """``-k/--top-k``: the same name and short flag in every command."""
+    return click.option("--top-k", "-k", "top_k", type=click.IntRange(min=1), default=default, show_default=True,
+                        help=help)

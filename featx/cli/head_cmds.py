@@ -1,0 +1,197 @@
+"""``featx fit``, ``featx grid`` and ``featx report``: heads on a cache, searches, merged tables."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import click
+
+from ..errors import FeatxError, FeatxUsageError
+from ..options import METRICS
+from .base import existing_file, out_option, pipeline_option
+from .extract_cmds import experiment, resolve_cache
+
+__all__ = ["fit", "grid", "report"]
+
+
+def _head_names(values) -> list[str]:
+    """``--head a --head b,c`` / ``--heads "a b"`` -> ``[a, b, c]``."""
+    return [h for v in values for h in v.replace(",", " ").split() if h]
+
+
+@click.command()
+@click.argument("cache", required=False, type=click.Path(dir_okay=False))
+@pipeline_option
+@click.option("--head", "--heads", "-H", "head_name", default="svm", show_default=True,
+              help="Head to train; `featx heads` lists them (--heads is the same option, for symmetry with grid).")
+@click.option("--param", "-P", "params", multiple=True, metavar="NAME=VALUE",
+              help="Override a head parameter, e.g. C=0.1 or kmap__gamma=1e-3 (repeatable; wins over the pipeline).")
+@out_option("Where to save the fitted head (default next to the cache: <cache>.<head>.joblib, plus .json card).")
+def fit(cache, pipeline, head_name, params, out):
+    """Train a head on the cached train split; report val and test metrics; save it.
+
+    CACHE is a cache file; without it, the cache of --pipeline (default settings if none) is used.
+    """
+    from ..heads.registry import check_head, parse_params
+
+    if len(_head_names([head_name])) != 1:
+        raise FeatxUsageError(f"featx fit trains one head, got {head_name!r}; `featx grid --heads` searches several")
+    check_head(head_name)
+    user_params = parse_params(params)
+    if cache:
+        existing_file(cache, "cache file", "; run `featx extract` first, or name an existing .h5")
+    if pipeline:
+        existing_file(pipeline, "pipeline file")
+    exp = experiment(pipeline)
+    overrides = {**exp.heads.get(head_name, {}), **user_params}
+    from ..analysis.fitting import fit_head
+    from ..heads.registry import HEADS, make_head
+
+    head = make_head(head_name, overrides)  # bad parameters are refused here, before the cache is read
+    path = resolve_cache(cache, exp)
+    result = fit_head(head_name, head, path, out=out)
+    shown = {k: v for k, v in result.params.items() if k in HEADS[head_name].key_params}
+    click.echo(f"{head_name}: fit {result.fit_seconds:.1f} s on {result.n_train} x {result.n_features} "
+               f"({result.n_classes} classes); {', '.join(f'{k}={v!r}' for k, v in shown.items())}")
+    click.echo(f"{'split':<6} {'n':>6} " + " ".join(f"{m:>14}" for m in METRICS))
+    for split, m in result.metrics.items():
+        if m:
+            click.echo(f"{split:<6} {m['n']:>6} " + " ".join(f"{m[k]:>14.4f}" for k in METRICS))
+    click.echo(f"saved {result.head_path} and {result.card_path}")
+
+
+def _grid_overrides(specs, heads) -> dict:
+    """``["logreg.C=0.1,1,10", "n_neighbors=10,20"]`` -> ``{head: {param: [values]}}``."""
+    from ..heads.registry import parse_params
+
+    out: dict[str, dict] = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        head, dot, param = name.rpartition(".") if "." in name.split("__")[0] else ("", "", name)
+        targets = [head] if dot else list(heads)
+        if dot and head not in heads:
+            raise FeatxUsageError(f"--grid {spec}: head {head!r} is not among the searched heads ({', '.join(heads)})")
+        if not sep or not param:
+            raise FeatxUsageError(f"--grid {spec!r} is not [HEAD.]NAME=V1,V2,...")
+        parsed = [parse_params([f"v={v}"])["v"] for v in values.split(",") if v.strip()]
+        for h in targets:
+            out.setdefault(h, {})[param] = parsed
+    return out
+
+
+def _shots(shots: str | None) -> list[int]:
+    if not shots:
+        return []
+    try:
+        shot_list = [int(k) for k in shots.split(",") if k.strip()]
+    except ValueError:
+        raise FeatxUsageError(f"--shots {shots!r} is not a list of integers") from None
+    if not shot_list or min(shot_list) < 1:
+        raise FeatxUsageError(f"--shots {shots!r}: give positive integers, e.g. 1,2,4,8,16")
+    return shot_list
+
+
+@click.command()
+@click.argument("cache", required=False, type=click.Path(dir_okay=False))
+@pipeline_option
+@click.option("--heads", "--head", "-H", "head_names", multiple=True,
+              help="Heads to search, separated by spaces or commas, or repeated (default: every head).")
+@click.option("--grid", "grid_specs", multiple=True, metavar="[HEAD.]NAME=V1,V2",
+              help="Replace one parameter's grid, e.g. logreg.C=0.01,0.1,1 (repeatable; wins over the pipeline's [grid.HEAD]).")
+@click.option("--metric", type=click.Choice(list(METRICS)), default="top1",
+              show_default=True, help="Score that selects the best grid point on the validation split.")
+@click.option("--jobs", "-j", type=int, default=-1, show_default=True,
+              help="Parallel fits (joblib n_jobs; -1 = all cores).")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="k of the stratified k-fold CV used when the cache has no validation split.")
+@click.option("--class-weight", type=click.Choice(["balanced"]), default=None,
+              help="Weight classes inversely to their frequency in every head that supports it.")
+@click.option("--shots", default=None, metavar="K1,K2,...",
+              help="Also draw few-shot curves: test top-1 when training the best point on K images per class.")
+@click.option("--tries", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Random draws per few-shot K (mean and std are reported).")
+@out_option("Report folder (default reports/<pipeline name or cache name>).", file=False)
+@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
+              help="joblib backend: local processes, or Dask (dask.distributed) for a cluster.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Dask scheduler address (tcp://HOST:PORT); without it --backend dask starts a LocalCluster.")
+def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_weight, shots, tries, out, backend,
+         scheduler):
+    """Search each head's hyper-parameters on a cache and write report.md, report.html and results.json.
+
+    Protocol: fit on train, select on val (k-fold CV if there is none), refit the best point on
+    train+val, evaluate on test once.
+    """
+    shot_list = _shots(shots)
+    from ..heads.registry import HEADS, check_head
+
+    heads = _head_names(head_names) or list(HEADS)
+    for h in heads:
+        check_head(h)
+    if cache:
+        existing_file(cache, "cache file", "; run `featx extract` first, or name an existing .h5")
+    if pipeline:
+        existing_file(pipeline, "pipeline file")
+    exp = experiment(pipeline)
+    from ..analysis.search import parse_grid
+
+    overrides = {h: dict(exp.grids.get(h, {})) for h in heads}
+    for h, g in _grid_overrides(grid_specs, heads).items():
+        overrides[h].update(g)
+    grids = {h: parse_grid(h, overrides[h]) for h in heads}  # every grid checked before any work
+    path = resolve_cache(cache, exp)
+    from ..analysis.grid import run_grid
+
+    name = exp.name if pipeline else path.stem
+    out_dir = Path(out) if out else Path("reports") / name
+    with contextlib.ExitStack() as stack:
+        if backend == "dask":
+            stack.enter_context(_dask(scheduler))
+        t0 = time.perf_counter()
+        results, paths = run_grid(path, grids, name=name, out_dir=out_dir, metric=metric, jobs=jobs, folds=folds,
+                                  class_weight=class_weight, shots=shot_list, tries=tries)
+    best = max(results["heads"], key=lambda r: r["val_score"])
+    click.echo(f"best head {best['head']}: test top1 {best['test'].get('top1', float('nan')):.4f}; "
+               f"{time.perf_counter() - t0:.1f} s in all")
+    click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@contextlib.contextmanager
+def _dask(scheduler: str | None):
+    """A Dask client (given scheduler or a LocalCluster) and joblib's Dask backend while it is open."""
+    import joblib
+
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise FeatxError("--backend dask needs dask.distributed: pip install 'featx[dask]'") from None
+    try:
+        client = Client(scheduler, timeout="10s") if scheduler else Client(LocalCluster(processes=False))
+    except (OSError, TimeoutError) as exc:
+        raise FeatxError(f"Dask scheduler {scheduler} does not answer ({exc})") from None
+    try:
+        with joblib.parallel_config(backend="dask"):
+            yield client
+    finally:
+        client.close()
+
+
+@click.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--format", "fmt", type=click.Choice(["md", "csv"]), default="md", show_default=True,
+              help="Markdown table or CSV.")
+@out_option("Write the table here instead of stdout.")
+def report(results, fmt, out):
+    """Merge results.json files of several grid runs into one table (one row per pipeline and head)."""
+    from ..analysis.report import merge_results, render_rows
+    from ..util import atomic_write
+
+    text = render_rows(merge_results(results), fmt)
+    if out:
+        with atomic_write(out) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text, nl=False)

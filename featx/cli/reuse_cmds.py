@@ -1,0 +1,194 @@
+"""``featx predict``, ``neighbors``, ``export`` and ``export-model``: a cache and a head used elsewhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import FeatxError, FeatxUsageError
+from ..options import DEVICE_HELP, check_device_name
+from .base import existing_file, out_option, progress_renderer, top_k_option, trust_option
+
+__all__ = ["predict", "neighbors", "export", "export_model"]
+
+_device_option = click.option("--device", default="cpu", show_default=True, help=f"{DEVICE_HELP}.")
+
+
+def _device(device: str) -> str:
+    if not check_device_name(device):
+        raise FeatxUsageError(f"unknown device {device!r} (use {DEVICE_HELP})")
+    from ..extract import check_device
+
+    check_device(device)
+    return device
+
+
+def _head_and_embedding(head_path: str, trust: bool):
+    """A saved head, its card, and the embedding record of the cache it was trained on."""
+    from ..cache.store import open_features
+    from ..heads.persist import load_head
+
+    head, card = load_head(head_path, trust=trust)
+    embedding = card.get("embedding")
+    if not embedding:  # a card written before featx recorded it: the cache still has it
+        if not card.get("cache") or not Path(card["cache"]).exists():
+            raise FeatxError(f"{head_path}: its card does not say which backbone made its features, and its cache "
+                             f"{card.get('cache')} is gone; refit it with this featx")
+        embedding = open_features(card["cache"]).meta
+    return head, card, embedding
+
+
+_head_option = click.option("--head", "-H", "head_path", required=True, type=click.Path(dir_okay=False),
+                            help="A head saved by `featx fit` (.joblib, with its .json card next to it).")
+
+
+@click.command()
+@_head_option
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@top_k_option(5, "Classes to show per image.")
+@out_option("Also write the predictions to this .csv or .json file (--output: its name before featx 0.2).",
+            aliases=("--output",))
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per forward pass.")
+@_device_option
+@trust_option
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def predict(head_path, images, top_k, out, batch_size, device, trust, no_progress):
+    """Classify new images (files or folders) with a trained head.
+
+    The backbone, weights, layer, transform and precision are the ones recorded for the head's
+    cache; featx refuses if they are not available here. Prints the top-k classes with their
+    probabilities (or decision scores, for heads without probabilities). Unreadable images are
+    reported and skipped.
+    """
+    existing_file(head_path, "head")
+    if out and Path(out).suffix.lower() not in (".csv", ".json"):
+        raise FeatxUsageError(f"--out {out}: give a .csv or .json file name")
+    for image in images:
+        if not Path(image).exists():
+            raise FeatxUsageError(f"{image} does not exist")
+    _device(device)
+    from ..inference import backbone_for, embed_images, image_paths, predict_images
+
+    head, card, emb = _head_and_embedding(head_path, trust)
+    paths = image_paths(images)
+    if not paths:
+        raise FeatxUsageError("no images found in " + ", ".join(images))
+    bb = backbone_for(emb, device=device)
+    render = progress_renderer(enabled=not no_progress and len(paths) >= 2 * batch_size)
+    done = [0]
+
+    def step(n: int) -> None:
+        done[0] += n
+        if render:
+            render(done[0], len(paths), "predicting")
+
+    X, good, bad = embed_images(bb, paths, device=device, precision=emb.get("precision", "fp32"),
+                                batch_size=batch_size, decoder=emb.get("decoder", "pil"), progress=step)
+    preds = predict_images(head, card.get("classes") or [], X, good, k=top_k) if len(good) else []
+    for p in preds:
+        shown = ", ".join(f"{label} {score:.3f}" for label, score in zip(p.labels, p.scores))
+        click.echo(f"{p.path}\t{shown}")
+    for path, reason in bad:
+        click.echo(f"featx: skipped unreadable image {path}: {reason}", err=True)
+    if out:
+        _write_predictions(Path(out), head_path, preds, bad)
+        click.echo(f"wrote {out}", err=True)
+    click.echo(f"{len(preds)} predicted, {len(bad)} unreadable", err=True)
+
+
+def _write_predictions(out: Path, head_path, preds, bad) -> None:
+    import csv
+
+    from ..util import atomic_write
+
+    with atomic_write(out) as tmp:
+        if out.suffix.lower() == ".json":
+            tmp.write_text(json.dumps({"head": str(head_path), "kind": preds[0].kind if preds else None,
+                                       "predictions": [p.__dict__ for p in preds],
+                                       "unreadable": [{"path": a, "reason": b} for a, b in bad]}, indent=2,
+                                      ensure_ascii=False) + "\n", encoding="utf-8")
+            return
+        rows = [{"path": p.path, "rank": r + 1, "label": label, p.kind.replace(" ", "_"): score}
+                for p in preds for r, (label, score) in enumerate(zip(p.labels, p.scores))]
+        rows += [{"path": path, "rank": "", "label": "", "error": reason} for path, reason in bad]
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["path", "rank", "label", "probability", "decision_score", "error"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+@click.command()
+@click.argument("cache", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@top_k_option(5, "Neighbours per image.")
+@click.option("--split", "splits", multiple=True, help="Search only this split (repeatable; default all).")
+@_device_option
+def neighbors(cache, images, top_k, splits, device):
+    """The cached items most similar (cosine) to each image, embedded with the cache's own backbone."""
+    existing_file(cache, "cache file")
+    for image in images:
+        if not Path(image).exists():
+            raise FeatxUsageError(f"{image} does not exist")
+    _device(device)
+    from ..cache.store import open_features
+    from ..inference import backbone_for, embed_images, image_paths, nearest
+
+    fs = open_features(cache)
+    for s in splits:
+        if s not in fs:
+            raise FeatxUsageError(f"{cache} has no split {s!r} (it has {', '.join(fs.splits)})")
+    bb = backbone_for(fs.meta, device=device)
+    X, good, bad = embed_images(bb, image_paths(images), device=device, precision=fs.meta.get("precision", "fp32"),
+                                decoder=fs.meta.get("decoder", "pil"))
+    for path, hits in zip(good, nearest(fs, X, top_k, splits=splits or None) if len(good) else []):
+        click.echo(path)
+        for h in hits:
+            click.echo(f"  {h.rank:>2}. {h.similarity:.4f}  {h.split}/{h.row}  {h.id}  {h.label}")
+    for path, reason in bad:
+        click.echo(f"featx: skipped unreadable image {path}: {reason}", err=True)
+
+
+@click.command()
+@click.argument("cache", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["npz", "npy", "parquet"]), default="npz", show_default=True,
+              help="npz: one file; npy: a folder of <split>_X/_y/_ids.npy and classes.json; parquet: one table "
+                   "(needs pyarrow).")
+@out_option("Output file or folder (default next to the cache).", file=False)
+def export(cache, fmt, out):
+    """Write a cache's features, labels, ids and class names for tools that do not read HDF5."""
+    existing_file(cache, "cache file")
+    from ..cache.export import export_arrays
+    from ..cache.store import open_features
+
+    fs = open_features(cache)
+    target = Path(out) if out else Path(cache).with_suffix("" if fmt == "npy" else f".{fmt}")
+    for p in export_arrays(fs, target, fmt):
+        click.echo(f"wrote {p}")
+
+
+@click.command("export-model")
+@click.option("--head", "-H", "head_path", required=True, type=click.Path(dir_okay=False),
+              help="A linear head saved by `featx fit` (logreg, svm, torch-linear).")
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript",
+              show_default=True, help="TorchScript (.pt) or ONNX (needs the onnx package).")
+@out_option("Output file (default <head>.pt / .onnx).")
+@trust_option
+def export_model(head_path, fmt, out, trust):
+    """One deployable module: preprocessed images (N, 3, H, W) -> backbone -> the head's class scores.
+
+    Feed it what the recorded transform produces (resize, crop, normalise); its argmax is featx's
+    prediction. Linear heads only (their scaling is folded into the last layer).
+    """
+    existing_file(head_path, "head")
+    from ..heads.export import export_model as run_export
+    from ..inference import backbone_for
+
+    head, card, emb = _head_and_embedding(head_path, trust)
+    bb = backbone_for(emb)
+    target = Path(out) if out else Path(head_path).with_suffix(".pt" if fmt == "torchscript" else ".onnx")
+    run_export(head, bb, target, fmt)
+    click.echo(f"wrote {target}: input (N, {', '.join(map(str, bb.preprocess.get('input_size', [])))}) "
+               f"preprocessed images, output (N, {len(head.classes_)}) scores for {card.get('classes')}")

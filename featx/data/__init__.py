@@ -1,0 +1,1 @@
+"""The data stage: dataset adapters (:mod:`.sources`) and image decoding (:mod:`.decoding`)."""

@@ -1,0 +1,82 @@
+"""A linear head and its backbone folded into one deployable module (TorchScript or ONNX)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FeatxError, FeatxUsageError
+from ..util import atomic_write
+
+__all__ = ["MODEL_FORMATS", "linear_weights", "export_model"]
+
+#: format -> what it is
+MODEL_FORMATS = {"torchscript": "TorchScript (.pt)", "onnx": "ONNX (needs the onnx package)"}
+
+
+def linear_weights(head) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) with ``scores = x @ W.T + b`` for a linear head (scaling steps folded in).
+
+    Raises:
+        FeatxError: the head is not linear (k-NN, a kernel map).
+    """
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    steps = list(head.named_steps.values()) if isinstance(head, Pipeline) else [head]
+    *pre, clf = steps
+    if not hasattr(clf, "coef_") or any(not isinstance(s, StandardScaler) for s in pre):
+        kinds = ", ".join(type(s).__name__ for s in steps)
+        raise FeatxError(f"only linear heads (logreg, svm, torch-linear) can be exported as one model; this one is "
+                         f"{kinds}")
+    W = np.asarray(clf.coef_, dtype=np.float64)
+    b = np.asarray(clf.intercept_, dtype=np.float64)
+    if W.shape[0] == 1 and len(clf.classes_) == 2:  # sklearn's binary layout: one row for the second class
+        W, b = np.concatenate([-W / 2, W / 2]), np.concatenate([-b / 2, b / 2])
+    for scaler in reversed(pre):  # x -> (x - mean) / scale, folded into W and b
+        mean = scaler.mean_ if scaler.with_mean else 0.0
+        scale = scaler.scale_ if scaler.with_std else 1.0
+        W = W / scale
+        b = b - W @ (mean if np.ndim(mean) else np.full(W.shape[1], mean))
+    return W.astype(np.float32), b.astype(np.float32)
+
+
+def export_model(head, bb, out: Path, fmt: str) -> Path:
+    """One module: preprocessed image batch ``(N, 3, H, W)`` -> backbone -> the head's class scores."""
+    import torch
+
+    W, b = linear_weights(head)
+    if W.shape[1] != bb.feature_dim:
+        raise FeatxError(f"the head takes {W.shape[1]}-d features, the backbone gives {bb.feature_dim}-d")
+    fc = torch.nn.Linear(W.shape[1], W.shape[0])
+    with torch.no_grad():
+        fc.weight.copy_(torch.from_numpy(W))
+        fc.bias.copy_(torch.from_numpy(b))
+    model = torch.nn.Sequential(bb.model, fc).eval().cpu()
+    size = bb.preprocess.get("input_size", (3, 224, 224))
+    example = torch.zeros(1, *size)
+    out = Path(out)
+    if fmt not in MODEL_FORMATS:
+        raise FeatxUsageError(f"unknown model format {fmt!r} (torchscript or onnx)")
+    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
+        raise FeatxError("--format onnx needs the onnx package, which is not installed: pip install onnx")
+    with atomic_write(out) as tmp:
+        _write_model(model, example, tmp, fmt)
+    return out
+
+
+def _write_model(model, example, tmp: Path, fmt: str) -> None:
+    import torch
+
+    if fmt == "torchscript":
+        import warnings
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still the format
+            traced = torch.jit.trace(model, example)        # every C++/mobile runtime loads
+        traced.save(str(tmp))
+    else:
+        torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["scores"],
+                          dynamic_axes={"image": {0: "batch"}, "scores": {0: "batch"}}, dynamo=False)

@@ -1,0 +1,259 @@
+"""One declaration per choice: every setting's allowed values, default, check and help live here.
+
+The command line (``click.Choice`` and help texts), the pipeline-file loader and the library
+functions all read these declarations, so adding a decoder or a precision is one entry in
+:data:`PRECISIONS` / :data:`DECODERS` plus its implementation:
+
+- :data:`PRECISIONS`, :data:`DECODERS`, :data:`METRICS`: registries of named choices.
+- :class:`SourceOptions`, :class:`BackboneOptions`, :class:`ExtractOptions`: frozen dataclasses,
+  one per table of a pipeline file (``[source]``, ``[backbone]``, ``[extract]`` + ``[cache]``).
+  Each field's metadata holds its pipeline key, help text and check; ``__post_init__`` runs the
+  checks, so a value is validated the same way whether it comes from a file, a command-line
+  override or a Python call (``dataclasses.replace`` runs them again).
+
+This module imports nothing heavy (no torch, numpy or scikit-learn): the CLI reads it before
+deciding whether there is any work to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import FeatxUsageError
+
+__all__ = [
+    "Precision", "Decoder", "PRECISIONS", "DECODERS", "METRICS", "DEVICE_HELP",
+    "SourceOptions", "BackboneOptions", "ExtractOptions", "setting", "settings_of", "check_device_name",
+    "check_choice",
+]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A numeric precision of the backbone's forward pass.
+
+    Attributes:
+        name: what users type (``--precision NAME``, ``precision = "NAME"``); recorded in the cache and its key.
+        autocast: ``torch`` dtype name run under ``torch.autocast``; ``None`` = plain fp32.
+        help: one line for ``--help``.
+    """
+
+    name: str
+    autocast: str | None
+    help: str
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """How image files become tensors.
+
+    Attributes:
+        name: what users type (``--decoder NAME``); recorded in the cache and, unless ``pil``, its key.
+        tensor_decoder: ``"module:function"`` that turns a file path into a uint8 ``(C, H, W)`` tensor
+            (or ``None`` for a format it leaves to PIL), to which the weights' preset is applied;
+            ``None`` = decode with PIL, as torchvision's ImageFolder loader does.
+        help: one line for ``--help``.
+    """
+
+    name: str
+    tensor_decoder: str | None
+    help: str
+
+
+#: name -> precision. fp32 is the default and equals a plain torchvision forward.
+PRECISIONS: dict[str, Precision] = {p.name: p for p in (
+    Precision("fp32", None, "plain fp32, the default: equals a plain torchvision forward"),
+    Precision("bf16", "bfloat16", "bfloat16 autocast: faster where the hardware has bf16 units; recorded, in the key"),
+    Precision("fp16", "float16", "float16 autocast (GPUs); recorded, in the key"),
+)}
+
+#: name -> decoder. pil is the default (torchvision's ImageFolder loader decodes with PIL).
+DECODERS: dict[str, Decoder] = {d.name: d for d in (
+    Decoder("pil", None, "PIL, as torchvision's ImageFolder loader (the default)"),
+    Decoder("torchvision", "featx.data.decoding:decode_tensor",
+            "torchvision.io decoding of JPEG/PNG/WebP files and the weights' transform on uint8 tensors: faster, "
+            "features within ~1.5%, recorded and part of the cache key"),
+)}
+
+#: metric name -> what it means (also the order of report columns).
+METRICS: dict[str, str] = {
+    "top1": "top-1 accuracy",
+    "top5": "top-5 accuracy",
+    "mean_per_class": "mean per-class accuracy (balanced accuracy)",
+    "macro_f1": "macro-averaged F1",
+}
+
+DEVICE_HELP = "cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def check_device_name(value: str, *, allow_auto: bool = False) -> bool:
+    """Whether ``value`` names a device featx supports (syntax only; ``featx.extract.check_device`` also
+    checks that it exists here)."""
+    return isinstance(value, str) and (bool(_DEVICE.match(value)) or (allow_auto and value == "auto"))
+
+
+def _device_verdict(value: str) -> bool | str:
+    if check_device_name(value):
+        return True
+    if value in ("meta", "mps", "xpu", "xla", "hpu", "mtia") or value.split(":")[0] in ("meta", "mps", "xpu"):
+        return f"device {value!r} is not supported (use {DEVICE_HELP})"
+    return f"unknown device {value!r} (use {DEVICE_HELP})"
+
+
+def check_choice(what: str, value: str, registry, where: str | None = None) -> str:
+    """``value`` if it is a key of ``registry``, else a usage error naming the choices."""
+    if value not in registry:
+        prefix = f"{where}: " if where else ""
+        raise FeatxUsageError(f"{prefix}unknown {what} {value!r} (choose from {', '.join(registry)})")
+    return value
+
+
+def setting(default: Any, help: str, *, table: str, key: str | None = None,
+            choices: Callable[[], dict] | None = None, check: Callable[[Any], bool] | None = None,
+            what: str = "", kind: type | tuple = (), optional: bool = False, cli: str | None = None):
+    """A dataclass field that declares one setting.
+
+    Args:
+        default: its default (the only place it is written).
+        help: the ``--help`` text (also used in pipeline-file errors).
+        table, key: where it lives in a pipeline file (``key`` defaults to the field name).
+        choices: a function returning the registry of allowed names (read when used, so a
+            registered addition shows everywhere).
+        check: a predicate for values that are not a choice from a registry.
+        what: what a valid value is, for the error message of ``check``.
+        kind: accepted Python type(s) (``float`` also takes ``int``; ``bool`` is never an ``int``).
+        optional: whether ``None`` is allowed.
+        cli: the command-line flag when it is not ``--<field-name>``.
+    """
+    return field(default=default, metadata={
+        "help": help, "table": table, "key": key, "choices": choices, "check": check, "what": what,
+        "kind": kind, "optional": optional, "cli": cli,
+    })
+
+
+def settings_of(cls) -> dict[str, dataclasses.Field]:
+    """Field name -> field, for the settings of one options dataclass."""
+    return {f.name: f for f in dataclasses.fields(cls) if "help" in f.metadata}
+
+
+def _check_value(f: dataclasses.Field, value, where: str):
+    m = f.metadata
+    if value is None:
+        if m["optional"]:
+            return None
+        raise FeatxUsageError(f"{where}: a value is required")
+    kind = m["kind"] if isinstance(m["kind"], tuple) else (m["kind"],)
+    if kind:
+        ok = (*kind, int) if float in kind else kind
+        if (isinstance(value, bool) and bool not in kind) or not isinstance(value, ok):
+            names = " or ".join("path" if k is os.PathLike else k.__name__ for k in kind)
+            raise FeatxUsageError(f"{where}: expected a {names}, got {value!r}")
+    if m["choices"] is not None:
+        registry = m["choices"]()
+        if value not in registry:
+            raise FeatxUsageError(f"{where}: unknown {m['what']} {value!r} (choose from {', '.join(registry)})")
+    elif m["check"] is not None:
+        verdict = m["check"](value)
+        if isinstance(verdict, str):  # the check's own words
+            raise FeatxUsageError(f"{where}: {verdict}")
+        if not verdict:
+            raise FeatxUsageError(f"{where}: expected {m['what']}, got {value!r}")
+    return value
+
+
+class _Options:
+    """Validation shared by the options dataclasses."""
+
+    def __post_init__(self):
+        for name, f in settings_of(type(self)).items():
+            _check_value(f, getattr(self, name), self.where(name))
+
+    @classmethod
+    def where(cls, name: str) -> str:
+        """How an error names a setting given in Python: ``batch size``."""
+        return name.replace("_", " ")
+
+    @classmethod
+    def validated(cls, name: str, value, where: str):
+        """``value`` checked as setting ``name`` (for a pipeline file or a flag, named by ``where``)."""
+        return _check_value(settings_of(cls)[name], value, where)
+
+
+def _fraction(v) -> bool:
+    return 0 <= v < 1
+
+
+@dataclass(frozen=True)
+class SourceOptions(_Options):
+    """``[source]``: where the images come from and how they are split."""
+
+    data: str = setting("torchvision:FashionMNIST", (
+        "Source: torchvision:<Name> (e.g. torchvision:FashionMNIST), an image folder (root/<class>/* or "
+        "root/{train,val,test}/<class>/*), a .csv manifest (path,label[,split]) or a Stanford Dogs root "
+        "(Images/ + lists/); the detected layout is reported."), table="source", kind=str,
+        check=lambda v: bool(v.strip()), what="a non-empty source")
+    root: str = setting("cache/datasets", "Where torchvision datasets are stored or downloaded (default cache/datasets).",
+                        table="source", kind=(str, os.PathLike))
+    download: bool = setting(False, "Let torchvision download a built-in dataset if it is missing (default: no).",
+                             table="source", kind=bool, cli="--download/--no-download")
+    val_fraction: float = setting(0.1, "Fraction carved out as a stratified validation split when the data has none "
+                                  "(default 0.1).", table="source", kind=float, check=_fraction, what="a fraction in [0, 1)")
+    test_fraction: float = setting(0.1, "Fraction carved out as a stratified test split when the data has none "
+                                   "(default 0.1).", table="source", kind=float, check=_fraction,
+                                   what="a fraction in [0, 1)")
+    seed: int = setting(0, "Seed of the validation/test split (default 0).", table="source", kind=int)
+    limit: int = setting(0, "Use only the first N items of each split (a quick trial; 0 = all, the default).",
+                         table="source", kind=int, check=lambda v: v >= 0,
+                         what="0 (all) or a positive number of items")
+
+
+@dataclass(frozen=True)
+class BackboneOptions(_Options):
+    """``[backbone]``: which frozen network makes the embeddings."""
+
+    name: str = setting("mobilenet_v2", (
+        "torchvision model name, optionally name:WEIGHTS (default mobilenet_v2); efficientnet_lite0 (embedded); "
+        "or timm:<name> (weights from the local Hugging Face cache)."), table="backbone", kind=str,
+        check=lambda v: bool(v.strip()), what="a model name", cli="--backbone")
+    weights: str | None = setting("IMAGENET1K_V1", (
+        "Weights enum member (IMAGENET1K_V1), DEFAULT, none for random init, or a local .pth state dict "
+        "(loaded with weights_only=True, preprocessed as the default weights)."), table="backbone", kind=str,
+        optional=True)
+    layer: str | None = setting(None, (
+        "Take the embedding from this intermediate node (torchvision feature_extraction name, e.g. features.14), "
+        "global-average-pooled, instead of the penultimate layer."), table="backbone", kind=str, optional=True)
+
+
+@dataclass(frozen=True)
+class ExtractOptions(_Options):
+    """``[extract]`` and ``[cache]``: how the extraction runs and where it writes."""
+
+    batch_size: int = setting(16, "Images per forward pass (default 16, fastest for small CNNs on 2 CPU cores).",
+                              table="extract", kind=int, check=lambda v: v >= 1, what="a positive number of images")
+    workers: int = setting(-1, "DataLoader worker processes decoding images; -1 = automatic (default).",
+                           table="extract", kind=int, check=lambda v: v >= -1,
+                           what="-1 (automatic), 0 or a number of worker processes")
+    device: str = setting("cpu", f"{DEVICE_HELP} (default cpu).", table="extract", kind=str,
+                          check=_device_verdict, what=DEVICE_HELP)
+    precision: str = setting("fp32", "Numeric precision of the forward pass (default fp32: equals a plain torchvision "
+                             "forward; the others are recorded and part of the cache key).", table="extract", kind=str,
+                             choices=lambda: PRECISIONS, what="precision")
+    decoder: str = setting("pil", "Image decoder (default pil, as torchvision's ImageFolder loader; torchvision: "
+                           "torchvision.io decoding of JPEG/PNG/WebP, faster, features within ~1.5%, recorded and part "
+                           "of the cache key).", table="extract", kind=str, choices=lambda: DECODERS,
+                           what="decoder")
+    compile: bool = setting(False, "Run the backbone through torch.compile (default off): ~30 s of compiling first, "
+                            "then a faster forward (1.9x for MobileNetV2 on 2 CPU cores); same features within fp32 "
+                            "rounding, recorded.", table="extract", kind=bool, cli="--compile/--no-compile")
+    channels_last: bool = setting(True, "Run the backbone in channels_last memory format (default on; same features "
+                                  "within fp32 rounding).", table="extract", kind=bool,
+                                  cli="--channels-last/--no-channels-last")
+    strict: bool = setting(False, "Fail on the first unreadable image instead of recording it as skipped "
+                           "(see `featx info`).", table="extract", kind=bool)
+    cache_dir: str = setting("cache", "Folder of caches (default cache).", table="cache", key="dir",
+                             kind=(str, os.PathLike))

@@ -1,0 +1,71 @@
+"""Small helpers every stage uses: one copy each.
+
+Nothing here imports torch, numpy or scikit-learn at module level, so the command line can use
+these before any heavy import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+__all__ = ["OFFLINE_ENV", "offline", "first_line", "did_you_mean", "atomic_write", "file_sha256", "softmax"]
+
+#: Environment variable that forbids any download of weights or data (also set by ``--offline``).
+OFFLINE_ENV = "FEATX_OFFLINE"
+
+
+def offline() -> bool:
+    """Whether downloads are forbidden (``FEATX_OFFLINE`` set to anything but empty/0/false/no)."""
+    return os.environ.get(OFFLINE_ENV, "") not in ("", "0", "false", "no")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, n: int = 3, cutoff: float = 0.5) -> str:
+    """``"did you mean a, b? "`` for the choices close to ``word`` (``""`` when none is)."""
+    close = difflib.get_close_matches(word, list(choices), n=n, cutoff=cutoff)
+    return f"did you mean {', '.join(close)}? " if close else ""
+
+
+@contextlib.contextmanager
+def atomic_write(target: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` only when the block succeeds.
+
+    A reader never sees a half-written file: it sees the old one or the new one. On an error the
+    temporary file is removed and ``target`` is left as it was.
+    """
+    target = Path(target)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(functools.partial(f.read, 1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def softmax(scores):
+    """Row-wise softmax of a 2-D numpy array of scores (numerically stable)."""
+    import numpy as np
+
+    z = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
