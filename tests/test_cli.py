@@ -134,3 +134,72 @@ def test_listings():
     assert bb.exit_code == 0
     row = next(line for line in bb.stdout.splitlines() if line.startswith("mobilenet_v2 "))
     assert "IMAGENET1K_V1" in row and "1280" in row and "3.5M" in row and "71.9" in row and "yes" in row
+
+
+#: One bad invocation per command: a missing input file or a bad option value. Each must exit 2 with one
+#: line and write nothing. A new command must be added here (the test below checks the list is complete).
+BAD_USAGE = {
+    "extract": ["extract", "--data", "{missing}/folder"],
+    "merge": ["merge", "{missing}/c.h5"],
+    "fit": ["fit", "{missing}/c.h5"],
+    "grid": ["grid", "{missing}/c.h5"],
+    "report": ["report", "{missing}/results.json"],
+    "info": ["info", "{missing}/c.h5"],
+    "backbones": ["backbones", "--no-such-option"],
+    "heads": ["heads", "--no-such-option"],
+    "predict": ["predict", "--head", "{missing}/h.joblib", "{missing}/x.jpg"],
+    "neighbors": ["neighbors", "{missing}/c.h5", "{missing}/x.jpg"],
+    "export": ["export", "{missing}/c.h5"],
+    "export-model": ["export-model", "--head", "{missing}/h.joblib"],
+}
+
+
+def test_every_command_is_in_the_exit_status_table():
+    assert set(BAD_USAGE) == set(main.commands)
+
+
+@pytest.mark.parametrize("command", sorted(BAD_USAGE))
+def test_usage_errors_exit_2_with_one_line_and_write_nothing(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [a.format(missing=tmp_path / "missing") for a in BAD_USAGE[command]]
+    msg = one_line_error(run(*args), status=2)
+    assert any(w in msg for w in ("does not exist", "No such option", "neither", "no shards")), msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a refused command writes nothing"
+
+
+def test_failed_runs_exit_1(tmp_path):
+    """The other half of the rule: the arguments were fine, the run failed (a file that is not a cache)."""
+    bad = tmp_path / "not-a-cache.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    for args in (["info", bad], ["fit", bad, "--head", "logreg"], ["export", bad]):
+        assert "damaged or not a featx cache" in one_line_error(run(*args), status=1)
+
+
+def test_same_flags_for_the_same_meaning():
+    """-o/--out, -k/--top-k and -H/--head(s) mean the same in every command that has them."""
+    flags = {}
+    for name, command in main.commands.items():
+        for p in command.params:
+            for opt in p.opts + p.secondary_opts:
+                flags.setdefault(opt, set()).add(p.name)
+    assert flags["-o"] == {"out"} and "--output" not in {o for o in flags if flags[o] != {"out"}}
+    assert flags["-k"] == {"top_k"} and flags["--top-k"] == {"top_k"}
+    assert {"--head", "--heads"} <= {o for o, names in flags.items() if names & {"head_name", "head_names"}}
+
+
+def test_predict_keeps_its_old_output_flag(tmp_path):
+    result = run("predict", "--head", tmp_path / "h.joblib", "--output", tmp_path / "p.txt", tmp_path)
+    assert "does not exist" in one_line_error(result, status=2)
+
+
+def test_progress_in_a_log_file_is_steady_lines(image_folder, tmp_path):
+    """stderr that is not a terminal (a log file, nohup, CI) gets progress as lines, not a silent bar;
+    `featx -q` keeps only the result."""
+    result = run("extract", "--data", image_folder, "--backbone", TINY, "--weights", "none", "--out", tmp_path / "a.h5")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert any(line.endswith(": 0/36 items") for line in lines), lines
+    assert any("36/36 items (100%)" in line and "items/s" in line for line in lines), lines
+    quiet = run("-q", "extract", "--data", image_folder, "--backbone", TINY, "--weights", "none",
+                "--out", tmp_path / "b.h5")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and "wrote" in quiet.stdout

@@ -110,7 +110,7 @@ def test_merge_command_and_world_mismatch_are_one_line(image_folder, tmp_path):
     from featx.cli import main
 
     result = CliRunner().invoke(main, ["merge", str(tmp_path / "none.h5")])
-    assert result.exit_code == 1 and "no shards of" in result.stderr and "Traceback" not in result.output
+    assert result.exit_code == 2 and "no shards of" in result.stderr and "Traceback" not in result.output  # usage
 
 
 def test_dask_grid_scatters_the_features_once(image_folder, tiny_backbone, tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FeatxError
+from ..errors import FeatxError, FeatxUsageError
 from ..data.sources import SplitItems
 from .store import PARTIAL_SUFFIX, FeatureWriter, open_features
 
@@ -107,7 +107,7 @@ def merge_shards(path: str | os.PathLike, *, world: int | None = None, key: str 
     path = Path(path)
     shards = find_shards(path)
     if not shards:
-        raise FeatxError(f"no shards of {path} found (expected {path.stem}.shard-<rank>-of-<world>.h5)")
+        raise FeatxUsageError(f"no shards of {path} found (expected {path.stem}.shard-<rank>-of-<world>.h5)")
     if world is None:
         if len(shards) > 1:
             raise FeatxError(f"{path.name} has shards of several runs ({', '.join(f'{w} processes' for w in sorted(shards))}); "

@@ -145,7 +145,6 @@ def configure_output(*, verbose: bool = True) -> None:
     if not any(isinstance(h, _Lines) for h in log.handlers):
         log.addHandler(_Lines())
     log.setLevel(logging.INFO if verbose else logging.WARNING)
-    log.propagate = False
     warnings.filterwarnings("ignore", message=r"n_components > n_samples")
     warnings.filterwarnings("ignore", message=r".*leaked semaphore", category=UserWarning)
     os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")  # loky's tracker process
@@ -163,7 +162,7 @@ def progress_renderer(*, enabled: bool = True, every_s: float = 30.0):
     On a terminal: click's progress bar. Otherwise (a log file, nohup, CI, a batch scheduler): one
     steady line at the start, every ``every_s`` seconds and at the end, with the rate and the time left.
     """
-    if not enabled:
+    if not enabled or not log.isEnabledFor(logging.INFO):  # --no-progress, or featx -q
         return None
     if sys.stderr.isatty():
         return _Bar()

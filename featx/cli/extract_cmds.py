@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from ..options import BackboneOptions, ExtractOptions, SourceOptions
 from ..util import OFFLINE_ENV
 from .base import existing_file, out_option, pipeline_option, progress_renderer, setting_option
 
-__all__ = ["extract", "merge", "experiment", "build_source", "build_backbone", "resolve_cache"]
+log = logging.getLogger("featx")
+
+__all__ = ["extract", "merge", "experiment", "build_source", "build_backbone", "check_cache_exists", "resolve_cache"]
 
 
 def experiment(pipeline: str | None, **overrides):
@@ -37,29 +40,37 @@ def build_backbone(exp, *, device: str = "cpu"):
     return load_backbone(exp.backbone.name, exp.backbone.weights, device=device, layer=exp.backbone.layer)
 
 
-def resolve_cache(cache: str | None, exp) -> Path:
-    """The cache file named on the command line, or the one of the pipeline's settings.
-
-    Looks for candidate files first: when the pipeline's cache folder holds none for this backbone,
-    it says so without building the source or the backbone (nothing is unpacked or downloaded).
-    """
+def check_cache_exists(cache: str | None, exp) -> None:
+    """Fail fast, before any heavy import: the named cache file exists, or the pipeline's cache folder
+    holds at least one cache of its backbone (nothing is unpacked, built or downloaded to find out)."""
     if cache:
-        return existing_file(cache, "cache file", "; run `featx extract` first, or name an existing .h5")
-    from ..backbones.registry import parse_backbone
+        existing_file(cache, "cache file", "; run `featx extract` first, or name an existing .h5")
+        return
+    folder = Path(exp.extract.cache_dir)
+    name = exp.backbone.name.partition(":")[0] if not exp.backbone.name.startswith("timm:") else exp.backbone.name
+    name = name.replace(":", "-")
+    if not any(folder.glob(f"*/{name}-*.h5")):
+        raise FeatxUsageError(f"no {name} cache under {folder}/ for this pipeline yet; run `featx extract` "
+                              "(make features) first, or name a cache file")
+
+
+def resolve_cache(cache: str | None, exp) -> Path:
+    """The cache file named on the command line, or the one of the pipeline's settings (its key
+    computed from the source and backbone, as `featx extract` does)."""
+    check_cache_exists(cache, exp)
+    if cache:
+        return Path(cache)
     from ..extract import cache_key, cache_path
 
     folder = Path(exp.extract.cache_dir)
-    name = parse_backbone(exp.backbone.name)[0].replace(":", "-")
-    limit = f" (it was extracted with --limit {exp.source.limit})" if exp.source.limit else ""
-    if not any(folder.glob(f"*/{name}-*.h5")):
-        raise FeatxUsageError(f"no {name} cache under {folder}/ for this pipeline yet{limit}; run `featx extract` "
-                              "(make features) first, or name a cache file")
     source, bb = build_source(exp), build_backbone(exp)
     source.splits()
     path = cache_path(folder, source, bb, cache_key(source, bb, exp.extract.precision, exp.extract.decoder))
     if not path.exists():
-        raise FeatxUsageError(f"no cache for this pipeline's settings yet ({path}); run `featx extract` (make features) "
-                              "first, with the same options")
+        limit = (f" (the pipeline's settings give limit {exp.source.limit}; a cache extracted with another --limit "
+                 "has another key: pass the same --limit or name the cache file)") if exp.source.limit else ""
+        raise FeatxUsageError(f"no cache for this pipeline's settings yet ({path}){limit}; run `featx extract` "
+                              "(make features) first with the same options, or name the cache file")
     return path
 
 
@@ -103,6 +114,7 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
         import dataclasses
 
         exp = dataclasses.replace(exp, backbone=dataclasses.replace(exp.backbone, weights=None))
+    source = build_source(exp, allow_outside=allow_outside)  # a wrong --data fails here, before torch loads
     from ..cache.shards import dist_env
     from ..extract import check_device
 
@@ -110,14 +122,13 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
     if world > 1 and exp.extract.device == "cuda":
         exp = exp.override(device=f"cuda:{local_rank}")
     check_device(exp.extract.device)
-    source = build_source(exp, allow_outside=allow_outside)
+    bb = build_backbone(exp, device=exp.extract.device)  # a wrong backbone, weights or layer fails here
     source.splits()
-    bb = build_backbone(exp, device=exp.extract.device)
     from ..data.sources import layout_of
 
     sizes = ", ".join(f"{s} {len(items)}" for s, items in source.splits().items())
     if rank == 0:
-        click.echo(f"data: {layout_of(source)}, {len(source.classes)} classes; {sizes}", err=True)
+        log.info(f"data: {layout_of(source)}, {len(source.classes)} classes; {sizes}")
     progress = progress_renderer(enabled=not no_progress and rank == 0)
     if world > 1:
         return _extract_sharded(source, bb, exp.extract, out=out, rank=rank, world=world, progress=progress)

@@ -11,7 +11,7 @@ import click
 from ..errors import FeatxError, FeatxUsageError
 from ..options import METRICS
 from .base import existing_file, out_option, pipeline_option
-from .extract_cmds import experiment, resolve_cache
+from .extract_cmds import check_cache_exists, experiment, resolve_cache
 
 __all__ = ["fit", "grid", "report"]
 
@@ -45,6 +45,7 @@ def fit(cache, pipeline, head_name, params, out):
     if pipeline:
         existing_file(pipeline, "pipeline file")
     exp = experiment(pipeline)
+    check_cache_exists(cache, exp)
     overrides = {**exp.heads.get(head_name, {}), **user_params}
     from ..analysis.fitting import fit_head
     from ..heads.registry import HEADS, make_head
@@ -135,6 +136,7 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
     if pipeline:
         existing_file(pipeline, "pipeline file")
     exp = experiment(pipeline)
+    check_cache_exists(cache, exp)
     from ..analysis.search import parse_grid
 
     overrides = {h: dict(exp.grids.get(h, {})) for h in heads}
