@@ -203,3 +203,30 @@ def test_progress_in_a_log_file_is_steady_lines(image_folder, tmp_path):
     quiet = run("-q", "extract", "--data", image_folder, "--backbone", TINY, "--weights", "none",
                 "--out", tmp_path / "b.h5")
     assert quiet.exit_code == 0 and quiet.stderr == "" and "wrote" in quiet.stdout
+
+
+def test_third_party_warnings_become_featx_notes(image_folder, tmp_path):
+    """scikit-learn's Nystroem warning (raised in joblib's worker processes too) is replaced by one featx note."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "c.h5"
+    assert run("-q", "extract", "--data", image_folder, "--backbone", TINY, "--weights", "none", "--out", cache).exit_code == 0
+    out = subprocess.run([sys.executable, "-m", "featx", "grid", str(cache), "--heads", "rbf-svm", "--grid", "C=0.01,0.1",
+                          "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "Warning" not in out.stderr and "warnings.warn" not in out.stderr, out.stderr
+    assert "so its Nystroem map used 28 landmarks, not 1024" in out.stderr
+    fitted = run("fit", cache, "--head", "rbf-svm", "--out", tmp_path / "h.joblib")
+    assert fitted.exit_code == 0 and "Nystroem map used 28 landmarks" in fitted.stderr
+
+
+def test_fit_without_a_cache_writes_nothing(tmp_path, monkeypatch):
+    """Before: `featx fit --pipeline P` with no cache unpacked 53 MB of Fashion-MNIST, then said there was none."""
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "p.toml"
+    p.write_text(f'[source]\ndata = "torchvision:FashionMNIST"\nroot = "{tmp_path / "datasets"}"\n'
+                 f'[cache]\ndir = "{tmp_path / "cache"}"\n')
+    msg = one_line_error(run("fit", "--pipeline", p, "--head", "logreg"), status=2)
+    assert "no mobilenet_v2 cache" in msg and "featx extract" in msg
+    assert [x.name for x in tmp_path.iterdir()] == ["p.toml"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from ..heads.persist import save_head
 from ..heads.registry import head_params
 from ..util import first_line
 from .evaluate import evaluate
+from .search import NYSTROEM_FEW_ROWS
 
 __all__ = ["FitResult", "fit_head", "fit_quietly"]
 
@@ -44,10 +46,10 @@ def fit_quietly(head_name: str, head, X, y):
         except (ValueError, TypeError) as exc:  # sklearn's InvalidParameterError is a ValueError
             raise FeatxError(f"cannot fit {head_name}: {first_line(exc)}") from None
     for w in caught:
-        if "n_components > n_samples" in str(w.message):
+        if re.search(NYSTROEM_FEW_ROWS, str(w.message)):
             kmap = head.named_steps.get("kmap") if hasattr(head, "named_steps") else None
             used = getattr(kmap, "n_components_", len(y))
-            log.info(f"note: {head_name} used {used} Nystroem landmarks (only {len(y)} training rows)")
+            log.info(f"note: {head_name} has only {len(y)} training rows, so its Nystroem map used {used} landmarks")
         elif not issubclass(w.category, (DeprecationWarning, FutureWarning)):
             log.info(f"note: {head_name}: {first_line(Warning(str(w.message)))}")
     return head

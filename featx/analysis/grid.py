@@ -10,10 +10,11 @@ from pathlib import Path
 
 from ..cache.store import open_features
 from ..errors import FeatxError
+from ..heads.registry import NYSTROEM_COMPONENTS
 from ..util import softmax
 from ..version import __version__
 from .report import write_reports
-from .search import few_shot, grid_points, search_head
+from .search import NYSTROEM_FEW_ROWS, few_shot, grid_points, search_head
 
 __all__ = ["run_grid"]
 
@@ -32,7 +33,7 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, metric: str = "top1", jo
     t_all = time.perf_counter()
     searched = []
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"n_components > n_samples")  # landmarks = rows: reported below
+        warnings.filterwarnings("ignore", message=NYSTROEM_FEW_ROWS)  # landmarks = rows: reported below
         for h, grid in grids.items():
             t0 = time.perf_counter()
             log.info(f"searching {h}: {len(grid_points(grid))} points ...")
@@ -41,8 +42,11 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, metric: str = "top1", jo
             log.info(f"{h}: best {result.best_params} val {metric} {result.best_score:.4f}; "
                      f"test top1 {result.test.get('top1', float('nan')):.4f} ({searched[-1][1]:.1f} s)")
         n_train = len(fs["train"].labelled()[1])
-        if "rbf-svm" in grids and n_train < max(p.get("kmap__n_components", 1024) for p in grid_points(grids["rbf-svm"])):
-            log.info(f"note: rbf-svm used {n_train} Nystroem landmarks (only {n_train} training rows)")
+        if "rbf-svm" in grids:
+            landmarks = max(p.get("kmap__n_components", NYSTROEM_COMPONENTS) for p in grid_points(grids["rbf-svm"]))
+            if n_train < landmarks:
+                log.info(f"note: rbf-svm has only {n_train} training rows, so its Nystroem map used {n_train} "
+                         f"landmarks, not {landmarks}")
         best_result = max(searched, key=lambda r: r[0].best_score)[0]
         curves = {}
         if shots:

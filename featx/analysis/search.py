@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,10 @@ from sklearn.model_selection import StratifiedKFold
 from ..errors import FeatxError, FeatxUsageError
 from ..heads.registry import check_head, head_params, make_head, param_names
 from .evaluate import evaluate
+
+#: scikit-learn's warning when a Nystroem map has more landmarks than rows (it then uses every row);
+#: featx says how many landmarks were used in its own words instead.
+NYSTROEM_FEW_ROWS = r"n_components > n_samples"
 
 __all__ = [
     "LOGREG_C_GRID",
@@ -127,7 +132,9 @@ def _fit_path(head: str, fixed: dict, path_key: str | None, path_values, X, y, X
         if path_key:
             est.set_params(**{param_names(est)[path_key]: value})
         t0 = time.perf_counter()
-        est.fit(X, y)
+        with warnings.catch_warnings():  # runs in joblib's workers too; featx reports the landmark count itself
+            warnings.filterwarnings("ignore", message=NYSTROEM_FEW_ROWS)
+            est.fit(X, y)
         seconds = time.perf_counter() - t0
         rows.append({"params": params, "score": evaluate(est, Xv, yv)[metric], "fit_seconds": round(seconds, 3)})
     return rows
@@ -211,7 +218,9 @@ def search_head(head: str, fs, *, grid: dict | None = None, metric: str = "top1"
     result.best_params, result.best_score = best["params"], best["score"]
     est = make_head(head, best["params"])
     t0 = time.perf_counter()
-    est.fit(X_all, y_all)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=NYSTROEM_FEW_ROWS)
+        est.fit(X_all, y_all)
     result.refit_seconds = time.perf_counter() - t0
     result.estimator = est
     test = fs["test"] if "test" in fs else None

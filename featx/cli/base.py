@@ -138,14 +138,13 @@ class _Lines(logging.Handler):
 def configure_output(*, verbose: bool = True) -> None:
     """Route the ``featx`` logger to stderr and third-party warnings to one-line notes.
 
-    Warnings that featx already handles in its own words are silenced: scikit-learn's Nystroem
-    "n_components > n_samples" (featx reports the landmark count it used), loky's leaked-semaphore
-    notices at exit.
+    Warnings that featx already handles in its own words are silenced where they arise (scikit-learn's
+    Nystroem "n_components > n_samples": featx reports the landmark count it used) or here (loky's
+    leaked-semaphore notices at exit); any other third-party warning becomes one ``featx: note`` line.
     """
     if not any(isinstance(h, _Lines) for h in log.handlers):
         log.addHandler(_Lines())
     log.setLevel(logging.INFO if verbose else logging.WARNING)
-    warnings.filterwarnings("ignore", message=r"n_components > n_samples")
     warnings.filterwarnings("ignore", message=r".*leaked semaphore", category=UserWarning)
     os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")  # loky's tracker process
     warnings.showwarning = _one_line_warning

@@ -16,6 +16,16 @@ from .extract_cmds import check_cache_exists, experiment, resolve_cache
 __all__ = ["fit", "grid", "report"]
 
 
+def _experiment_with_cache(cache: str | None, pipeline: str | None):
+    """The pipeline's experiment, once the named files and a cache to work on are known to exist
+    (checked before anything heavy is imported)."""
+    if pipeline:
+        existing_file(pipeline, "pipeline file")
+    exp = experiment(pipeline)
+    check_cache_exists(cache, exp)
+    return exp
+
+
 def _head_names(values) -> list[str]:
     """``--head a --head b,c`` / ``--heads "a b"`` -> ``[a, b, c]``."""
     return [h for v in values for h in v.replace(",", " ").split() if h]
@@ -40,12 +50,7 @@ def fit(cache, pipeline, head_name, params, out):
         raise FeatxUsageError(f"featx fit trains one head, got {head_name!r}; `featx grid --heads` searches several")
     check_head(head_name)
     user_params = parse_params(params)
-    if cache:
-        existing_file(cache, "cache file", "; run `featx extract` first, or name an existing .h5")
-    if pipeline:
-        existing_file(pipeline, "pipeline file")
-    exp = experiment(pipeline)
-    check_cache_exists(cache, exp)
+    exp = _experiment_with_cache(cache, pipeline)
     overrides = {**exp.heads.get(head_name, {}), **user_params}
     from ..analysis.fitting import fit_head
     from ..heads.registry import HEADS, make_head
@@ -131,12 +136,7 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
     heads = _head_names(head_names) or list(HEADS)
     for h in heads:
         check_head(h)
-    if cache:
-        existing_file(cache, "cache file", "; run `featx extract` first, or name an existing .h5")
-    if pipeline:
-        existing_file(pipeline, "pipeline file")
-    exp = experiment(pipeline)
-    check_cache_exists(cache, exp)
+    exp = _experiment_with_cache(cache, pipeline)
     from ..analysis.search import parse_grid
 
     overrides = {h: dict(exp.grids.get(h, {})) for h in heads}
