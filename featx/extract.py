@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .backbones.registry import Backbone
 from .cache.store import SCHEMA_VERSION, FeatureWriter, open_features, partial_path
-from .data.decoding import image_input
+from .data.decoding import image_input, scaled_decoding_hint
 from .data.sources import FileSource, Source, SplitItems
 from .errors import FeatxError, FeatxUsageError
 from .options import DEVICE_HELP, PRECISIONS, ExtractOptions
@@ -265,6 +265,10 @@ def extract(source: Source, backbone: Backbone, options: ExtractOptions | None =
         writer.finalize()  # step 4
     if plan.shard is None:
         _warn_empty_classes(plan.path, plan.classes, plan.splits)
+    if options.decoder == "pil" and isinstance(source, FileSource):
+        hint = scaled_decoding_hint([k for items in plan.splits.values() for k in items.keys], backbone.transform)
+        if hint:
+            log.info(hint)
     return ExtractResult(plan.path, plan.key, False, writer.resumed, plan.total, n_new, n_skipped, seconds)
 
 

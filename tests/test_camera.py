@@ -1,0 +1,87 @@
+"""Camera photos: the scaled JPEG decoder (close to the exact path, recorded, opt-in) and the hint that
+an exact run over camera-sized JPEGs prints."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featx import open_features
+from featx.backbones import load_backbone
+from featx.data.decoding import decode_scaled, scaled_size
+from featx.data.sources import ImageFolderSource
+from featx.extract import extract
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from photos import make_photos  # noqa: E402  (the benchmark's generator, small)
+
+NO_SPLIT = {"val_fraction": 0.0, "test_fraction": 0.0}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """6 real-content JPEGs of 1600x1200 (short side >= 4x MobileNetV2's resize target of 256)."""
+    return make_photos(tmp_path_factory.mktemp("photos") / "cam", 6, size=(1600, 1200), seed=1)
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    return load_backbone("mobilenet_v2", "IMAGENET1K_V1")
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_scaled_size_keeps_the_short_side():
+    assert scaled_size((4032, 3024), 512) == (683, 512)
+    assert scaled_size((3024, 4032), 512) == (512, 683)
+    assert scaled_size((400, 300), 512) == (400, 300)  # never asks for more than the file has
+
+
+def test_scaled_decoding_is_close_recorded_and_opt_in(photos, mobilenet, tmp_path):
+    exact = extract(ImageFolderSource(photos, **NO_SPLIT), mobilenet, out=tmp_path / "exact.h5", progress=False)
+    fast = extract(ImageFolderSource(photos, **NO_SPLIT), mobilenet, out=tmp_path / "fast.h5", progress=False,
+                   decoder="scaled")
+    a, b = open_features(exact.path), open_features(fast.path)
+    assert list(a["train"].ids) == list(b["train"].ids)
+    cos = _cosines(a["train"].X, b["train"].X)
+    assert cos.min() >= 0.999, cos
+    assert not np.array_equal(a["train"].X, b["train"].X), "the scaled path really decoded at a smaller scale"
+    assert (a.meta["decoder"], b.meta["decoder"]) == ("pil", "scaled")
+    assert a.cache_key != b.cache_key
+
+
+def test_scaled_decoder_leaves_small_and_non_jpeg_files_to_the_exact_path(image_folder, photos, tiny_backbone,
+                                                                          tmp_path):
+    png = tmp_path / "big.png"
+    from PIL import Image
+
+    Image.open(next(photos.rglob("*.jpg"))).save(png)
+    assert decode_scaled(png, min_side=512) is None
+    assert decode_scaled(next(image_folder.rglob("*.jpg")), min_side=512) is None  # 48x48: nothing to gain
+    exact = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "e.h5", progress=False)
+    fast = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "f.h5", progress=False,
+                   decoder="scaled")
+    np.testing.assert_array_equal(open_features(exact.path)["train"].X, open_features(fast.path)["train"].X)
+
+
+def test_an_exact_run_over_camera_photos_says_how_much_faster_scaled_would_be(photos, mobilenet, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="featx"):
+        extract(ImageFolderSource(photos, **NO_SPLIT), mobilenet, out=tmp_path / "e.h5", progress=False)
+    hints = [r.getMessage() for r in caplog.records if "--decoder scaled" in r.getMessage()]
+    assert len(hints) == 1 and "6 of 6 sampled images" in hints[0] and "x faster (measured on 3:" in hints[0], hints
+    caplog.clear()
+    with caplog.at_level("INFO", logger="featx"):
+        extract(ImageFolderSource(photos, **NO_SPLIT), mobilenet, out=tmp_path / "s.h5", progress=False,
+                decoder="scaled")
+    assert not [r for r in caplog.records if "--decoder scaled" in r.getMessage()], "no hint once it is used"
+
+
+def test_no_hint_for_small_images(image_folder, tiny_backbone, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="featx"):
+        extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "e.h5", progress=False)
+    assert not [r for r in caplog.records if "--decoder scaled" in r.getMessage()]
