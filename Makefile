@@ -21,7 +21,7 @@ help:
 	@echo "make features [NPROC=2]    extract embeddings for PIPELINE=$(PIPELINE) into cache/ (NPROC torchrun shards)"
 	@echo "make fit HEAD=svm          fit a head (logreg svm rbf-svm knn torch-linear); PARAMS='C=0.1 ...'"
 	@echo "make grid [HEADS='logreg svm']  search every head's grid, write reports/<pipeline>/"
-	@echo "make bench                 extraction, seed-loop and heads benchmarks (ratios, side by side)"
+	@echo "make bench                 extraction, camera-photo, seed-loop and heads benchmarks (ratios, side by side)"
 	@echo "make test                  run the test suite"
 
 # Everything below runs the install once; `make install` forces it again.
@@ -73,6 +73,7 @@ grid: $(STAMP)
 # Benchmarks: ratios measured side by side in one run; JSON in bench/results/, tables on stdout.
 bench: $(STAMP)
 	$(PY) bench/bench_extract.py
+	$(PY) bench/bench_camera.py
 	$(PY) bench/bench_seed_loop.py
 	$(PY) bench/bench_heads.py
 

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .backbones.registry import Backbone
 from .cache.store import SCHEMA_VERSION, FeatureWriter, open_features, partial_path
+from .data.balance import Balance, measure_balance, threaded_batches
 from .data.decoding import image_input, scaled_decoding_hint
 from .data.sources import FileSource, Source, SplitItems
 from .errors import FeatxError, FeatxUsageError
@@ -55,6 +56,10 @@ class ExtractResult:
     n_new: int
     n_skipped: int
     seconds: float
+    #: how the input pipeline was balanced (measured costs and the choice), "" when not measured
+    pipeline: str = ""
+    #: seconds spent appending to the HDF5 file (on the critical path)
+    write_seconds: float = 0.0
 
     @property
     def images_per_s(self) -> float:
@@ -261,7 +266,7 @@ def extract(source: Source, backbone: Backbone, options: ExtractOptions | None =
     writer = FeatureWriter(plan.path, attrs=plan.attrs, classes=plan.classes,
                            split_sizes={s: len(i) for s, i in plan.splits.items()}, feature_dim=backbone.feature_dim)
     with writer:
-        n_new, n_skipped, seconds = _run(plan, writer, source, backbone, options, progress)
+        n_new, n_skipped, seconds, balance, write_s = _run(plan, writer, source, backbone, options, progress)
         writer.finalize()  # step 4
     if plan.shard is None:
         _warn_empty_classes(plan.path, plan.classes, plan.splits)
@@ -269,14 +274,16 @@ def extract(source: Source, backbone: Backbone, options: ExtractOptions | None =
         hint = scaled_decoding_hint([k for items in plan.splits.values() for k in items.keys], backbone.transform)
         if hint:
             log.info(hint)
-    return ExtractResult(plan.path, plan.key, False, writer.resumed, plan.total, n_new, n_skipped, seconds)
+    return ExtractResult(plan.path, plan.key, False, writer.resumed, plan.total, n_new, n_skipped, seconds,
+                         balance.describe() if balance else "", write_s)
 
 
 def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Backbone, options: ExtractOptions,
-         progress: ProgressFn | None) -> tuple[int, int, float]:
-    """Step 3: embed every item the writer does not have yet; returns (embedded, skipped, seconds)."""
-    dev = torch.device(options.device)
-    workers = _default_workers(dev) if options.workers < 0 else options.workers
+         progress: ProgressFn | None):
+    """Step 3: embed every item the writer does not have yet.
+
+    Returns (embedded, skipped, seconds, the pipeline balance or None, seconds spent writing)."""
+    dev = check_device(options.device)
     model = torch.compile(backbone.model) if options.compile else None  # compiles on its first batch
     label = f"{backbone.name} on {source.name}"
     report = progress if callable(progress) else (lambda done, total, label: None)
@@ -285,22 +292,24 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
     done = sum(writer.position(s) for s in plan.splits)
     if writer.resumed:
         log.info(f"resuming {writer.partial}: {done}/{plan.total} items already done")
+    todo = {s: items for s, items in plan.splits.items() if writer.position(s) < len(items)}
+    balance = _balance(todo, writer, source, backbone, options, dev, plan.total - done)
     n_new = n_skipped = 0
+    write_s = 0.0
     start_time = time.perf_counter()
     report(done, plan.total, label)
+    threads = torch.get_num_threads()
     try:
-        for split, items in plan.splits.items():
-            start = writer.position(split)
-            if start >= len(items):
-                continue
-            loader = DataLoader(_Items(source, items, start, backbone.transform, options.decoder),
-                                batch_size=options.batch_size, num_workers=workers, collate_fn=_collate,
-                                pin_memory=dev.type == "cuda")
-            for xs, idx, bad in loader:
+        if balance is not None:
+            torch.set_num_threads(balance.torch_threads)
+        for split, items in todo.items():
+            for xs, idx, bad in _batches(_Items(source, items, writer.position(split), backbone.transform,
+                                                options.decoder), options, dev, balance):
                 if bad and options.strict:
                     raise FeatxError(f"--strict: {items.ids[bad[0][0]]} is unreadable ({bad[0][1]}); "
                                      "stopped before the cache was marked complete")
                 feats = _embed_batch(backbone, xs, dev, options, model)
+                t0 = time.perf_counter()
                 try:
                     writer.append(split, feats, items.labels[idx], [items.ids[j] for j in idx],
                                   skipped=[(items.ids[j], err) for j, err in bad])
@@ -308,6 +317,7 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
                     done = sum(writer.position(s) for s in plan.splits)
                     raise FeatxError(f"could not write {writer.partial} ({_reason(exc)}) after {done}/{plan.total} "
                                      "items; free space and run again: it resumes from there") from None
+                write_s += time.perf_counter() - t0
                 n_new += len(idx)
                 n_skipped += len(bad)
                 done += len(idx) + len(bad)
@@ -316,7 +326,39 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
         done = sum(writer.position(s) for s in plan.splits)
         raise FeatxError(f"interrupted after {done}/{plan.total} items; {partial_path(plan.path)} keeps them and the "
                          "next run resumes") from None
-    return n_new, n_skipped, time.perf_counter() - start_time
+    finally:
+        torch.set_num_threads(threads)
+    return n_new, n_skipped, time.perf_counter() - start_time, balance, write_s
+
+
+#: Below this many images, measuring the pipeline costs more than it can save.
+BALANCE_MIN_IMAGES = 64
+
+
+def _balance(todo: dict, writer: FeatureWriter, source: Source, backbone: Backbone, options: ExtractOptions,
+             dev: torch.device, remaining: int) -> Balance | None:
+    """Measure decode and forward cost on the first items and size the pipeline (``--workers`` unset, CPU,
+    enough images); ``None`` = the fixed default."""
+    if options.workers >= 0 or dev.type != "cpu" or remaining < BALANCE_MIN_IMAGES or not todo:
+        return None
+    split, items = next(iter(todo.items()))
+    ds = _Items(source, items, writer.position(split), backbone.transform, options.decoder)
+    crop = int(backbone.preprocess["input_size"][-1])
+    x = torch.zeros(min(4, options.batch_size), 3, crop, crop)  # a small batch: measuring costs little
+    balance = measure_balance(lambda i: ds[i], len(ds), lambda: embed(backbone, x, device=dev,
+                              precision=options.precision, channels_last=options.channels_last), len(x))
+    log.info(f"pipeline: {balance.describe()}")
+    return balance
+
+
+def _batches(ds: "_Items", options: ExtractOptions, dev: torch.device, balance: Balance | None):
+    """Batches of (inputs, indices, unreadable) from decoding threads (a measured balance), or a DataLoader
+    (``--workers N``, GPUs, small runs)."""
+    if balance is not None and balance.decode_threads > 0:
+        return threaded_batches(ds.__getitem__, len(ds), options.batch_size, balance.decode_threads, _collate)
+    workers = 0 if balance is not None else (_default_workers(dev) if options.workers < 0 else options.workers)
+    return DataLoader(ds, batch_size=options.batch_size, num_workers=workers, collate_fn=_collate,
+                      pin_memory=dev.type == "cuda")
 
 
 def _embed_batch(backbone: Backbone, xs, dev: torch.device, options: ExtractOptions, model) -> np.ndarray:

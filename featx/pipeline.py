@@ -22,7 +22,7 @@ A pipeline file has these tables (every key optional; defaults shown)::
     device = "cpu"                      # cpu, cuda, cuda:1, ...
     precision = "fp32"                  # fp32 (default, exact), bf16, fp16
     channels_last = true
-    decoder = "pil"                     # pil (default) or torchvision (faster JPEG/PNG/WebP decode, recorded)
+    decoder = "pil"                     # pil (default, exact), scaled (camera JPEGs) or torchvision (recorded)
     compile = false                     # torch.compile the backbone (~30 s first; faster forward; recorded)
 
     [cache]

@@ -85,3 +85,43 @@ def test_no_hint_for_small_images(image_folder, tiny_backbone, tmp_path, caplog)
     with caplog.at_level("INFO", logger="featx"):
         extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "e.h5", progress=False)
     assert not [r for r in caplog.records if "--decoder scaled" in r.getMessage()]
+
+
+# -- the balanced pipeline --------------------------------------------------------------------------------
+
+
+def test_balance_gives_cores_to_decoding_only_when_it_costs():
+    from featx.data.balance import choose
+
+    assert choose(4.3, 38.2, cores=2).decode_threads == 0  # ImageNet-sized JPEGs, MobileNetV2: as before
+    assert choose(1.0, 25.0, cores=2).decode_threads == 0  # Fashion-MNIST in memory
+    camera = choose(115.0, 26.0, cores=2)  # 12 MP photos, MobileNetV2: every core decodes
+    assert (camera.decode_threads, camera.torch_threads) == (2, 2)
+    assert choose(49.0, 130.0, cores=2).decode_threads == 1  # scaled photos, ResNet-50
+    assert choose(50.0, 10.0, cores=16).decode_threads == 14
+    assert "2 decoding threads, 2 torch threads" in camera.describe()
+
+
+def test_threaded_batches_keep_the_order():
+    from featx.data.balance import threaded_batches
+
+    got = list(threaded_batches(lambda i: i, 23, 5, 3, list))
+    assert got == [list(range(s, min(s + 5, 23))) for s in range(0, 23, 5)]
+
+
+def test_a_measured_pipeline_decodes_in_threads_and_writes_the_same_cache(photos, mobilenet, tmp_path, monkeypatch,
+                                                                          caplog):
+    import featx.extract
+
+    plain = extract(ImageFolderSource(photos, **NO_SPLIT), mobilenet, out=tmp_path / "plain.h5", batch_size=4,
+                    progress=False, workers=0)
+    assert plain.pipeline == "", "--workers given: no measuring"
+    monkeypatch.setattr(featx.extract, "BALANCE_MIN_IMAGES", 4)
+    with caplog.at_level("INFO", logger="featx"):
+        balanced = extract(ImageFolderSource(photos, **NO_SPLIT), mobilenet, out=tmp_path / "b.h5", batch_size=4,
+                           progress=False)
+    assert "decoding thread" in balanced.pipeline and "core-ms per image" in balanced.pipeline
+    assert any(r.getMessage().startswith("pipeline: decode") for r in caplog.records)
+    a, b = open_features(plain.path)["train"], open_features(balanced.path)["train"]
+    assert list(a.ids) == list(b.ids)
+    np.testing.assert_allclose(a.X, b.X, rtol=1e-4, atol=1e-5)

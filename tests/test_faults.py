@@ -219,7 +219,7 @@ def test_ctrl_c_is_one_line_saying_how_far_and_that_it_resumes(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("data:")]
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("data:", "pipeline:"))]
     assert len(lines) == 1 and "interrupted after" in lines[0] and "next run resumes" in lines[0], err
     assert "Traceback" not in err
 

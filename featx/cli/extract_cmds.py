@@ -142,7 +142,8 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
     o = exp.extract
     click.echo(
         f"wrote {result.path}: {result.n_items} items{skipped}; {result.n_new} new in {result.seconds:.1f} s "
-        f"= {result.images_per_s:.1f} images/s ({bb.name}, {o.precision}, {o.device}, batch {o.batch_size})"
+        f"= {result.images_per_s:.1f} images/s ({bb.name}, {o.precision}, {o.device}, batch {o.batch_size}"
+        f"{'; ' + result.pipeline if result.pipeline else ''})"
     )
 
 

@@ -1,0 +1,101 @@
+"""A balanced input pipeline: decoding overlaps the forward pass, sized from measured costs.
+
+On a CPU box the decode + preprocess cost ``d`` and the forward cost ``f`` (core-ms per image) decide
+where the cores should go. With ``k`` cores decoding and the rest running the backbone, decoding
+delivers ``k / d`` images per ms and the forward takes ``(cores - k) / f``; they match at
+``k = cores * d / (d + f)`` (rounded up; see :func:`choose`). Small images (Fashion-MNIST, ImageNet-sized
+JPEGs: ``d`` is 1/10 of ``f``) give ``k = 0``: decode in the main thread between batches, as before.
+Camera photos (``d`` 4x ``f`` for MobileNetV2) get a decoding thread per core.
+
+Decoding runs in threads, not processes: PIL and torch release the GIL while they decode, resize and
+normalise, and threads need no pickling of the items nor copying of the tensors back.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+__all__ = ["Balance", "measure_balance", "threaded_batches", "usable_cores"]
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Balance:
+    """What the pipeline was set to, and the measured costs it was chosen from."""
+
+    decode_ms: float
+    forward_ms: float
+    decode_threads: int
+    torch_threads: int
+
+    def describe(self) -> str:
+        how = (f"{self.decode_threads} decoding thread{'s' if self.decode_threads != 1 else ''}"
+               if self.decode_threads else "decoding between batches")
+        return (f"decode {self.decode_ms:.0f} + forward {self.forward_ms:.0f} core-ms per image: {how}, "
+                f"{self.torch_threads} torch thread{'s' if self.torch_threads != 1 else ''}")
+
+
+def choose(decode_ms: float, forward_ms: float, cores: int) -> Balance:
+    """Decoding threads ``k = ceil(cores * d / (d + f))`` (0 when decoding needs under a quarter of the
+    cores), and torch keeps every core.
+
+    The threads oversubscribe the cores on purpose and the OS shares them out: on 2 cores with 12 MP
+    photos, giving torch ``cores - k`` threads instead left cores idle whenever one side waited (featx /
+    limit 0.67 for MobileNetV2 and ResNet-50 with the scaled decoder, against 0.95 and 0.86 this way;
+    ``bench/bench_camera.py``, docs/benchmarks.md)."""
+    share = cores * decode_ms / max(decode_ms + forward_ms, 1e-9)
+    k = 0 if share < 0.25 * cores else min(cores, math.ceil(share))
+    return Balance(decode_ms, forward_ms, k, cores)
+
+
+def measure_balance(decode_one: Callable[[int], object], n_items: int, forward_batch: Callable[[], None],
+                    batch_size: int, *, cores: int | None = None, sample: int = 4) -> Balance:
+    """Time ``decode_one(i)`` on the first ``sample`` items (one thread) and ``forward_batch()`` (one batch
+    of ``batch_size`` with every core; run twice, the first is a warm-up), then :func:`choose`."""
+    import torch
+
+    cores = cores or usable_cores()
+    n = min(sample, n_items)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        decode_one(0)  # warm (file cache, lazy imports)
+        t0 = time.perf_counter()
+        for i in range(n):
+            decode_one(i)
+        d = (time.perf_counter() - t0) / max(n, 1) * 1000
+    finally:
+        torch.set_num_threads(threads)
+    forward_batch()
+    t0 = time.perf_counter()
+    forward_batch()
+    f = (time.perf_counter() - t0) * 1000 * threads / batch_size
+    return choose(d, f, cores)
+
+
+def threaded_batches(get: Callable[[int], object], n: int, batch_size: int, threads: int,
+                     collate: Callable[[list], object]) -> Iterator:
+    """``collate([get(0), ..., get(batch_size - 1)])``, ... in order, with ``threads`` threads decoding up
+    to two batches ahead of the consumer."""
+    window = 2 * batch_size + threads
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="featx-decode") as pool:
+        pending: deque = deque()
+        nxt = 0
+        batch: list = []
+        while nxt < n or pending:
+            while nxt < n and len(pending) < window:
+                pending.append(pool.submit(get, nxt))
+                nxt += 1
+            batch.append(pending.popleft().result())
+            if len(batch) == batch_size or (nxt >= n and not pending):
+                yield collate(batch)
+                batch = []
