@@ -54,7 +54,8 @@ def decode_cost(files, bb, decoder: str, n: int = 12, open_pil=None) -> float:
         torch.set_num_threads(threads)
 
 
-def run(backbones, decoders, sets, n_camera: int, n_small: int, batch: int, workers: int | None) -> list[dict]:
+def run(backbones, decoders, sets, n_camera: int, n_small: int, batch: int, workers: int | None,
+        device: str = "cpu", precisions=("fp32",)) -> list[dict]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,21 +74,26 @@ def run(backbones, decoders, sets, n_camera: int, n_small: int, batch: int, work
                     folder, val_fraction=0, test_fraction=0, limit=limit)
                 set_decoders = decoders
                 src = None
-            for name in backbones:
-                bb = load_backbone(name, "none")
+            for name, precision in [(b, p) for b in backbones for p in precisions]:
+                bb = load_backbone(name, "none", device=device)
                 bb.model.to(memory_format=torch.channels_last)
-                extract(source(batch), bb, out=Path(tmp) / f"warm-{name}-{len(rows)}.h5", batch_size=batch,  # warm-up
-                        progress=False)
-                bare = bare_forward(bb, 8 * batch, batch, torch.device("cpu"), channels_last=True)
+                common = {"batch_size": batch, "device": device, "precision": precision, "progress": False,
+                          **({"workers": workers} if workers is not None else {})}
+                extract(source(batch), bb, out=Path(tmp) / f"warm-{name}-{len(rows)}.h5", **common)  # warm-up
+                bare = bare_forward(bb, 8 * batch, batch, torch.device(device), channels_last=True,
+                                    precision=precision)
                 f = 1000 * cores / bare
                 for decoder in set_decoders:
+                    if decoder == "device" and src is not None and device == "cpu":
+                        continue
                     d = decode_cost(files, bb, decoder, open_pil=src.open if src is not None else None)
                     t0 = time.perf_counter()
-                    result = extract(source(), bb, out=Path(tmp) / f"{name}-{len(rows)}-{decoder}.h5", batch_size=batch,
-                                     progress=False, decoder=decoder, **({"workers": workers} if workers is not None else {}))
+                    result = extract(source(), bb, out=Path(tmp) / f"{name}-{len(rows)}-{decoder}.h5", decoder=decoder,
+                                     **common)
                     featx_ips = result.n_new / (time.perf_counter() - t0)  # wall, HDF5 open/close included
                     limit = 1000 * cores / (d + f)
                     rows.append({"data": label, "backbone": name, "decoder": decoder, "images": result.n_new,
+                                 "device": device, "precision": precision,
                                  "cores": cores, "batch": batch, "featx_images_per_s": round(featx_ips, 1),
                                  "bare_images_per_s": round(bare, 1), "decode_core_ms": round(d, 1),
                                  "forward_core_ms": round(f, 1), "limit_images_per_s": round(limit, 1),
@@ -108,17 +114,20 @@ def main(argv=None):
                    help="ImageNet-sized JPEGs, and Fashion-MNIST items per split")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: featx's own choice)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU, limit is the host's decode limit)")
+    p.add_argument("--precisions", default="fp32", help="comma-separated: fp32,bf16")
     p.add_argument("--out", type=Path, default=Path("bench/results/camera.json"))
     args = p.parse_args(argv)
     rows = run(args.backbones.split(","), args.decoders.split(","), args.sets.split(","), args.camera_images,
-               args.small_images, args.batch, args.workers)
+               args.small_images, args.batch, args.workers, args.device, args.precisions.split(","))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    print("| data | backbone | decoder | featx img/s | bare img/s | d (core-ms) | f (core-ms) | limit img/s "
-          "| featx / limit | featx / bare |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| data | backbone | device | precision | decoder | featx img/s | bare img/s | d (core-ms) | f (core-ms) "
+          "| limit img/s | featx / limit | featx / bare |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['data']} | {r['backbone']} | {r['decoder']} | {r['featx_images_per_s']} | "
+        print(f"| {r['data']} | {r['backbone']} | {r['device']} | {r['precision']} | {r['decoder']} | "
+              f"{r['featx_images_per_s']} | "
               f"{r['bare_images_per_s']} | {r['decode_core_ms']} | {r['forward_core_ms']} | "
               f"{r['limit_images_per_s']} | {r['featx_over_limit']:.2f} | {r['featx_over_bare']:.2f} |")
 

@@ -38,12 +38,16 @@ def make_jpegs(root: Path, n: int, size: int = 320, seed: int = 0) -> Path:
     return root
 
 
-def bare_forward(bb, n: int, batch: int, device: torch.device, channels_last: bool) -> float:
+def bare_forward(bb, n: int, batch: int, device: torch.device, channels_last: bool, precision: str = "fp32") -> float:
     """images/s of the model alone on preprocessed tensors already on the device."""
+    from featx.options import PRECISIONS
+
     x = torch.randn(batch, 3, *bb.preprocess["input_size"][1:], device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
+    autocast = PRECISIONS[precision].autocast
+    with torch.inference_mode(), torch.autocast(device.type, dtype=getattr(torch, autocast) if autocast else None,
+                                                enabled=autocast is not None):
         bb.model(x)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -31,10 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 from .backbones.registry import Backbone
 from .cache.store import SCHEMA_VERSION, FeatureWriter, open_features, partial_path
 from .data.balance import Balance, measure_balance, threaded_batches
-from .data.decoding import image_input, scaled_decoding_hint
+from .data.decoding import RGBTransform, image_input, scaled_decoding_hint
+from .data.device import RawImage, preprocess_batch, raw_from_pil, read_raw
 from .data.sources import FileSource, Source, SplitItems
 from .errors import FeatxError, FeatxUsageError
-from .options import DEVICE_HELP, PRECISIONS, ExtractOptions
+from .options import DECODERS, DEVICE_HELP, PRECISIONS, ExtractOptions
 from .util import first_line
 
 __all__ = ["ExtractResult", "ExtractPlan", "ProgressFn", "cache_key", "cache_path", "check_device", "extract",
@@ -79,8 +80,8 @@ def cache_key(source: Source, backbone: Backbone, precision: str, decoder: str =
     }
     if backbone.layer:  # only when set, so that penultimate-layer keys stay as they were
         record["layer"] = backbone.layer
-    if decoder != "pil" and isinstance(source, FileSource):  # idem; in-memory datasets have no files to decode
-        record["decoder"] = decoder
+    if decoder != "pil" and (isinstance(source, FileSource) or DECODERS[decoder].on_device):
+        record["decoder"] = decoder  # idem; in-memory datasets have no files to decode, but may preprocess on device
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -94,6 +95,8 @@ class _Items(Dataset):
 
     def __init__(self, source: Source, items: SplitItems, start: int, transform: Callable, decoder: str = "pil"):
         self.source, self.items, self.start, self.transform, self.decoder = source, items, start, transform, decoder
+        self.on_device = DECODERS[decoder].on_device
+        self.rgb = RGBTransform(_identity)  # the exact path's RGB conversion, without the preset
 
     def __len__(self) -> int:
         return len(self.items) - self.start
@@ -102,16 +105,27 @@ class _Items(Dataset):
         j = self.start + i
         key = self.items.keys[j]
         try:
+            if self.on_device:  # raw bytes / uint8 pixels; decoded and preprocessed a batch at a time on the device
+                if isinstance(self.source, FileSource):
+                    return read_raw(key, self.rgb, self.source.open), j, ""
+                return raw_from_pil(self.source.open(key), self.rgb), j, ""
             decoder = self.decoder if isinstance(self.source, FileSource) else "pil"  # in-memory: nothing to decode
             return image_input(key, self.transform, decoder, self.source.open), j, ""
         except Exception as exc:  # any decode/transform failure of this one item
             return None, j, f"{type(exc).__name__}: {exc}"
 
 
+def _identity(img):
+    return img
+
+
 def _collate(batch):
     good = [(x, j) for x, j, _ in batch if x is not None]
     bad = [(j, err) for x, j, err in batch if x is None]
-    xs = torch.stack([x for x, _ in good]) if good else None
+    if good and isinstance(good[0][0], RawImage):  # the device path: stacked after preprocessing
+        xs = [x for x, _ in good]
+    else:
+        xs = torch.stack([x for x, _ in good]) if good else None
     return xs, [j for _, j in good], bad
 
 
@@ -226,7 +240,8 @@ def plan_extraction(source: Source, backbone: Backbone, options: ExtractOptions,
         "precision": options.precision,
         "memory_format": "channels_last" if options.channels_last else "contiguous",
         "layer": backbone.layer or "penultimate",
-        "decoder": options.decoder if isinstance(source, FileSource) else "in-memory",
+        "decoder": (options.decoder if isinstance(source, FileSource) or DECODERS[options.decoder].on_device
+                    else "in-memory"),
         "compiled": bool(options.compile),
     })
     return ExtractPlan(splits, key, path, attrs, sum(len(i) for i in splits.values()), shard, list(source.classes))
@@ -293,7 +308,7 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
     if writer.resumed:
         log.info(f"resuming {writer.partial}: {done}/{plan.total} items already done")
     todo = {s: items for s, items in plan.splits.items() if writer.position(s) < len(items)}
-    balance = _balance(todo, writer, source, backbone, options, dev, plan.total - done)
+    balance, decoded = _balance(todo, writer, source, backbone, options, dev, plan.total - done)
     n_new = n_skipped = 0
     write_s = 0.0
     start_time = time.perf_counter()
@@ -303,11 +318,18 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
         if balance is not None:
             torch.set_num_threads(balance.torch_threads)
         for split, items in todo.items():
-            for xs, idx, bad in _batches(_Items(source, items, writer.position(split), backbone.transform,
-                                                options.decoder), options, dev, balance):
+            ds = _Items(source, items, writer.position(split), backbone.transform, options.decoder)
+            for xs, idx, bad in _batches(ds, options, dev, balance, decoded if split == next(iter(todo)) else {}):
                 if bad and options.strict:
                     raise FeatxError(f"--strict: {items.ids[bad[0][0]]} is unreadable ({bad[0][1]}); "
                                      "stopped before the cache was marked complete")
+                if isinstance(xs, list):  # --decoder device: decode + preprocess the batch where the model runs
+                    try:
+                        xs = preprocess_batch(xs, backbone.transform.inner, dev)
+                    except RuntimeError as exc:  # a corrupt JPEG fails the batch call: retry item by item
+                        log.info(f"note: one image of a batch failed the device decode ({first_line(exc)}); "
+                                 "decoding that batch image by image")
+                        xs, idx, bad = _per_item(xs, idx, bad, backbone, dev)
                 feats = _embed_batch(backbone, xs, dev, options, model)
                 t0 = time.perf_counter()
                 try:
@@ -336,29 +358,50 @@ BALANCE_MIN_IMAGES = 64
 
 
 def _balance(todo: dict, writer: FeatureWriter, source: Source, backbone: Backbone, options: ExtractOptions,
-             dev: torch.device, remaining: int) -> Balance | None:
+             dev: torch.device, remaining: int) -> tuple[Balance | None, dict]:
     """Measure decode and forward cost on the first items and size the pipeline (``--workers`` unset, CPU,
-    enough images); ``None`` = the fixed default."""
+    enough images); ``None`` = the fixed default. Also returns the items decoded while measuring (index in
+    the first split's remaining items -> decoded item), so that none is decoded twice."""
+    decoded: dict = {}
     if options.workers >= 0 or dev.type != "cpu" or remaining < BALANCE_MIN_IMAGES or not todo:
-        return None
+        return None, decoded
     split, items = next(iter(todo.items()))
     ds = _Items(source, items, writer.position(split), backbone.transform, options.decoder)
+
+    def decode_one(i: int) -> None:
+        decoded[i] = ds[i]
+
     crop = int(backbone.preprocess["input_size"][-1])
     x = torch.zeros(min(4, options.batch_size), 3, crop, crop)  # a small batch: measuring costs little
-    balance = measure_balance(lambda i: ds[i], len(ds), lambda: embed(backbone, x, device=dev,
+    balance = measure_balance(decode_one, len(ds), lambda: embed(backbone, x, device=dev,
                               precision=options.precision, channels_last=options.channels_last), len(x))
     log.info(f"pipeline: {balance.describe()}")
-    return balance
+    return balance, decoded
 
 
-def _batches(ds: "_Items", options: ExtractOptions, dev: torch.device, balance: Balance | None):
-    """Batches of (inputs, indices, unreadable) from decoding threads (a measured balance), or a DataLoader
-    (``--workers N``, GPUs, small runs)."""
+def _batches(ds: "_Items", options: ExtractOptions, dev: torch.device, balance: Balance | None, decoded: dict):
+    """Batches of (inputs, indices, unreadable) from decoding threads (a measured balance; ``decoded`` holds
+    items already decoded while measuring), or a DataLoader (``--workers N``, GPUs, small runs)."""
     if balance is not None and balance.decode_threads > 0:
-        return threaded_batches(ds.__getitem__, len(ds), options.batch_size, balance.decode_threads, _collate)
+        def get(i: int):
+            return decoded.pop(i) if i in decoded else ds[i]
+
+        return threaded_batches(get, len(ds), options.batch_size, balance.decode_threads, _collate)
     workers = 0 if balance is not None else (_default_workers(dev) if options.workers < 0 else options.workers)
     return DataLoader(ds, batch_size=options.batch_size, num_workers=workers, collate_fn=_collate,
                       pin_memory=dev.type == "cuda")
+
+
+def _per_item(raws, idx, bad, backbone: Backbone, dev: torch.device):
+    """A batch whose joint device decode failed: decode each item alone; the failing ones become skips."""
+    good, kept = [], []
+    for raw, j in zip(raws, idx):
+        try:
+            good.append(preprocess_batch([raw], backbone.transform.inner, dev))
+            kept.append(j)
+        except RuntimeError as item_exc:
+            bad = [*bad, (j, f"{type(item_exc).__name__}: {first_line(item_exc)}")]
+    return (torch.cat(good) if good else None), kept, bad
 
 
 def _embed_batch(backbone: Backbone, xs, dev: torch.device, options: ExtractOptions, model) -> np.ndarray:

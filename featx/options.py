@@ -58,11 +58,14 @@ class Decoder:
             weights' preset is applied, or ``None`` for a file it leaves to the exact PIL path. ``None`` =
             always the exact path (PIL, as torchvision's ImageFolder loader).
         help: one line for ``--help``.
+        on_device: decode and preprocess on the extraction device, a batch at a time
+            (:mod:`featx.data.device`); ``function`` is then unused. Applies to in-memory datasets too.
     """
 
     name: str
     function: str | None
     help: str
+    on_device: bool = False
 
 
 #: name -> precision. fp32 is the default and equals a plain torchvision forward.
@@ -82,6 +85,10 @@ DECODERS: dict[str, Decoder] = {d.name: d for d in (
             "JPEGs decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose short side stays >= 2x the resize "
             "target, then the weights' transform: 2.8x faster on 12 MP photos, features within cosine 0.999 of "
             "the exact path; other files go the exact way; recorded and part of the cache key"),
+    Decoder("device", None,
+            "decode and preprocess on the extraction device in batches (nvJPEG + resize on the GPU with "
+            "--device cuda; the same tensor code on the CPU), features within cosine 0.999 of the exact path; "
+            "recorded and part of the cache key", on_device=True),
 )}
 
 #: metric name -> what it means (also the order of report columns).
@@ -250,7 +257,8 @@ class ExtractOptions(_Options):
                              choices=lambda: PRECISIONS, what="precision")
     decoder: str = setting("pil", "Image decoder (default pil, exact: as torchvision's ImageFolder loader; scaled: "
                            "camera-sized JPEGs decoded at a reduced DCT scale, 2.8x faster on 12 MP photos, features "
-                           "within cosine 0.999; torchvision: torchvision.io decoding, features within ~1.5%). "
+                           "within cosine 0.999; device: decoded and preprocessed on the GPU in batches; "
+                           "torchvision: torchvision.io decoding, features within ~1.5%). "
                            "Non-default decoders are recorded and part of the cache key.", table="extract", kind=str,
                            choices=lambda: DECODERS, what="decoder")
     compile: bool = setting(False, "Run the backbone through torch.compile (default off): ~30 s of compiling first, "

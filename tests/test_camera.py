@@ -125,3 +125,71 @@ def test_a_measured_pipeline_decodes_in_threads_and_writes_the_same_cache(photos
     a, b = open_features(plain.path)["train"], open_features(balanced.path)["train"]
     assert list(a.ids) == list(b.ids)
     np.testing.assert_allclose(a.X, b.X, rtol=1e-4, atol=1e-5)
+
+
+# -- the device data path (runs on the CPU here; CUDA tests are marked and skipped without CUDA) -----------
+
+
+def test_device_path_on_the_cpu_is_close_to_the_exact_path_and_recorded(photos, mobilenet, tmp_path):
+    exact = extract(ImageFolderSource(photos, **NO_SPLIT), mobilenet, out=tmp_path / "exact.h5", progress=False)
+    dev = extract(ImageFolderSource(photos, **NO_SPLIT), mobilenet, out=tmp_path / "dev.h5", progress=False,
+                  decoder="device", batch_size=4)
+    a, b = open_features(exact.path), open_features(dev.path)
+    assert list(a["train"].ids) == list(b["train"].ids)
+    cos = _cosines(a["train"].X, b["train"].X)
+    assert cos.min() >= 0.999, cos
+    assert b.meta["decoder"] == "device" and a.cache_key != b.cache_key
+
+
+def test_device_path_handles_exif_png_grayscale_and_broken_files(tmp_path, mobilenet):
+    from PIL import Image
+
+    from featx.data.device import orient
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mixed" / "a"
+    folder.mkdir(parents=True)
+    base = Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    for orientation in (1, 3, 6, 8):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        base.save(folder / f"exif{orientation}.jpg", exif=exif, quality=95)
+    base.convert("L").save(folder / "gray.jpg", quality=95)
+    base.save(folder / "p.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    exact = extract(ImageFolderSource(folder.parent, **NO_SPLIT), mobilenet, out=tmp_path / "e.h5", progress=False)
+    dev = extract(ImageFolderSource(folder.parent, **NO_SPLIT), mobilenet, out=tmp_path / "d.h5", progress=False,
+                  decoder="device", batch_size=8)
+    a, b = open_features(exact.path)["train"], open_features(dev.path)["train"]
+    assert list(a.ids) == list(b.ids) and "a/broken.jpg" not in list(b.ids)
+    assert {s["id"] for s in b.skipped} == {"a/broken.jpg"}
+    assert _cosines(a.X, b.X).min() >= 0.999  # rotated, grayscale and PNG images all come out as the exact path's
+    t = torch_arange_image()
+    for o in range(1, 9):  # each EXIF orientation as PIL applies it
+        from PIL import ImageOps
+
+        img = Image.fromarray(t.permute(1, 2, 0).numpy())
+        exif = img.getexif()
+        exif[0x0112] = o
+        img.info["exif"] = exif.tobytes()
+        pil = np.asarray(ImageOps.exif_transpose(img)).transpose(2, 0, 1)
+        np.testing.assert_array_equal(orient(t, o).numpy(), pil, err_msg=f"orientation {o}")
+
+
+def torch_arange_image():
+    import torch
+
+    return torch.arange(3 * 5 * 7, dtype=torch.uint8).reshape(3, 5, 7)
+
+
+@pytest.mark.cuda
+def test_device_path_on_cuda_is_close_to_the_exact_path(photos, tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    bb = load_backbone("mobilenet_v2", "IMAGENET1K_V1", device="cuda")
+    exact = extract(ImageFolderSource(photos, **NO_SPLIT), bb, out=tmp_path / "e.h5", progress=False, device="cuda")
+    dev = extract(ImageFolderSource(photos, **NO_SPLIT), bb, out=tmp_path / "d.h5", progress=False, device="cuda",
+                  decoder="device")
+    cos = _cosines(open_features(exact.path)["train"].X, open_features(dev.path)["train"].X)
+    assert cos.min() >= 0.999, cos

@@ -59,18 +59,19 @@ def choose(decode_ms: float, forward_ms: float, cores: int) -> Balance:
 
 def measure_balance(decode_one: Callable[[int], object], n_items: int, forward_batch: Callable[[], None],
                     batch_size: int, *, cores: int | None = None, sample: int = 4) -> Balance:
-    """Time ``decode_one(i)`` on the first ``sample`` items (one thread) and ``forward_batch()`` (one batch
-    of ``batch_size`` with every core; run twice, the first is a warm-up), then :func:`choose`."""
+    """Time ``decode_one(i)`` on items 1 to ``sample`` (one thread; item 0 warms up file cache and lazy
+    imports) and ``forward_batch()`` (one batch of ``batch_size`` with every core; run twice, the first is a
+    warm-up), then :func:`choose`. The caller may keep what ``decode_one`` decoded: each item is decoded once."""
     import torch
 
     cores = cores or usable_cores()
-    n = min(sample, n_items)
+    n = max(0, min(sample, n_items - 1))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        decode_one(0)  # warm (file cache, lazy imports)
+        decode_one(0)
         t0 = time.perf_counter()
-        for i in range(n):
+        for i in range(1, n + 1):
             decode_one(i)
         d = (time.perf_counter() - t0) / max(n, 1) * 1000
     finally:
