@@ -320,16 +320,11 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
         for split, items in todo.items():
             ds = _Items(source, items, writer.position(split), backbone.transform, options.decoder)
             for xs, idx, bad in _batches(ds, options, dev, balance, decoded if split == next(iter(todo)) else {}):
+                if isinstance(xs, list):  # --decoder device: decode + preprocess the batch where the model runs
+                    xs, idx, bad = _on_device(xs, idx, bad, backbone, dev)
                 if bad and options.strict:
                     raise FeatxError(f"--strict: {items.ids[bad[0][0]]} is unreadable ({bad[0][1]}); "
                                      "stopped before the cache was marked complete")
-                if isinstance(xs, list):  # --decoder device: decode + preprocess the batch where the model runs
-                    try:
-                        xs = preprocess_batch(xs, backbone.transform.inner, dev)
-                    except RuntimeError as exc:  # a corrupt JPEG fails the batch call: retry item by item
-                        log.info(f"note: one image of a batch failed the device decode ({first_line(exc)}); "
-                                 "decoding that batch image by image")
-                        xs, idx, bad = _per_item(xs, idx, bad, backbone, dev)
                 feats = _embed_batch(backbone, xs, dev, options, model)
                 t0 = time.perf_counter()
                 try:
@@ -392,8 +387,14 @@ def _batches(ds: "_Items", options: ExtractOptions, dev: torch.device, balance: 
                       pin_memory=dev.type == "cuda")
 
 
-def _per_item(raws, idx, bad, backbone: Backbone, dev: torch.device):
-    """A batch whose joint device decode failed: decode each item alone; the failing ones become skips."""
+def _on_device(raws, idx, bad, backbone: Backbone, dev: torch.device):
+    """Decode and preprocess a batch of :class:`RawImage` on the device; when the joint decode fails (a corrupt
+    JPEG fails the whole call), decode each item alone and record the failing ones as skips."""
+    try:
+        return preprocess_batch(raws, backbone.transform.inner, dev), idx, bad
+    except RuntimeError as exc:
+        log.info(f"note: an image of a batch failed the device decode ({first_line(exc)}); decoding that batch "
+                 "image by image")
     good, kept = [], []
     for raw, j in zip(raws, idx):
         try:

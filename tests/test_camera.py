@@ -156,13 +156,15 @@ def test_device_path_handles_exif_png_grayscale_and_broken_files(tmp_path, mobil
         base.save(folder / f"exif{orientation}.jpg", exif=exif, quality=95)
     base.convert("L").save(folder / "gray.jpg", quality=95)
     base.save(folder / "p.png")
-    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # refused at the header
+    whole = (folder / "exif1.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 2])  # a good header: fails the batch decode
     exact = extract(ImageFolderSource(folder.parent, **NO_SPLIT), mobilenet, out=tmp_path / "e.h5", progress=False)
     dev = extract(ImageFolderSource(folder.parent, **NO_SPLIT), mobilenet, out=tmp_path / "d.h5", progress=False,
                   decoder="device", batch_size=8)
     a, b = open_features(exact.path)["train"], open_features(dev.path)["train"]
     assert list(a.ids) == list(b.ids) and "a/broken.jpg" not in list(b.ids)
-    assert {s["id"] for s in b.skipped} == {"a/broken.jpg"}
+    assert {s["id"] for s in b.skipped} == {s["id"] for s in a.skipped} == {"a/broken.jpg", "a/truncated.jpg"}
     assert _cosines(a.X, b.X).min() >= 0.999  # rotated, grayscale and PNG images all come out as the exact path's
     t = torch_arange_image()
     for o in range(1, 9):  # each EXIF orientation as PIL applies it
