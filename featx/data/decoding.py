@@ -33,9 +33,15 @@ def open_image(path) -> Image.Image:
     """
     with Image.open(path) as img:
         img.load()
-        upright = ImageOps.exif_transpose(img)  # a copy; also when there is nothing to rotate
-    return upright
+        if img.format == "JPEG" and img.getexif().get(_EXIF_ORIENTATION, 1) in (None, 0, 1):
+            # an upright JPEG: exif_transpose would copy the whole image anyway (36 MB for a 12 MP photo:
+            # 130 -> 110 ms per decode + preprocess on one core), for the same pixels. (Other formats keep
+            # the copy: a GIF, say, still needs its closed file after this block.)
+            return img
+        return ImageOps.exif_transpose(img)
 
+
+_EXIF_ORIENTATION = 0x0112
 
 #: What torchvision's decoder takes over from PIL with ``--decoder torchvision``: single-frame JPEG, PNG and
 #: WebP in 8-bit modes. Everything else (GIF, BMP, TIFF, 16-bit, CMYK) still goes through PIL.
