@@ -161,3 +161,16 @@ def test_linear_weights_refuses_nonlinear_heads():
 
     with pytest.raises(FeatxError, match="only linear heads"):
         linear_weights(make_head("rbf-svm"))
+
+
+def test_predict_with_a_head_trained_on_an_in_memory_dataset(fashion_cache, image_folder, tmp_path):
+    """A cache of a dataset without files (decoder 'in-memory') embeds new image files the exact way."""
+    from click.testing import CliRunner
+
+    from featx.cli import main
+
+    head = tmp_path / "h.joblib"
+    assert CliRunner().invoke(main, ["fit", str(fashion_cache), "--head", "logreg", "--out", str(head)]).exit_code == 0
+    result = CliRunner().invoke(main, ["predict", "--head", str(head), str(image_folder / "circle"), "-k", "2"])
+    assert result.exit_code == 0, result.output
+    assert "12 predicted, 0 unreadable" in result.stderr

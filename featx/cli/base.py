@@ -49,7 +49,7 @@ class FeatxGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, BrokenPipeError):
             raise
         except FeatxError as exc:
             if ctx.params.get("debug"):
@@ -73,6 +73,10 @@ class FeatxGroup(click.Group):
             code = exc.exit_code
         except (click.Abort, KeyboardInterrupt):
             click.echo("featx: error: interrupted", err=True)
+            code = 1
+        except BrokenPipeError:  # `featx info x.h5 | head`: the reader left; say nothing more (Python's advice)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
             code = 1
         if standalone_mode:
             sys.exit(code)

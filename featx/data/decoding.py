@@ -224,14 +224,15 @@ def image_input(key, transform: Callable, decoder: str = "pil", open_pil: Callab
     """One image -> a backbone's input tensor (``transform`` is its ``Backbone.transform``), decoded as
     ``decoder`` says (a key of :data:`featx.options.DECODERS`; a decoder function needs ``key`` to be a
     file path); the exact PIL path opens ``key`` with ``open_pil`` (a source's own ``open``)."""
-    if DECODERS[decoder].on_device:  # one image through the device path's code, here on the CPU
+    spec = DECODERS.get(decoder)  # None: "in-memory" (a cache of a dataset that had no files): the exact path
+    if spec is not None and spec.on_device:  # one image through the device path's code, here on the CPU
         import torch
 
         from .device import preprocess_batch, read_raw
 
         raw = read_raw(key, RGBTransform(lambda img: img), open_pil)
         return preprocess_batch([raw], transform.inner, torch.device("cpu"))[0]
-    decode = decoder_function(decoder)
+    decode = decoder_function(decoder) if spec is not None else None
     if decode is not None:
         img = decode(key, min_side=2 * resize_target(transform))
         if img is not None:  # None: a format, mode or size that goes the exact way
