@@ -212,3 +212,16 @@ def test_weights_only_loads_refuse_code_even_when_asked_for_a_full_unpickle(tmp_
     with weights_only_loads(), pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=False)
     assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") == before, "the switch is restored afterwards"
+
+
+def test_embedding_sizes_of_models_the_meta_device_cannot_build():
+    """RegNets are built with their init skipped through torch's public TorchFunctionMode; the size read off
+    equals a normally built model's, and torch.nn.init works as before afterwards."""
+    from torchvision.models import get_model
+
+    from featx.backbones.torchvision_models import embedding_dim
+
+    assert embedding_dim("regnet_x_400mf") == get_model("regnet_x_400mf", weights=None).fc.in_features == 400
+    t = torch.zeros(3)
+    torch.nn.init.ones_(t)
+    assert t.sum() == 3
