@@ -144,6 +144,7 @@ BAD_USAGE = {
     "fit": ["fit", "{missing}/c.h5"],
     "grid": ["grid", "{missing}/c.h5"],
     "report": ["report", "{missing}/results.json"],
+    "rank": ["rank", "--data", "{missing}/folder", "--backbones", "resnet18"],
     "info": ["info", "{missing}/c.h5"],
     "backbones": ["backbones", "--no-such-option"],
     "heads": ["heads", "--no-such-option"],

@@ -65,3 +65,46 @@ def test_probe_accuracy_separates_informative_from_random():
     X, y = _task(rng, n=120, d=16, noise=0.5)
     assert probe_accuracy(X, y) > 0.95
     assert probe_accuracy(rng.normal(0, 1, X.shape), y) < 0.5  # 4 classes: chance is 0.25
+
+
+def test_rank_writes_the_json_shape_flags_negative_transfer_and_reuses_the_sample(image_folder, tmp_path):
+    """The first candidate is itself random-init, so it cannot beat the random-init baseline: flagged."""
+    import json
+
+    from click.testing import CliRunner
+
+    from conftest import TINY
+    from featx.cli import main
+
+    args = ["rank", "--data", str(image_folder), "--backbones", f"{TINY}:none,resnet18:none", "--sample", "20",
+            "--folds", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "r" / "rank.json").read_text())
+    assert {"candidates", "baselines", "predicted_best"} <= set(record)
+    assert set(record["baselines"]) >= {"random_init", "raw_pixels"}
+    for c in record["candidates"]:
+        assert {"backbone", "weights", "scores", "probe_top1", "negative_transfer"} <= set(c)
+        assert {"logme", "probe_top1"} <= set(c["scores"])
+    logmes = [c["scores"]["logme"] for c in record["candidates"]]
+    assert logmes == sorted(logmes, reverse=True), "ranked by LogME, best first"
+    tiny = next(c for c in record["candidates"] if c["backbone"] == TINY)
+    assert tiny["probe_top1"] == record["baselines"]["random_init"] and tiny["negative_transfer"]
+    assert "do no better than random-init / raw pixels" in result.stderr
+    assert record["n_sampled"] == 20 and (tmp_path / "r" / "report.html").read_text().count("data:image/png") == 1
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0
+    assert all(c["reused"] for c in json.loads((tmp_path / "r" / "rank.json").read_text())["candidates"])
+
+
+def test_a_sample_is_stratified_and_keyed_apart_from_the_whole_source(image_folder, tiny_backbone):
+    from featx.data.sources import ImageFolderSource
+    from featx.extract import cache_key
+
+    source = ImageFolderSource(image_folder)
+    part = source.sampled(12, seed=0)
+    labels = part.splits()["train"].labels
+    assert list(part.splits()) == ["train"] and len(labels) == 12
+    assert sorted(np.bincount(labels).tolist()) == [4, 4, 4]
+    assert cache_key(part, tiny_backbone, "fp32") != cache_key(source, tiny_backbone, "fp32")
+    assert source.sample is None and len(source.splits()) == 3, "the source itself is untouched"

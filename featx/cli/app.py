@@ -2,7 +2,7 @@
 its options, calls the library and renders the result:
 
 - :mod:`.extract_cmds`: ``extract``, ``merge``
-- :mod:`.head_cmds`: ``fit``, ``grid``, ``report``
+- :mod:`.head_cmds`: ``fit``, ``grid``, ``report``, ``rank``
 - :mod:`.reuse_cmds`: ``predict``, ``neighbors``, ``export``, ``export-model``
 - :mod:`.info_cmds`: ``info``, ``backbones``, ``heads``
 
@@ -15,7 +15,7 @@ import click
 
 from .base import FeatxGroup, configure_output
 from .extract_cmds import extract, merge
-from .head_cmds import fit, grid, report
+from .head_cmds import fit, grid, rank, report
 from .info_cmds import backbones, heads, info
 from .reuse_cmds import export, export_model, neighbors, predict
 
@@ -38,5 +38,5 @@ def main(debug: bool, quiet: bool) -> None:
     configure_output(verbose=not quiet)
 
 
-for _command in (extract, merge, fit, grid, report, info, backbones, heads, predict, neighbors, export, export_model):
+for _command in (extract, merge, fit, grid, report, rank, info, backbones, heads, predict, neighbors, export, export_model):
     main.add_command(_command)

@@ -123,7 +123,30 @@ class Source(ABC):
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
+    #: set by :meth:`sampled`: the stratified sample this source was cut to (part of its fingerprint)
+    sample: dict | None = None
     _splits: dict[str, SplitItems] | None = None
+
+    def sampled(self, n: int, *, seed: int = 0) -> "Source":
+        """A copy holding one split, ``train``: a stratified sample of at most ``n`` labelled train items
+        (all of them when there are fewer), in canonical order. Its fingerprint names the sample."""
+        import copy
+
+        items = self.splits()["train"]
+        labelled = np.flatnonzero(items.labels >= 0)
+        idx = labelled
+        if len(labelled) > n:
+            from sklearn.model_selection import train_test_split
+
+            labels = items.labels[labelled]
+            try:
+                idx, _ = train_test_split(labelled, train_size=n, stratify=labels, random_state=seed)
+            except ValueError:  # a class with a single item cannot be stratified: a plain random sample
+                idx = np.random.default_rng(seed).choice(labelled, size=n, replace=False)
+        out = copy.copy(self)
+        out._splits = {"train": items.take(np.sort(idx))}
+        out.sample = {"n": int(n), "seed": int(seed), "of": "train"}
+        return out
 
     def splits(self) -> dict[str, SplitItems]:
         """Items per split, canonical order; computed once (sets :attr:`classes`)."""
@@ -147,6 +170,8 @@ class Source(ABC):
         """What determines the items: the description plus every split's ids and labels."""
         splits = self.splits()
         fp = {"describe": self.describe(), "classes": self.classes}
+        if self.sample:  # only when set, so that the keys of whole sources stay as they were
+            fp["sample"] = self.sample
         for split, items in splits.items():
             fp[split] = _digest([items.ids, items.labels.tolist()])
         return fp

@@ -1,0 +1,206 @@
+"""``featx rank``: which backbone, and does pretraining help here at all -- from a sample, before any full run.
+
+Protocol: a stratified sample of the labelled train items (default 2,000) is extracted with every candidate
+(cached like any extraction: a second rank reuses it); each candidate is scored on its sample features by
+LogME and by the cross-validated accuracy of the ``logreg`` head (:mod:`featx.analysis.transfer`). Two
+baselines are scored the same way on the same items: the first candidate's architecture with seeded random
+weights, and raw pixels (32x32 RGB, flattened; the head standardises them). A candidate whose probe accuracy
+is not above the best baseline's is flagged ``negative_transfer``: its pretraining does not help on this data.
+Candidates are ranked by LogME, best first.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..util import atomic_write
+from ..version import __version__
+from .transfer import logme, probe_accuracy
+
+__all__ = ["RANK_SAMPLE", "RAW_PIXELS_SIZE", "rank_backbones", "raw_pixels", "write_rank_reports"]
+
+log = logging.getLogger("featx")
+
+#: Labelled train items scored per candidate (stratified).
+RANK_SAMPLE = 2000
+#: Side of the raw-pixel baseline's images.
+RAW_PIXELS_SIZE = 32
+
+
+def raw_pixels(source, size: int = RAW_PIXELS_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """The train items of ``source`` as flattened ``size`` x ``size`` RGB pixels in [0, 1] (unreadable ones
+    dropped), and their labels."""
+    from PIL import Image
+
+    from ..data.decoding import RGBTransform
+
+    items = source.splits()["train"]
+    rgb = RGBTransform(lambda img: img)
+    rows, labels = [], []
+    for key, label in zip(items.keys, items.labels):
+        try:
+            img = rgb(source.open(key)).resize((size, size), Image.Resampling.BILINEAR)
+        except Exception:  # unreadable: the extraction records it; the baseline just leaves it out
+            continue
+        rows.append(np.asarray(img, dtype=np.float32).reshape(-1) / 255.0)
+        labels.append(int(label))
+    return np.stack(rows), np.asarray(labels)
+
+
+def _scores(X: np.ndarray, y: np.ndarray, folds: int) -> dict:
+    t0 = time.perf_counter()
+    out = {"logme": logme(X, y), "probe_top1": probe_accuracy(X, y, folds=folds)}
+    out["score_seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def rank_backbones(source, candidates: list[tuple[str, str | None]], *, sample: int = RANK_SAMPLE, seed: int = 0,
+                   folds: int = 5, cache_dir="cache", device: str = "cpu", progress=None) -> dict:
+    """Score every ``(backbone, weights)`` candidate and the two baselines on one sample of ``source``.
+
+    Returns the ``rank.json`` record: ``candidates`` (ranked by LogME, best first; each with ``backbone``,
+    ``weights``, ``scores``, ``probe_top1``, ``negative_transfer``, ``transfer_gain`` and its standard error,
+    ``cache``), ``baselines`` (``random_init``, ``raw_pixels`` probe accuracies), ``predicted_best``, sizes, times.
+    """
+    from ..backbones.registry import load_backbone
+    from ..cache.store import open_features
+    from ..extract import extract
+
+    t_all = time.perf_counter()
+    part = source.sampled(sample, seed=seed)
+    n = len(part.splits()["train"])
+
+    def features(spec: str, weights: str | None):
+        bb = load_backbone(spec, weights, device=device)
+        result = extract(part, bb, cache_dir=cache_dir, device=device, progress=progress)
+        log.info(f"{'reused' if result.reused else 'extracted'} {bb.name} {bb.weights} on {n} sampled items: "
+                 f"{result.path}")
+        X, y = open_features(result.path)["train"].labelled()
+        return bb, result, X, y
+
+    rows = []
+    for spec, weights in candidates:
+        t0 = time.perf_counter()
+        bb, result, X, y = features(spec, weights)
+        scores = _scores(X, y, folds)
+        rows.append({"backbone": bb.name, "weights": bb.weights, "scores": scores, "probe_top1": scores["probe_top1"],
+                     "feature_dim": bb.feature_dim, "cache": str(result.path), "reused": result.reused,
+                     "seconds": round(time.perf_counter() - t0, 2)})
+    arch = candidates[0][0]
+    _, _, Xr, yr = features(arch, "none")
+    random_init = _scores(Xr, yr, folds)
+    Xp, yp = raw_pixels(part)
+    pixels = _scores(Xp, yp, folds)
+    best_baseline = max(random_init["probe_top1"], pixels["probe_top1"])
+    for r in rows:
+        gain = r["probe_top1"] - best_baseline
+        se = math.sqrt(sum(p * (1 - p) / max(n, 1) for p in (r["probe_top1"], best_baseline)))
+        r.update(transfer_gain=round(gain, 4), transfer_gain_se=round(se, 4), negative_transfer=bool(gain <= 0))
+    rows.sort(key=lambda r: r["scores"]["logme"], reverse=True)
+    return {
+        "source": part.describe(), "sample": part.sample, "n_sampled": n, "classes": list(part.classes),
+        "folds": folds, "candidates": rows, "predicted_best": {"backbone": rows[0]["backbone"],
+                                                               "weights": rows[0]["weights"]},
+        "baselines": {"random_init": random_init["probe_top1"], "raw_pixels": pixels["probe_top1"],
+                      "random_init_backbone": arch.partition(":")[0], "random_init_scores": random_init,
+                      "raw_pixels_scores": pixels, "raw_pixels_size": RAW_PIXELS_SIZE},
+        "featx_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "total_seconds": round(time.perf_counter() - t_all, 2),
+    }
+
+
+def _table(record: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["rank", "backbone", "weights", "LogME", "probe top-1 (CV)", "transfer gain", "negative transfer"]
+    rows = [[str(i), r["backbone"], r["weights"], f"{r['scores']['logme']:.4f}", f"{r['probe_top1']:.4f}",
+             f"{r['transfer_gain']:+.4f} ± {r['transfer_gain_se']:.4f}", "yes" if r["negative_transfer"] else "no"]
+            for i, r in enumerate(record["candidates"], 1)]
+    return header, rows
+
+
+def _warnings(record: dict) -> list[str]:
+    b = record["baselines"]
+    return [f"{r['backbone']} {r['weights']}: these pretrained features do no better than random-init / raw pixels "
+            f"on this data (probe {r['probe_top1']:.4f} vs random-init {b['random_init']:.4f}, raw pixels "
+            f"{b['raw_pixels']:.4f})" for r in record["candidates"] if r["negative_transfer"]]
+
+
+def _markdown(record: dict) -> str:
+    header, rows = _table(record)
+    b = record["baselines"]
+    lines = ["# featx rank", "",
+             f"{record['n_sampled']} labelled train items sampled (stratified, seed {record['sample']['seed']}); "
+             f"{record['folds']}-fold CV of the logreg head; candidates ranked by LogME (higher is better).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+             *("| " + " | ".join(r) + " |" for r in rows), "",
+             f"Baselines on the same items: random-init {b['random_init_backbone']} {b['random_init']:.4f}, "
+             f"raw pixels ({b['raw_pixels_size']}x{b['raw_pixels_size']}) {b['raw_pixels']:.4f}.", "",
+             f"Predicted best: **{record['predicted_best']['backbone']} {record['predicted_best']['weights']}**.",
+             "", "Transfer gain = probe top-1 minus the best baseline, ± its standard error from the sample size."]
+    warnings = _warnings(record)
+    if warnings:
+        lines += ["", "## Warnings", "", *(f"- {w}" for w in warnings)]
+    return "\n".join(lines) + "\n"
+
+
+def _html(record: dict, figure: str) -> str:
+    esc = html.escape
+    header, rows = _table(record)
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    warnings = "".join(f"<li>{esc(w)}</li>" for w in _warnings(record))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>featx rank</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}.warn{{color:#a40}}</style></head><body>
+<h1>featx rank</h1>
+<p>{record['n_sampled']} labelled train items, stratified sample; {record['folds']}-fold CV of the logreg head;
+ranked by LogME. Predicted best: <b>{esc(record['predicted_best']['backbone'])} {esc(record['predicted_best']['weights'])}</b>.</p>
+<table><tr>{head}</tr>{body}</table>
+{f'<h2>Warnings</h2><ul class="warn">{warnings}</ul>' if warnings else ''}
+<figure><img alt="probe accuracy and LogME per candidate" src="data:image/png;base64,{figure}">
+<figcaption>Probe top-1 per candidate (bars) against the baselines (lines); LogME in the labels.</figcaption></figure>
+</body></html>
+"""
+
+
+def _figure(record: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import _png
+
+    c = record["candidates"]
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(c) + 2), 3.2))
+    names = [f"{r['backbone']}\n{r['weights']}\nLogME {r['scores']['logme']:.3f}" for r in c]
+    ax.bar(names, [r["probe_top1"] for r in c], color=["#c44" if r["negative_transfer"] else "#48a" for r in c])
+    b = record["baselines"]
+    ax.axhline(b["random_init"], color="k", ls="--", label=f"random-init {b['random_init']:.3f}")
+    ax.axhline(b["raw_pixels"], color="gray", ls=":", label=f"raw pixels {b['raw_pixels']:.3f}")
+    ax.set_ylabel("probe top-1 (CV on the sample)")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def write_rank_reports(out_dir, record: dict) -> list[Path]:
+    """``rank.json``, ``report.md`` and a self-contained ``report.html`` in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "rank.json", out / "report.md", out / "report.html"]
+    for path, text in zip(paths, (json.dumps(record, indent=2, default=str) + "\n", _markdown(record),
+                                  _html(record, _figure(record)))):
+        with atomic_write(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    for w in _warnings(record):
+        log.warning(f"warning: {w}")
+    return paths
