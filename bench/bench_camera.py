@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from bench_extract import bare_forward  # noqa: E402
 from photos import make_photos  # noqa: E402
 
 from featx.backbones import load_backbone  # noqa: E402
+from featx.data.balance import usable_cores  # noqa: E402
 from featx.data.decoding import image_input  # noqa: E402
 from featx.data.sources import ImageFolderSource, make_source  # noqa: E402
 from featx.extract import extract  # noqa: E402
@@ -56,7 +56,7 @@ def decode_cost(files, bb, decoder: str, n: int = 12, open_pil=None) -> float:
 
 def run(backbones, decoders, sets, n_camera: int, n_small: int, batch: int, workers: int | None,
         device: str = "cpu", precisions=("fp32",)) -> list[dict]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label in sets:

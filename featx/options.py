@@ -28,7 +28,6 @@ from .errors import FeatxUsageError
 __all__ = [
     "Precision", "Decoder", "PRECISIONS", "DECODERS", "METRICS", "DEVICE_HELP",
     "SourceOptions", "BackboneOptions", "ExtractOptions", "setting", "settings_of", "check_device_name",
-    "check_choice",
 ]
 
 
@@ -115,14 +114,6 @@ def _device_verdict(value: str) -> bool | str:
     if value in ("meta", "mps", "xpu", "xla", "hpu", "mtia") or value.split(":")[0] in ("meta", "mps", "xpu"):
         return f"device {value!r} is not supported (use {DEVICE_HELP})"
     return f"unknown device {value!r} (use {DEVICE_HELP})"
-
-
-def check_choice(what: str, value: str, registry, where: str | None = None) -> str:
-    """``value`` if it is a key of ``registry``, else a usage error naming the choices."""
-    if value not in registry:
-        prefix = f"{where}: " if where else ""
-        raise FeatxUsageError(f"{prefix}unknown {what} {value!r} (choose from {', '.join(registry)})")
-    return value
 
 
 def setting(default: Any, help: str, *, table: str, key: str | None = None,
