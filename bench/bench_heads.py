@@ -175,11 +175,11 @@ def main(argv=None):
         elif name == "default":
             path = args.default_cache
             if path == "auto":
-                from featx.cli import _experiment, _resolve_cache
+                from featx.cli.extract_cmds import experiment, resolve_cache
                 from featx.errors import FeatxError
 
                 try:
-                    path = str(_resolve_cache(None, _experiment("pipelines/default.toml")))
+                    path = str(resolve_cache(None, experiment("pipelines/default.toml")))
                 except FeatxError as exc:
                     print(f"skipping the default cache: {exc}", file=sys.stderr)
                     continue
