@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize
@@ -108,3 +110,66 @@ def test_a_sample_is_stratified_and_keyed_apart_from_the_whole_source(image_fold
     assert sorted(np.bincount(labels).tolist()) == [4, 4, 4]
     assert cache_key(part, tiny_backbone, "fp32") != cache_key(source, tiny_backbone, "fp32")
     assert source.sample is None and len(source.splits()) == 3, "the source itself is untouched"
+
+
+def test_fit_reports_baselines_and_warns_when_pretraining_does_not_help(image_folder, tiny_backbone, tmp_path):
+    """A cache of random-init features cannot beat its own random-init baseline: the warning fires and the card
+    records it; the baseline features are cached beside the cache and reused by the next fit."""
+    import json
+
+    from click.testing import CliRunner
+
+    from featx.cli import main
+    from featx.data.sources import ImageFolderSource
+    from featx.extract import extract
+
+    cache = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "c.h5", progress=False).path
+    result = CliRunner().invoke(main, ["fit", str(cache), "--head", "logreg", "--out", str(tmp_path / "h.joblib")])
+    assert result.exit_code == 0, result.output
+    assert "baselines (28 train / 4 test items)" in result.stdout and "transfer gain +0.0000" in result.stdout
+    assert "do no better than random-init / raw pixels" in result.stderr
+    card = json.loads((tmp_path / "h.json").read_text())
+    b = card["baselines"]
+    assert b["negative_transfer"] and b["pretrained"] == b["random_init"]
+    assert {"raw_pixels", "transfer_gain", "transfer_gain_se", "n_train", "n_test"} <= set(b)
+    first = Path(b["random_init_cache"])
+    assert first.parent.parent == tmp_path and first.exists(), "cached beside the cache named on the command line"
+    mtime = first.stat().st_mtime_ns
+    again = CliRunner().invoke(main, ["fit", str(cache), "--head", "logreg", "--out", str(tmp_path / "h2.joblib")])
+    assert again.exit_code == 0 and first.stat().st_mtime_ns == mtime, "reused, not extracted again"
+    quiet = CliRunner().invoke(main, ["fit", str(cache), "--head", "logreg", "--no-baselines",
+                                      "--out", str(tmp_path / "h3.joblib")])
+    assert quiet.exit_code == 0 and "baselines (" not in quiet.stdout
+    assert "baselines" not in json.loads((tmp_path / "h3.json").read_text())
+
+
+def test_baselines_on_real_pretrained_features(fashion_cache, tmp_path):
+    """The embedded MobileNetV2 on 100 real Fashion-MNIST items per split: three accuracies on the same rows."""
+    from featx import open_features
+    from featx.analysis.baselines import run_baselines
+
+    b = run_baselines(open_features(fashion_cache), "logreg", {}, cache_dir=tmp_path)
+    assert (b["n_train"], b["n_test"]) == (100, 100)
+    assert all(0.3 < b[k] <= 1.0 for k in ("pretrained", "random_init", "raw_pixels"))  # 10 classes: chance 0.1
+    assert b["transfer_gain"] == pytest.approx(b["pretrained"] - max(b["random_init"], b["raw_pixels"]), abs=1e-4)
+
+
+def test_grid_reports_the_best_heads_baselines(image_folder, tiny_backbone, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from featx.cli import main
+    from featx.data.sources import ImageFolderSource
+    from featx.extract import extract
+
+    cache = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "c.h5", progress=False).path
+    base = ["grid", str(cache), "--heads", "logreg", "--grid", "C=0.1", "--jobs", "1"]
+    result = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    b = json.loads((tmp_path / "r" / "results.json").read_text())["baselines"]
+    assert b["head"] == "logreg" and b["negative_transfer"] and b["pretrained"] == b["random_init"]
+    assert "Does pretraining help?" in (tmp_path / "r" / "report.md").read_text()
+    assert "do no better than random-init / raw pixels" in (tmp_path / "r" / "report.html").read_text()
+    off = CliRunner().invoke(main, [*base, "--no-baselines", "--out", str(tmp_path / "r2")])
+    assert off.exit_code == 0 and "baselines" not in json.loads((tmp_path / "r2" / "results.json").read_text())

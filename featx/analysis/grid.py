@@ -22,9 +22,13 @@ log = logging.getLogger("featx")
 
 
 def run_grid(cache, grids: dict, *, name: str, out_dir, metric: str = "top1", jobs: int = -1, folds: int = 5,
-             class_weight: str | None = None, shots=(), tries: int = 5) -> tuple[dict, list[Path]]:
+             class_weight: str | None = None, shots=(), tries: int = 5,
+             baselines: dict | None = None) -> tuple[dict, list[Path]]:
     """Search ``grids`` (head -> checked grid, :func:`featx.analysis.search.parse_grid`) on ``cache``; write
-    ``report.md``, ``report.html`` and ``results.json`` into ``out_dir``. Returns (results, written paths)."""
+    ``report.md``, ``report.html`` and ``results.json`` into ``out_dir``. Returns (results, written paths).
+
+    ``baselines``: keyword arguments of :func:`featx.analysis.baselines.run_baselines` (``cache_dir``, ``root``)
+    to fit the best head on random-init features and raw pixels too; ``None`` skips them."""
     path = Path(cache)
     fs = open_features(path)
     for split in ("train", "test"):
@@ -52,6 +56,7 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, metric: str = "top1", jo
         if shots:
             curves[best_result.head] = few_shot(best_result.head, best_result.best_params, fs, shots=list(shots),
                                                 tries=tries)
+    baseline = _baselines(fs, best_result, baselines) if baselines is not None else None
     total = time.perf_counter() - t_all
     results = {
         "pipeline": name, "cache": str(path), "cache_key": fs.cache_key, "backbone": fs.meta.get("backbone"),
@@ -63,9 +68,26 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, metric: str = "top1", jo
         "total_seconds": round(total, 2), "class_weight": class_weight,
         "heads": [dict(r.as_dict(), search_seconds=round(sec, 2)) for r, sec in searched],
         "few_shot": curves,
+        **({"baselines": baseline} if baseline is not None else {}),
     }
     paths = write_reports(out_dir, results, _best_arrays(best_result, fs))
     return results, paths
+
+
+def _baselines(fs, best, kwargs: dict) -> dict:
+    from .baselines import baseline_warning, run_baselines
+
+    try:
+        b = run_baselines(fs, best.head, best.best_params, **kwargs)
+    except FeatxError as exc:
+        log.info(f"note: baselines skipped: {exc}")
+        return {"skipped": str(exc)}
+    log.info(f"baselines of {best.head}: pretrained {b['pretrained']:.4f}, random-init {b['random_init']:.4f}, "
+             f"raw pixels {b['raw_pixels']:.4f}; transfer gain {b['transfer_gain']:+.4f} ± {b['transfer_gain_se']:.4f}")
+    warning = baseline_warning(b)
+    if warning:
+        log.warning(warning)
+    return b
 
 
 def _best_arrays(result, fs) -> dict:

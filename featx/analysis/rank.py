@@ -35,14 +35,14 @@ RANK_SAMPLE = 2000
 RAW_PIXELS_SIZE = 32
 
 
-def raw_pixels(source, size: int = RAW_PIXELS_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """The train items of ``source`` as flattened ``size`` x ``size`` RGB pixels in [0, 1] (unreadable ones
-    dropped), and their labels."""
+def raw_pixels(source, size: int = RAW_PIXELS_SIZE, *, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """The items of one split of ``source`` as flattened ``size`` x ``size`` RGB pixels in [0, 1] (unreadable
+    ones dropped), and their labels."""
     from PIL import Image
 
     from ..data.decoding import RGBTransform
 
-    items = source.splits()["train"]
+    items = source.splits()[split]
     rgb = RGBTransform(lambda img: img)
     rows, labels = [], []
     for key, label in zip(items.keys, items.labels):

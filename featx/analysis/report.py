@@ -83,6 +83,8 @@ def _setup_lines(results: dict) -> list[str]:
 def _markdown(results: dict) -> str:
     parts = [f"# featx grid report: {results['pipeline']}", "", *_setup_lines(results), "",
              "## Summary", "", _md_table(SUMMARY_HEADER, _summary_rows(results)), ""]
+    if _transfer_line(results):
+        parts += ["## Does pretraining help?", "", _transfer_line(results), ""]
     for h in results["heads"]:
         keys = list(h["grid"])
         parts += [f"## {h['head']}: sweep ({len(h['sweep'])} points, {h['selection']})", ""]
@@ -95,6 +97,20 @@ def _markdown(results: dict) -> str:
                             [[str(c["shots"]), f"{c['mean']:.4f}", f"{c['std']:.4f}", str(c["tries"])] for c in curve]),
                   ""]
     return "\n".join(parts)
+
+
+def _transfer_line(results: dict) -> str:
+    """The baselines of the best head in one sentence ("" when they were not run)."""
+    b = results.get("baselines")
+    if not b:
+        return ""
+    if "skipped" in b:
+        return f"Baselines skipped: {b['skipped']}."
+    verdict = ("**these pretrained features do no better than random-init / raw pixels on this data**"
+               if b["negative_transfer"] else "pretraining helps")
+    return (f"{b['head']} with the best parameters, on the same {b['n_train']} train / {b['n_test']} test items: "
+            f"pretrained {b['pretrained']:.4f}, random-init {b['random_init']:.4f}, raw pixels {b['raw_pixels']:.4f}; "
+            f"transfer gain {b['transfer_gain']:+.4f} ± {b['transfer_gain_se']:.4f}: {verdict}.")
 
 
 def _png(fig) -> str:
@@ -192,6 +208,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:i
 <h1>featx grid report: {esc(results['pipeline'])}</h1>
 <ul>{setup}</ul>
 <h2>Summary</h2><table><tr>{head}</tr>{rows}</table>
+{f"<h2>Does pretraining help?</h2><p>{esc(_transfer_line(results)).replace('**', '')}</p>" if _transfer_line(results) else ""}
 <h2>Plots</h2>{figs}
 <p>Full sweeps: see report.md and results.json next to this file.</p>
 </body></html>

@@ -40,7 +40,10 @@ def _head_names(values) -> list[str]:
 @click.option("--param", "-P", "params", multiple=True, metavar="NAME=VALUE",
               help="Override a head parameter, e.g. C=0.1 or kmap__gamma=1e-3 (repeatable; wins over the pipeline).")
 @out_option("Where to save the fitted head (default next to the cache: <cache>.<head>.joblib, plus .json card).")
-def fit(cache, pipeline, head_name, params, out):
+@click.option("--baselines/--no-baselines", default=True, show_default=True,
+              help="Also fit the head on random-init features of the same architecture and on raw pixels (same "
+                   "items, a sample of at most 2,000 train / 2,000 test rows; cached) and report the transfer gain.")
+def fit(cache, pipeline, head_name, params, out, baselines):
     """Train a head on the cached train split; report val and test metrics; save it.
 
     CACHE is a cache file; without it, the cache of --pipeline (default settings if none) is used.
@@ -67,6 +70,42 @@ def fit(cache, pipeline, head_name, params, out):
         if m:
             click.echo(f"{split:<6} {m['n']:>6} " + " ".join(f"{m[k]:>14.4f}" for k in METRICS))
     click.echo(f"saved {result.head_path} and {result.card_path}")
+    if baselines:
+        _fit_baselines(head_name, overrides, path, exp if pipeline else None, result.card_path)
+
+
+def _baseline_places(path: Path, exp) -> dict:
+    """Where baseline features are cached and torchvision datasets found: the pipeline's folders, or beside a
+    cache named on the command line (its cache folder when it has featx's default name,
+    ``<cache-dir>/<dataset>/<backbone>-<key>.h5``)."""
+    from ..cache.store import open_features
+
+    if exp is not None:
+        return {"cache_dir": exp.extract.cache_dir, "root": exp.source.root}
+    fs = open_features(path)
+    default_name = path.name == f"{fs.meta.get('backbone')}-{fs.cache_key}.h5"
+    return {"cache_dir": path.parent.parent if default_name else path.parent, "root": "cache/datasets"}
+
+
+def _fit_baselines(head_name: str, params: dict, path: Path, exp, card_file) -> None:
+    """Random-init and raw-pixel baselines of a fitted head, printed and added to its card."""
+    from ..analysis.baselines import baseline_warning, run_baselines
+    from ..cache.store import open_features
+    from ..heads.persist import update_card
+
+    try:
+        b = run_baselines(open_features(path), head_name, params, **_baseline_places(path, exp))
+    except FeatxError as exc:
+        click.echo(f"featx: note: baselines skipped: {exc}", err=True)
+        update_card(card_file, baselines={"skipped": str(exc)})
+        return
+    click.echo(f"baselines ({b['n_train']} train / {b['n_test']} test items): pretrained {b['pretrained']:.4f}, "
+               f"random-init {b['random_init']:.4f}, raw pixels {b['raw_pixels']:.4f}; transfer gain "
+               f"{b['transfer_gain']:+.4f} ± {b['transfer_gain_se']:.4f}")
+    warning = baseline_warning(b)
+    if warning:
+        click.echo(f"featx: {warning}", err=True)
+    update_card(card_file, baselines=b)
 
 
 def _grid_overrides(specs, heads) -> dict:
@@ -124,8 +163,11 @@ def _shots(shots: str | None) -> list[int]:
               help="joblib backend: local processes, or Dask (dask.distributed) for a cluster.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Dask scheduler address (tcp://HOST:PORT); without it --backend dask starts a LocalCluster.")
+@click.option("--baselines/--no-baselines", default=True, show_default=True,
+              help="Also fit the best head on random-init features and raw pixels (same items; a sample of at most "
+                   "2,000 train / 2,000 test rows; cached) and report the transfer gain.")
 def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_weight, shots, tries, out, backend,
-         scheduler):
+         scheduler, baselines):
     """Search each head's hyper-parameters on a cache and write report.md, report.html and results.json.
 
     Protocol: fit on train, select on val (k-fold CV if there is none), refit the best point on
@@ -154,7 +196,8 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
             stack.enter_context(_dask(scheduler))
         t0 = time.perf_counter()
         results, paths = run_grid(path, grids, name=name, out_dir=out_dir, metric=metric, jobs=jobs, folds=folds,
-                                  class_weight=class_weight, shots=shot_list, tries=tries)
+                                  class_weight=class_weight, shots=shot_list, tries=tries,
+                                  baselines=_baseline_places(path, exp if pipeline else None) if baselines else None)
     best = max(results["heads"], key=lambda r: r["val_score"])
     click.echo(f"best head {best['head']}: test top1 {best['test'].get('top1', float('nan')):.4f}; "
                f"{time.perf_counter() - t0:.1f} s in all")

@@ -23,6 +23,7 @@ On the command line and in pipeline files a source is one string (see :func:`mak
 
 from __future__ import annotations
 
+import copy
 import csv
 import gzip
 import hashlib
@@ -130,8 +131,6 @@ class Source(ABC):
     def sampled(self, n: int, *, seed: int = 0) -> "Source":
         """A copy holding one split, ``train``: a stratified sample of at most ``n`` labelled train items
         (all of them when there are fewer), in canonical order. Its fingerprint names the sample."""
-        import copy
-
         items = self.splits()["train"]
         labelled = np.flatnonzero(items.labels >= 0)
         idx = labelled
@@ -143,9 +142,22 @@ class Source(ABC):
                 idx, _ = train_test_split(labelled, train_size=n, stratify=labels, random_state=seed)
             except ValueError:  # a class with a single item cannot be stratified: a plain random sample
                 idx = np.random.default_rng(seed).choice(labelled, size=n, replace=False)
+        return self._with_splits({"train": items.take(np.sort(idx))}, {"n": int(n), "seed": int(seed), "of": "train"})
+
+    def restricted(self, ids: dict[str, list[str]], *, record: dict) -> "Source":
+        """A copy holding, per split, only the items with these ids (in the order given); ``record`` names the
+        subset in its fingerprint. Raises ``KeyError`` with an id the source does not have."""
+        splits = self.splits()
+        out = {}
+        for split, wanted in ids.items():
+            index = {item_id: k for k, item_id in enumerate(splits[split].ids)}
+            out[split] = splits[split].take(np.asarray([index[i] for i in wanted], dtype=np.int64))
+        return self._with_splits(out, record)
+
+    def _with_splits(self, splits: dict[str, SplitItems], record: dict) -> "Source":
         out = copy.copy(self)
-        out._splits = {"train": items.take(np.sort(idx))}
-        out.sample = {"n": int(n), "seed": int(seed), "of": "train"}
+        out._splits = splits
+        out.sample = record
         return out
 
     def splits(self) -> dict[str, SplitItems]:

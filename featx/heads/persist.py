@@ -15,7 +15,7 @@ from ..errors import FeatxError, FeatxUsageError
 from ..util import atomic_write, file_sha256
 from ..version import __version__
 
-__all__ = ["EMBEDDING_META", "card_path", "save_head", "load_head"]
+__all__ = ["EMBEDDING_META", "card_path", "save_head", "update_card", "load_head"]
 
 #: Cache attributes that determine the embedding (copied into a head's card by ``featx fit``).
 EMBEDDING_META = ("backbone", "weights", "weights_sha256", "transform", "layer", "precision", "feature_dim",
@@ -58,6 +58,15 @@ def save_head(head, target, *, head_name: str, params: dict, metrics: dict, fit_
     with atomic_write(card_file) as tmp:
         tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return target, card_file
+
+
+def update_card(card_file, **fields) -> None:
+    """Add fields to a saved card (the head's sha256 covers the head file, not the card)."""
+    card_file = Path(card_file)
+    card = json.loads(card_file.read_text(encoding="utf-8"))
+    card.update(fields)
+    with atomic_write(card_file) as tmp:
+        tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 
 
 def load_head(path, *, trust: bool = False):
