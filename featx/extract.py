@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from .backbones.registry import Backbone
 from .cache.store import SCHEMA_VERSION, FeatureWriter, open_features, partial_path
 from .data.balance import Balance, measure_balance, threaded_batches
-from .data.decoding import RGBTransform, image_input, scaled_decoding_hint
+from .data.decoding import image_input, scaled_decoding_hint, to_rgb
 from .data.device import RawImage, preprocess_batch, raw_from_pil, read_raw
 from .data.sources import FileSource, Source, SplitItems
 from .errors import FeatxError, FeatxUsageError
@@ -96,7 +96,6 @@ class _Items(Dataset):
     def __init__(self, source: Source, items: SplitItems, start: int, transform: Callable, decoder: str = "pil"):
         self.source, self.items, self.start, self.transform, self.decoder = source, items, start, transform, decoder
         self.on_device = DECODERS[decoder].on_device
-        self.rgb = RGBTransform(_identity)  # the exact path's RGB conversion, without the preset
 
     def __len__(self) -> int:
         return len(self.items) - self.start
@@ -107,16 +106,12 @@ class _Items(Dataset):
         try:
             if self.on_device:  # raw bytes / uint8 pixels; decoded and preprocessed a batch at a time on the device
                 if isinstance(self.source, FileSource):
-                    return read_raw(key, self.rgb, self.source.open), j, ""
-                return raw_from_pil(self.source.open(key), self.rgb), j, ""
+                    return read_raw(key, to_rgb, self.source.open), j, ""
+                return raw_from_pil(self.source.open(key), to_rgb), j, ""
             decoder = self.decoder if isinstance(self.source, FileSource) else "pil"  # in-memory: nothing to decode
             return image_input(key, self.transform, decoder, self.source.open), j, ""
         except Exception as exc:  # any decode/transform failure of this one item
             return None, j, f"{type(exc).__name__}: {exc}"
-
-
-def _identity(img):
-    return img
 
 
 def _collate(batch):

@@ -12,12 +12,12 @@ at or below zero the pretrained features do no better than no pretraining.
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 
 from ..errors import FeatxError
 from ..util import first_line
+from .transfer import gain_se
 
 __all__ = ["BASELINE_TRAIN_MAX", "BASELINE_TEST_MAX", "run_baselines", "source_from_record", "baseline_warning"]
 
@@ -43,19 +43,6 @@ def source_from_record(record: dict, *, root: str = "cache/datasets"):
                        limit=record.get("limit", 0))
 
 
-def _sample_rows(y: np.ndarray, n: int, seed: int) -> np.ndarray:
-    rows = np.flatnonzero(y >= 0)
-    if len(rows) <= n:
-        return rows
-    from sklearn.model_selection import train_test_split
-
-    try:
-        keep, _ = train_test_split(rows, train_size=n, stratify=y[rows], random_state=seed)
-    except ValueError:  # a class with one row cannot be stratified
-        keep = np.random.default_rng(seed).choice(rows, size=n, replace=False)
-    return np.sort(keep)
-
-
 def _top1(head_name: str, params: dict, Xtr, ytr, Xte, yte) -> float:
     from ..heads.registry import make_head
     from .fitting import fit_quietly
@@ -71,13 +58,14 @@ def run_baselines(fs, head_name: str, params: dict, *, cache_dir="cache", root: 
     ``fs``; see the module docstring. Raises :class:`FeatxError` when the source cannot be read here."""
     from ..backbones.registry import load_backbone
     from ..cache.store import open_features
+    from ..data.sources import stratified_sample
     from ..extract import extract
     from .rank import raw_pixels
 
     if "train" not in fs or "test" not in fs:
         raise FeatxError("baselines need a train and a test split")
     train, test = fs["train"], fs["test"]
-    rows = {"train": _sample_rows(train.y, max_train, seed), "test": _sample_rows(test.y, max_test, seed)}
+    rows = {"train": stratified_sample(train.y, max_train, seed), "test": stratified_sample(test.y, max_test, seed)}
     source = source_from_record(fs.meta.get("source") or {}, root=root)
     try:
         part = source.restricted({s: [str(i) for i in fs[s].ids[r]] for s, r in rows.items()},
@@ -101,7 +89,7 @@ def run_baselines(fs, head_name: str, params: dict, *, cache_dir="cache", root: 
     pixels = _top1(head_name, params, Xp, yp, Xpt, ypt)
     best = max(random_init, pixels)
     n_test = len(y["test"])
-    se = math.sqrt(sum(p * (1 - p) / max(n_test, 1) for p in (pretrained, best)))
+    se = gain_se(pretrained, best, n_test)
     return {"head": head_name, "n_train": int(len(y["train"])), "n_test": int(n_test), "pretrained": pretrained,
             "random_init": random_init, "raw_pixels": pixels, "transfer_gain": round(pretrained - best, 4),
             "transfer_gain_se": round(se, 4), "negative_transfer": bool(pretrained - best <= 0),

@@ -15,7 +15,6 @@ import datetime as _dt
 import html
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 
 from ..util import atomic_write
 from ..version import __version__
-from .transfer import logme, probe_accuracy
+from .transfer import gain_se, logme, probe_accuracy
 
 __all__ = ["RANK_SAMPLE", "RAW_PIXELS_SIZE", "rank_backbones", "raw_pixels", "write_rank_reports"]
 
@@ -40,14 +39,13 @@ def raw_pixels(source, size: int = RAW_PIXELS_SIZE, *, split: str = "train") -> 
     ones dropped), and their labels."""
     from PIL import Image
 
-    from ..data.decoding import RGBTransform
+    from ..data.decoding import to_rgb
 
     items = source.splits()[split]
-    rgb = RGBTransform(lambda img: img)
     rows, labels = [], []
     for key, label in zip(items.keys, items.labels):
         try:
-            img = rgb(source.open(key)).resize((size, size), Image.Resampling.BILINEAR)
+            img = to_rgb(source.open(key)).resize((size, size), Image.Resampling.BILINEAR)
         except Exception:  # unreadable: the extraction records it; the baseline just leaves it out
             continue
         rows.append(np.asarray(img, dtype=np.float32).reshape(-1) / 255.0)
@@ -102,7 +100,7 @@ def rank_backbones(source, candidates: list[tuple[str, str | None]], *, sample: 
     best_baseline = max(random_init["probe_top1"], pixels["probe_top1"])
     for r in rows:
         gain = r["probe_top1"] - best_baseline
-        se = math.sqrt(sum(p * (1 - p) / max(n, 1) for p in (r["probe_top1"], best_baseline)))
+        se = gain_se(r["probe_top1"], best_baseline, n)
         r.update(transfer_gain=round(gain, 4), transfer_gain_se=round(se, 4), negative_transfer=bool(gain <= 0))
     rows.sort(key=lambda r: r["scores"]["logme"], reverse=True)
     return {

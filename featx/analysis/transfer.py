@@ -14,9 +14,11 @@ Both are computed on a sample; ``featx rank`` (issue 14) will run them for every
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["LOGME_MAX_ITER", "logme", "probe_accuracy"]
+__all__ = ["LOGME_MAX_ITER", "logme", "probe_accuracy", "gain_se"]
 
 #: Fixed-point iterations of the (alpha, beta) update; the papers observe convergence in a few.
 LOGME_MAX_ITER = 50
@@ -68,6 +70,11 @@ def logme(X: np.ndarray, y: np.ndarray) -> float:
         x2 = (u.T @ target) ** 2
         scores.append(_class_evidence(x2, sigma, float(target @ target), n, d))
     return float(np.mean(scores))
+
+
+def gain_se(p1: float, p2: float, n: int) -> float:
+    """Standard error of the difference of two accuracies, each measured on ``n`` items."""
+    return math.sqrt(sum(p * (1 - p) / max(n, 1) for p in (p1, p2)))
 
 
 def probe_accuracy(X: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0) -> float:

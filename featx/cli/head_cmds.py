@@ -74,7 +74,7 @@ def fit(cache, pipeline, head_name, params, out, baselines):
         _fit_baselines(head_name, overrides, path, exp if pipeline else None, result.card_path)
 
 
-def _baseline_places(path: Path, exp) -> dict:
+def _baseline_places(path: Path, exp, fs=None) -> dict:
     """Where baseline features are cached and torchvision datasets found: the pipeline's folders, or beside a
     cache named on the command line (its cache folder when it has featx's default name,
     ``<cache-dir>/<dataset>/<backbone>-<key>.h5``)."""
@@ -82,7 +82,7 @@ def _baseline_places(path: Path, exp) -> dict:
 
     if exp is not None:
         return {"cache_dir": exp.extract.cache_dir, "root": exp.source.root}
-    fs = open_features(path)
+    fs = fs or open_features(path)
     default_name = path.name == f"{fs.meta.get('backbone')}-{fs.cache_key}.h5"
     return {"cache_dir": path.parent.parent if default_name else path.parent, "root": "cache/datasets"}
 
@@ -94,7 +94,8 @@ def _fit_baselines(head_name: str, params: dict, path: Path, exp, card_file) -> 
     from ..heads.persist import update_card
 
     try:
-        b = run_baselines(open_features(path), head_name, params, **_baseline_places(path, exp))
+        fs = open_features(path)
+        b = run_baselines(fs, head_name, params, **_baseline_places(path, exp, fs))
     except FeatxError as exc:
         click.echo(f"featx: note: baselines skipped: {exc}", err=True)
         update_card(card_file, baselines={"skipped": str(exc)})

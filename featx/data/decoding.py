@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 from ..options import DECODERS
 
-__all__ = ["open_image", "decode_tensor", "decode_scaled", "scaled_size", "scaled_decoding_hint", "resize_target", "RGBTransform", "Preset", "preprocess_record", "image_input"]
+__all__ = ["open_image", "decode_tensor", "decode_scaled", "scaled_size", "scaled_decoding_hint", "resize_target", "RGBTransform", "to_rgb", "Preset", "preprocess_record", "image_input"]
 
 
 def open_image(path) -> Image.Image:
@@ -138,15 +138,20 @@ class RGBTransform:
         self.inner = inner
 
     def __call__(self, img):
-        if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-            import numpy as np
+        return self.inner(to_rgb(img))
 
-            arr = np.asarray(img)
-            top = 65535 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255
-            img = Image.fromarray((np.clip(arr, 0, top).astype(np.float64) * (255 / top)).round().astype(np.uint8))
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        return self.inner(img)
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The exact path's conversion of any PIL image to 8-bit RGB (see :class:`RGBTransform`), without a preset."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        import numpy as np
+
+        arr = np.asarray(img)
+        top = 65535 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255
+        img = Image.fromarray((np.clip(arr, 0, top).astype(np.float64) * (255 / top)).round().astype(np.uint8))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
 
 
 class Preset:
@@ -230,7 +235,7 @@ def image_input(key, transform: Callable, decoder: str = "pil", open_pil: Callab
 
         from .device import preprocess_batch, read_raw
 
-        raw = read_raw(key, RGBTransform(lambda img: img), open_pil)
+        raw = read_raw(key, to_rgb, open_pil)
         return preprocess_batch([raw], transform.inner, torch.device("cpu"))[0]
     decode = decoder_function(decoder) if spec is not None else None
     if decode is not None:

@@ -53,6 +53,7 @@ __all__ = [
     "make_source",
     "layout_of",
     "stratified_split",
+    "stratified_sample",
 ]
 
 #: Where Debian packages put torchvision-format raw files: dataset -> (folder, package).
@@ -108,6 +109,21 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(keep), np.sort(carve)
 
 
+def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``n`` labelled (``>= 0``) entries of ``labels``, stratified by label (all of
+    them when there are fewer; a plain seeded random sample when a class has a single item)."""
+    rows = np.flatnonzero(labels >= 0)
+    if len(rows) <= n:
+        return rows
+    from sklearn.model_selection import train_test_split
+
+    try:
+        keep, _ = train_test_split(rows, train_size=n, stratify=labels[rows], random_state=seed)
+    except ValueError:  # a class with a single item cannot be stratified
+        keep = np.random.default_rng(seed).choice(rows, size=n, replace=False)
+    return np.sort(keep)
+
+
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -132,17 +148,8 @@ class Source(ABC):
         """A copy holding one split, ``train``: a stratified sample of at most ``n`` labelled train items
         (all of them when there are fewer), in canonical order. Its fingerprint names the sample."""
         items = self.splits()["train"]
-        labelled = np.flatnonzero(items.labels >= 0)
-        idx = labelled
-        if len(labelled) > n:
-            from sklearn.model_selection import train_test_split
-
-            labels = items.labels[labelled]
-            try:
-                idx, _ = train_test_split(labelled, train_size=n, stratify=labels, random_state=seed)
-            except ValueError:  # a class with a single item cannot be stratified: a plain random sample
-                idx = np.random.default_rng(seed).choice(labelled, size=n, replace=False)
-        return self._with_splits({"train": items.take(np.sort(idx))}, {"n": int(n), "seed": int(seed), "of": "train"})
+        idx = stratified_sample(items.labels, n, seed)
+        return self._with_splits({"train": items.take(idx)}, {"n": int(n), "seed": int(seed), "of": "train"})
 
     def restricted(self, ids: dict[str, list[str]], *, record: dict) -> "Source":
         """A copy holding, per split, only the items with these ids (in the order given); ``record`` names the
