@@ -156,7 +156,7 @@ class FeatureWriter:
             return f"the unfinished cache {self.partial} could not be opened ({exc})"
         try:
             problem = self._check_resumable(f)
-        except (KeyError, ValueError, OSError) as exc:
+        except (KeyError, ValueError, OSError, RuntimeError) as exc:  # h5py raises RuntimeError for a torn chunk
             problem = f"the unfinished cache {self.partial} is damaged ({exc})"
         if problem:
             f.close()
