@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export FEATX_OFFLINE=1
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
-"$PY" -m pytest -q -m cuda tests/ -p no:cacheprovider
+"$PY" -m pytest -q -m cuda $(grep -l "mark.cuda" tests/*.py) -p no:cacheprovider
 timeout 420 "$PY" bench/bench_camera.py --device cuda --precisions fp32,bf16 --backbones resnet50,mobilenet_v2 \
   --decoders pil,scaled,device --sets "ImageNet-sized,camera 12 MP" --camera-images 64 --small-images 512 \
   --batch 64 --out bench/results/gpu.json

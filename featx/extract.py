@@ -349,11 +349,11 @@ BALANCE_MIN_IMAGES = 64
 
 def _balance(todo: dict, writer: FeatureWriter, source: Source, backbone: Backbone, options: ExtractOptions,
              dev: torch.device, remaining: int) -> tuple[Balance | None, dict]:
-    """Measure decode and forward cost on the first items and size the pipeline (``--workers`` unset, CPU,
-    enough images); ``None`` = the fixed default. Also returns the items decoded while measuring (index in
+    """Measure decode and forward cost on the first items and size the pipeline (``--workers`` unset, CPU or
+    CUDA, enough images); ``None`` = the fixed default. Also returns the items decoded while measuring (index in
     the first split's remaining items -> decoded item), so that none is decoded twice."""
     decoded: dict = {}
-    if options.workers >= 0 or dev.type != "cpu" or remaining < BALANCE_MIN_IMAGES or not todo:
+    if options.workers >= 0 or dev.type not in ("cpu", "cuda") or remaining < BALANCE_MIN_IMAGES or not todo:
         return None, decoded
     split, items = next(iter(todo.items()))
     ds = _Items(source, items, writer.position(split), backbone.transform, options.decoder)
@@ -364,7 +364,8 @@ def _balance(todo: dict, writer: FeatureWriter, source: Source, backbone: Backbo
     crop = int(backbone.preprocess["input_size"][-1])
     x = torch.zeros(min(4, options.batch_size), 3, crop, crop)  # a small batch: measuring costs little
     balance = measure_balance(decode_one, len(ds), lambda: embed(backbone, x, device=dev,
-                              precision=options.precision, channels_last=options.channels_last), len(x))
+                              precision=options.precision, channels_last=options.channels_last), len(x),
+                              accelerator=dev.type != "cpu")
     log.info(f"pipeline: {balance.describe()}")
     return balance, decoded
 

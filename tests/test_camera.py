@@ -100,6 +100,9 @@ def test_balance_gives_cores_to_decoding_only_when_it_costs():
     assert choose(49.0, 130.0, cores=2).decode_threads == 1  # scaled photos, ResNet-50
     assert choose(50.0, 10.0, cores=16).decode_threads == 14
     assert "2 decoding threads, 2 torch threads" in camera.describe()
+    # On a GPU the host only decodes: every core does, even for small images (an H200's 16 cores were fed
+    # by one DataLoader worker per batch before: 7 camera photos/s against a decode limit of 124).
+    assert choose(5.5, 12.0, cores=16, accelerator=True).decode_threads == 16
 
 
 def test_threaded_batches_keep_the_order():

@@ -7,6 +7,11 @@ delivers ``k / d`` images per ms and the forward takes ``(cores - k) / f``; they
 JPEGs: ``d`` is 1/10 of ``f``) give ``k = 0``: decode in the main thread between batches, as before.
 Camera photos (``d`` 4x ``f`` for MobileNetV2) get a decoding thread per core.
 
+On a GPU the forward pass costs the host almost nothing, so every core decodes, whatever the image size
+(``accelerator=True``). Before this, a GPU run fed the device from DataLoader worker processes, one whole
+batch per worker: on an H200 with 16 cores, 12 MP photos ran at 7 images/s against a host decode limit of
+124 (one core busy; bench/gpu.sh, docs/benchmarks.md).
+
 Decoding runs in threads, not processes: PIL and torch release the GIL while they decode, resize and
 normalise, and threads need no pickling of the items nor copying of the tensors back.
 """
@@ -44,21 +49,24 @@ class Balance:
                 f"{self.torch_threads} torch thread{'s' if self.torch_threads != 1 else ''}")
 
 
-def choose(decode_ms: float, forward_ms: float, cores: int) -> Balance:
+def choose(decode_ms: float, forward_ms: float, cores: int, *, accelerator: bool = False) -> Balance:
     """Decoding threads ``k = ceil(cores * d / (d + f))`` (0 when decoding needs under a quarter of the
-    cores), and torch keeps every core.
+    cores), and torch keeps every core; with the forward on an ``accelerator``, ``k = cores``.
 
     The threads oversubscribe the cores on purpose and the OS shares them out: on 2 cores with 12 MP
     photos, giving torch ``cores - k`` threads instead left cores idle whenever one side waited (featx /
     limit 0.67 for MobileNetV2 and ResNet-50 with the scaled decoder, against 0.95 and 0.86 this way;
     ``bench/bench_camera.py``, docs/benchmarks.md)."""
+    if accelerator:
+        return Balance(decode_ms, forward_ms, cores, cores)
     share = cores * decode_ms / max(decode_ms + forward_ms, 1e-9)
     k = 0 if share < 0.25 * cores else min(cores, math.ceil(share))
     return Balance(decode_ms, forward_ms, k, cores)
 
 
 def measure_balance(decode_one: Callable[[int], object], n_items: int, forward_batch: Callable[[], None],
-                    batch_size: int, *, cores: int | None = None, sample: int = 4) -> Balance:
+                    batch_size: int, *, cores: int | None = None, sample: int = 4,
+                    accelerator: bool = False) -> Balance:
     """Time ``decode_one(i)`` on items 1 to ``sample`` (one thread; item 0 warms up file cache and lazy
     imports) and ``forward_batch()`` (one batch of ``batch_size`` with every core; run twice, the first is a
     warm-up), then :func:`choose`. The caller may keep what ``decode_one`` decoded: each item is decoded once."""
@@ -80,7 +88,7 @@ def measure_balance(decode_one: Callable[[int], object], n_items: int, forward_b
     t0 = time.perf_counter()
     forward_batch()
     f = (time.perf_counter() - t0) * 1000 * threads / batch_size
-    return choose(d, f, cores)
+    return choose(d, f, cores, accelerator=accelerator)
 
 
 def threaded_batches(get: Callable[[int], object], n: int, batch_size: int, threads: int,
