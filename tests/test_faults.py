@@ -28,6 +28,7 @@ from featx import FeatxError, open_features
 from featx.cli import main
 from featx.extract import cache_key, extract
 from featx.heads.persist import load_head
+from featx.util import file_sha256
 from featx.pipeline import load_pipeline
 from featx.data.sources import ImageFolderSource, ManifestSource
 
@@ -286,18 +287,52 @@ def test_damaged_cache_files_are_reported_not_read(image_folder, tiny_backbone, 
     one_line_error(run_cli("fit", truncated, "--head", "logreg"), "damaged")
 
 
-def test_a_head_changed_after_fit_is_not_loaded_unless_trusted(image_folder, tiny_backbone, tmp_path):
+class _RunsCode:
+    """Unpickling this runs ``Path(marker).touch()``: what a malicious shared head would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_head_that_would_run_code_is_refused_and_never_executed(image_folder, tiny_backbone, tmp_path):
     cache = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "c.h5", progress=False).path
-    head = tmp_path / "h.joblib"
+    head = tmp_path / "h.skops"
     assert run_cli("fit", cache, "--head", "logreg", "--out", head).exit_code == 0
+    est, card = load_head(head)  # featx's own format: loads with no --trust
+    assert card["head_format"] == "skops" and hasattr(est, "predict")
+    marker = tmp_path / "code-ran"
+    for name in ("evil.joblib", "evil.skops"):  # a pickle, whatever its name; the card even matches it
+        evil = tmp_path / name
+        joblib.dump(_RunsCode(marker), evil)
+        evil.with_suffix(".json").write_text(json.dumps({**card, "head_sha256": file_sha256(evil)}))
+        with pytest.raises(FeatxError, match="is a pickle"):
+            load_head(evil)
+        one_line_error(run_cli("predict", "--head", evil, image_folder), "is a pickle")
+        assert not marker.exists()
+    load_head(tmp_path / "evil.joblib", trust=True)  # the user's explicit choice: it runs
+    assert marker.exists()
+
+
+def test_a_skops_head_with_untrusted_types_or_changed_after_fit_is_refused(image_folder, tiny_backbone, tmp_path):
+    import skops.io as sio
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    cache = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "c.h5", progress=False).path
+    head = tmp_path / "h.skops"
+    assert run_cli("fit", cache, "--head", "svm", "--out", head).exit_code == 0
     est, card = load_head(head)
-    assert card["head_sha256"] and hasattr(est, "predict")
-    joblib.dump({"not": "the head"}, head)  # any change, e.g. a swapped pickle
+    sio.dump(Pipeline([("f", FunctionTransformer(os.system)), ("clf", est[-1])]), head)  # a swapped head
     with pytest.raises(FeatxError, match="does not match its card"):
         load_head(head)
-    assert load_head(head, trust=True)[0] == {"not": "the head"}
-    head.with_suffix(".json").unlink()
-    with pytest.raises(FeatxError, match="has no card"):
+    head.with_suffix(".json").write_text(json.dumps({**card, "head_sha256": file_sha256(head)}))
+    with pytest.raises(FeatxError, match="types featx does not trust.*system"):
+        load_head(head)
+    head.with_suffix(".json").unlink()  # a card is not needed to load a safe head, but the types are checked
+    with pytest.raises(FeatxError, match="types featx does not trust"):
         load_head(head)
 
 

@@ -124,7 +124,7 @@ def test_fit_reports_baselines_and_warns_when_pretraining_does_not_help(image_fo
     from featx.extract import extract
 
     cache = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "c.h5", progress=False).path
-    result = CliRunner().invoke(main, ["fit", str(cache), "--head", "logreg", "--out", str(tmp_path / "h.joblib")])
+    result = CliRunner().invoke(main, ["fit", str(cache), "--head", "logreg", "--out", str(tmp_path / "h.skops")])
     assert result.exit_code == 0, result.output
     assert "baselines (28 train / 4 test items)" in result.stdout and "transfer gain +0.0000" in result.stdout
     assert "do no better than random-init / raw pixels" in result.stderr
@@ -135,10 +135,10 @@ def test_fit_reports_baselines_and_warns_when_pretraining_does_not_help(image_fo
     first = Path(b["random_init_cache"])
     assert first.parent.parent == tmp_path and first.exists(), "cached beside the cache named on the command line"
     mtime = first.stat().st_mtime_ns
-    again = CliRunner().invoke(main, ["fit", str(cache), "--head", "logreg", "--out", str(tmp_path / "h2.joblib")])
+    again = CliRunner().invoke(main, ["fit", str(cache), "--head", "logreg", "--out", str(tmp_path / "h2.skops")])
     assert again.exit_code == 0 and first.stat().st_mtime_ns == mtime, "reused, not extracted again"
     quiet = CliRunner().invoke(main, ["fit", str(cache), "--head", "logreg", "--no-baselines",
-                                      "--out", str(tmp_path / "h3.joblib")])
+                                      "--out", str(tmp_path / "h3.skops")])
     assert quiet.exit_code == 0 and "baselines (" not in quiet.stdout
     assert "baselines" not in json.loads((tmp_path / "h3.json").read_text())
 

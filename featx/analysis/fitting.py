@@ -13,7 +13,7 @@ import numpy as np
 
 from ..cache.store import open_features
 from ..errors import FeatxError
-from ..heads.persist import save_head
+from ..heads.persist import default_head_path, save_head
 from ..heads.registry import head_params
 from ..util import first_line
 from .evaluate import evaluate
@@ -57,7 +57,7 @@ def fit_quietly(head_name: str, head, X, y):
 
 def fit_head(head_name: str, head, cache, *, out=None) -> FitResult:
     """Train ``head`` (a fresh estimator from :func:`featx.heads.registry.make_head`) on ``cache``'s
-    train split, evaluate on val and test, save it (default ``<cache>.<head>.joblib``) and its card."""
+    train split, evaluate on val and test, save it (default ``<cache>.<head>.skops``) and its card."""
     path = Path(cache)
     fs = open_features(path)
     if "train" not in fs:
@@ -69,7 +69,7 @@ def fit_head(head_name: str, head, cache, *, out=None) -> FitResult:
     fit_quietly(head_name, head, X, y)
     fit_s = time.perf_counter() - t0
     metrics = {split: evaluate(head, fs[split].X, fs[split].y) for split in ("val", "test") if split in fs}
-    target = Path(out) if out else path.with_name(f"{path.stem}.{head_name}.joblib")
+    target = Path(out) if out else default_head_path(path, head_name)
     params = head_params(head)
     head_path, card_path = save_head(head, target, head_name=head_name, params=params, metrics=metrics,
                                      fit_seconds=fit_s, n_train=len(y), fs=fs)

@@ -215,8 +215,9 @@ pipeline_option = click.option(
 
 trust_option = click.option(
     "--trust", is_flag=True,
-    help="Load the head even if its sha256 does not match its JSON card (a head is a pickle and runs code "
-         "when loaded: only for files you made yourself).")
+    help="Also load a head that featx would refuse: a pickle (heads from an earlier featx; unpickling runs "
+         "code), a head holding types featx does not trust, or one changed after `featx fit`. Only for files you "
+         "made yourself.")
 
 
 def out_option(help: str, *, file: bool = True, aliases: tuple[str, ...] = ()):

@@ -39,7 +39,7 @@ def _head_names(values) -> list[str]:
               help="Head to train; `featx heads` lists them (--heads is the same option, for symmetry with grid).")
 @click.option("--param", "-P", "params", multiple=True, metavar="NAME=VALUE",
               help="Override a head parameter, e.g. C=0.1 or kmap__gamma=1e-3 (repeatable; wins over the pipeline).")
-@out_option("Where to save the fitted head (default next to the cache: <cache>.<head>.joblib, plus .json card).")
+@out_option("Where to save the fitted head (default next to the cache: <cache>.<head>.skops, plus .json card).")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also fit the head on random-init features of the same architecture and on raw pixels (same "
                    "items, a sample of at most 2,000 train / 2,000 test rows; cached) and report the transfer gain.")

@@ -9,6 +9,7 @@ import click
 
 from ..errors import FeatxError, FeatxUsageError
 from ..options import DEVICE_HELP, check_device_name
+from ..heads.export import MODEL_FORMATS
 from .base import existing_file, out_option, progress_renderer, top_k_option, trust_option
 
 __all__ = ["predict", "neighbors", "export", "export_model"]
@@ -41,7 +42,7 @@ def _head_and_embedding(head_path: str, trust: bool):
 
 
 _head_option = click.option("--head", "-H", "head_path", required=True, type=click.Path(dir_okay=False),
-                            help="A head saved by `featx fit` (.joblib, with its .json card next to it).")
+                            help="A head saved by `featx fit` (.skops, with its .json card next to it).")
 
 
 @click.command()
@@ -172,9 +173,10 @@ def export(cache, fmt, out):
 @click.command("export-model")
 @click.option("--head", "-H", "head_path", required=True, type=click.Path(dir_okay=False),
               help="A linear head saved by `featx fit` (logreg, svm, torch-linear).")
-@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript",
-              show_default=True, help="TorchScript (.pt) or ONNX (needs the onnx package).")
-@out_option("Output file (default <head>.pt / .onnx).")
+@click.option("--format", "fmt", type=click.Choice(list(MODEL_FORMATS)), default="export", show_default=True,
+              help="export: a torch.export program (.pt2, load with torch.export.load); onnx: ONNX (.onnx, run "
+                   "with onnxruntime; the onnx extra); torchscript: TorchScript (.pt; deprecated by torch).")
+@out_option("Output file (default <head>.pt2 / .onnx / .pt).")
 @trust_option
 def export_model(head_path, fmt, out, trust):
     """One deployable module: preprocessed images (N, 3, H, W) -> backbone -> the head's class scores.
@@ -188,7 +190,8 @@ def export_model(head_path, fmt, out, trust):
 
     head, card, emb = _head_and_embedding(head_path, trust)
     bb = backbone_for(emb)
-    target = Path(out) if out else Path(head_path).with_suffix(".pt" if fmt == "torchscript" else ".onnx")
+    target = Path(out) if out else Path(head_path).with_suffix(MODEL_FORMATS[fmt][0])
     run_export(head, bb, target, fmt)
     click.echo(f"wrote {target}: input (N, {', '.join(map(str, bb.preprocess.get('input_size', [])))}) "
-               f"preprocessed images, output (N, {len(head.classes_)}) scores for {card.get('classes')}")
+               f"preprocessed images, output (N, {len(head.classes_)}) scores for {card.get('classes')}; "
+               f"load it with {MODEL_FORMATS[fmt][2]}")

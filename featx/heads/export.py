@@ -1,4 +1,6 @@
-"""A linear head and its backbone folded into one deployable module (TorchScript or ONNX)."""
+"""A linear head and its backbone folded into one deployable module: torch.export (``.pt2``, the default),
+ONNX (``.onnx``, run with onnxruntime) or TorchScript (``.pt``; torch deprecates ``torch.jit``, kept for
+runtimes that only read it). Each takes a preprocessed batch ``(N, 3, H, W)`` of any N."""
 
 from __future__ import annotations
 
@@ -12,8 +14,12 @@ from ..util import atomic_write
 
 __all__ = ["MODEL_FORMATS", "linear_weights", "export_model"]
 
-#: format -> what it is
-MODEL_FORMATS = {"torchscript": "TorchScript (.pt)", "onnx": "ONNX (needs the onnx package)"}
+#: format -> (file suffix, what it is, how to load it)
+MODEL_FORMATS = {
+    "export": (".pt2", "torch.export program", "torch.export.load(path).module()"),
+    "onnx": (".onnx", "ONNX model (the onnx extra)", "onnxruntime.InferenceSession(path)"),
+    "torchscript": (".pt", "TorchScript module (deprecated by torch)", "torch.jit.load(path)"),
+}
 
 
 def linear_weights(head) -> tuple[np.ndarray, np.ndarray]:
@@ -59,9 +65,10 @@ def export_model(head, bb, out: Path, fmt: str) -> Path:
     example = torch.zeros(1, *size)
     out = Path(out)
     if fmt not in MODEL_FORMATS:
-        raise FeatxUsageError(f"unknown model format {fmt!r} (torchscript or onnx)")
-    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
-        raise FeatxError("--format onnx needs the onnx package, which is not installed: pip install onnx")
+        raise FeatxUsageError(f"unknown model format {fmt!r} ({', '.join(MODEL_FORMATS)})")
+    missing = [m for m in ("onnx", "onnxscript") if fmt == "onnx" and importlib.util.find_spec(m) is None]
+    if missing:
+        raise FeatxError(f"--format onnx needs {' and '.join(missing)}, not installed here: pip install 'featx[onnx]'")
     with atomic_write(out) as tmp:
         _write_model(model, example, tmp, fmt)
     return out
@@ -70,13 +77,22 @@ def export_model(head, bb, out: Path, fmt: str) -> Path:
 def _write_model(model, example, tmp: Path, fmt: str) -> None:
     import torch
 
-    if fmt == "torchscript":
-        import warnings
+    import warnings
 
+    if fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still the format
             traced = torch.jit.trace(model, example)        # every C++/mobile runtime loads
         traced.save(str(tmp))
+        return
+    batch = torch.export.Dim("batch", min=1)
+    example = example.expand(2, *example.shape[1:])  # a batch of 1 would be specialised to 1
+    if fmt == "export":
+        with torch.no_grad():
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(tmp))
     else:
-        torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["scores"],
-                          dynamic_axes={"image": {0: "batch"}, "scores": {0: "batch"}}, dynamo=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
+            torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["scores"],
+                              dynamic_shapes=({0: batch},), dynamo=True, verbose=False)

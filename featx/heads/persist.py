@@ -1,21 +1,38 @@
 """Saving and loading fitted heads with their JSON cards.
 
-A head is saved by :func:`save_head` as ``<name>.joblib`` with a card ``<name>.json`` next to it:
+A head is saved by :func:`save_head` as ``<name>.skops`` with a card ``<name>.json`` next to it:
 head name, parameters, metrics, the cache and its key, the embedding record that ``featx predict``
-needs, and the head file's sha256. :func:`load_head` checks that sha256 before unpickling.
+needs, and the head file's sha256.
+
+The head file is in skops' format (a zip of JSON and ``.npy`` arrays, https://skops.readthedocs.io):
+loading it builds only the types it is allowed to -- scikit-learn's estimators, numpy arrays and the
+featx classes in :data:`TRUSTED_TYPES` -- and never unpickles, so a shared head cannot run code.
+:func:`load_head` recognises the format by the file's content, not its name: a pickle (the joblib heads
+featx wrote before, or any other pickle) is loaded only with ``trust=True``, since unpickling runs code.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 from pathlib import Path
 
 from ..errors import FeatxError, FeatxUsageError
-from ..util import atomic_write, file_sha256
+from ..util import atomic_write, file_sha256, first_line
 from ..version import __version__
 
-__all__ = ["EMBEDDING_META", "card_path", "save_head", "update_card", "load_head"]
+__all__ = ["EMBEDDING_META", "HEAD_SUFFIX", "TRUSTED_TYPES", "card_path", "default_head_path", "save_head",
+           "update_card", "load_head"]
+
+log = logging.getLogger("featx")
+
+#: The default head file suffix: skops' format.
+HEAD_SUFFIX = ".skops"
+#: Types a head file may hold beyond those skops trusts itself (scikit-learn's estimators, numpy): featx's
+#: own estimators. Anything else in a head file is refused unless the caller passes ``trust=True``.
+TRUSTED_TYPES = ("featx.heads.solvers.LBFGSLinearClassifier", "featx.heads.solvers.TorchLinearClassifier")
+_ZIP_MAGIC = b"PK\x03\x04"
 
 #: Cache attributes that determine the embedding (copied into a head's card by ``featx fit``).
 EMBEDDING_META = ("backbone", "weights", "weights_sha256", "transform", "layer", "precision", "feature_dim",
@@ -27,15 +44,37 @@ def card_path(head_path) -> Path:
     return Path(head_path).with_suffix(".json")
 
 
+def default_head_path(cache, head_name: str) -> Path:
+    """Where ``featx fit`` saves a head by default: ``<cache>.<head>.skops`` next to the cache."""
+    cache = Path(cache)
+    return cache.with_name(f"{cache.stem}.{head_name}{HEAD_SUFFIX}")
+
+
+def _skops():
+    try:
+        import skops.io
+    except ImportError:
+        return None
+    return skops.io
+
+
 def save_head(head, target, *, head_name: str, params: dict, metrics: dict, fit_seconds: float, n_train: int,
               fs) -> tuple[Path, Path]:
-    """Write a fitted head and its card; return both paths. ``fs`` is the cache it was trained on."""
-    import joblib
-
+    """Write a fitted head (skops' format) and its card; return both paths. ``fs`` is the cache it was
+    trained on. Without skops installed the head is pickled with joblib, with a one-line warning: such a
+    file loads only with ``trust=True``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    sio = _skops()
     with atomic_write(target) as tmp:
-        joblib.dump(head, tmp)
+        if sio is not None:
+            sio.dump(head, tmp)
+        else:
+            import joblib
+
+            log.warning("warning: skops is not installed (pip install 'featx[safe]'): the head is saved as a "
+                        "pickle, which featx loads only with --trust")
+            joblib.dump(head, tmp)
     card = {
         "head": head_name,
         "params": params,
@@ -50,6 +89,7 @@ def save_head(head, target, *, head_name: str, params: dict, metrics: dict, fit_
         "featx_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "head_file": target.name,
+        "head_format": "skops" if sio is not None else "joblib",
         "head_sha256": file_sha256(target),
         # what `featx predict` / `export-model` need to embed new images the same way
         "embedding": {k: fs.meta.get(k) for k in EMBEDDING_META if k in fs.meta},
@@ -70,39 +110,58 @@ def update_card(card_file, **fields) -> None:
 
 
 def load_head(path, *, trust: bool = False):
-    """Load a head saved by ``featx fit``, and its card.
+    """Load a head saved by ``featx fit``, and its card. Returns ``(estimator, card)``.
 
-    A head is a joblib pickle, and unpickling runs code: it is loaded only when its sha256 equals
-    the one ``featx fit`` recorded in its card (``<name>.json``), unless ``trust`` is set (for a
-    file you made yourself). Returns ``(estimator, card)``.
+    A skops head is loaded when it holds only trusted types (see the module doc) and, when it has a card,
+    matches the sha256 recorded there (it was not changed after ``featx fit``). A pickle is loaded only with
+    ``trust`` (for a file you made yourself): unpickling runs code. ``trust`` also lifts the two checks above.
     """
-    import joblib
-
-    if not Path(path).exists():
-        raise FeatxUsageError(f"head {path} does not exist")
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except FileNotFoundError:
+        raise FeatxUsageError(f"head {path} does not exist") from None
+    except OSError as exc:
+        raise FeatxError(f"head {path} cannot be read ({exc.strerror or exc})") from None
     cp = card_path(path)
     try:
         card = json.loads(cp.read_text(encoding="utf-8"))
     except FileNotFoundError:
         card = None
     except (OSError, ValueError) as exc:
-        raise FeatxError(f"head card {cp} cannot be read ({exc})") from None
-    if not trust:
-        if card is None:
-            raise FeatxError(f"head {path} has no card {cp.name} to check it against; a head file runs code "
-                             "when loaded: pass --trust only if you made it yourself")
-        try:
-            actual = file_sha256(path)
-        except OSError as exc:
-            raise FeatxError(f"head {path} cannot be read ({exc.strerror or exc})") from None
-        if actual != card.get("head_sha256"):
-            raise FeatxError(f"head {path} does not match its card (sha256 {actual[:12]}..., card says "
-                             f"{str(card.get('head_sha256'))[:12]}...): it was changed after `featx fit`; a head "
-                             "file runs code when loaded, so it is not loaded (--trust overrides)")
+        raise FeatxError(f"head {path} has a card {cp} that cannot be read ({exc})") from None
+    if magic != _ZIP_MAGIC:
+        return _load_pickle(path, trust), card or {}
+    if card is not None and not trust and file_sha256(path) != card.get("head_sha256"):
+        raise FeatxError(f"head {path} does not match its card {cp.name} (sha256): it was changed after "
+                         "`featx fit`; refit it, or pass --trust to load it anyway")
+    sio = _skops()
+    if sio is None:
+        raise FeatxError(f"head {path} is in skops' format and skops is not installed: pip install 'featx[safe]'")
     try:
-        est = joblib.load(path)
-    except FileNotFoundError:
-        raise FeatxUsageError(f"head {path} does not exist") from None
-    except Exception as exc:  # a damaged or foreign pickle can raise anything
-        raise FeatxError(f"head {path} cannot be loaded ({type(exc).__name__}: {exc})") from None
+        found = sio.get_untrusted_types(file=path)
+        unknown = [t for t in found if t not in TRUSTED_TYPES]
+        if unknown and not trust:
+            raise FeatxError(f"head {path} holds types featx does not trust ({', '.join(unknown[:3])}"
+                             f"{', ...' if len(unknown) > 3 else ''}): not loaded; pass --trust only if you know "
+                             "where it comes from")
+        est = sio.load(path, trusted=found)
+    except FeatxError:
+        raise
+    except Exception as exc:  # a damaged or foreign zip can raise anything
+        raise FeatxError(f"head {path} cannot be loaded ({type(exc).__name__}: {first_line(exc)})") from None
     return est, card or {}
+
+
+def _load_pickle(path: Path, trust: bool):
+    if not trust:
+        raise FeatxError(f"head {path} is a pickle (a joblib head from an earlier featx, or not featx's), and "
+                         "loading a pickle can run code: refit it with `featx fit` (heads are .skops now), or "
+                         "pass --trust only if you made it yourself")
+    import joblib
+
+    try:
+        return joblib.load(path)
+    except Exception as exc:  # a damaged or foreign pickle can raise anything
+        raise FeatxError(f"head {path} cannot be loaded ({type(exc).__name__}: {first_line(exc)})") from None
