@@ -210,7 +210,7 @@ class SourceOptions(_Options):
                                    "(default 0.1).", table="source", kind=float, check=_fraction,
                                    what="a fraction in [0, 1)")
     seed: int = setting(0, "Seed of the validation/test split (default 0).", table="source", kind=int)
-    limit: int = setting(0, "Use only the first N items of each split (a quick trial; 0 = all, the default).",
+    limit: int = setting(0, "Use at most N items of each split, a stratified seeded sample (a quick trial; 0 = all, the default).",
                          table="source", kind=int, check=lambda v: v >= 0,
                          what="0 (all) or a positive number of items")
 

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import TINY
+from featx import open_features
 from featx.cli import main
 
 COMMANDS = sorted(main.commands)
@@ -61,6 +62,18 @@ def test_missing_offline_weights_names_the_file_and_where_to_put_it(image_folder
     msg = one_line_error(run("extract", "--data", image_folder, "--backbone", "resnet18:IMAGENET1K_V1",
                              "--cache-dir", tmp_path))
     assert "resnet18-f37072fd.pth" in msg and f"put it at {target}" in msg
+    assert "available offline here (featx backbones): " in msg and "mobilenet_v2 IMAGENET1K_V1" in msg
+
+
+def test_no_weights_asked_uses_the_weights_that_are_here_and_says_so(image_folder, tmp_path, monkeypatch):
+    """torchvision's default for mobilenet_v2 is IMAGENET1K_V2, which is not here offline; V1 is embedded."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    result = run("extract", "--data", image_folder, "--backbone", "mobilenet_v2", "--limit", "2",
+                 "--out", tmp_path / "m.h5")
+    assert result.exit_code == 0, result.output
+    assert ("note: mobilenet_v2: using IMAGENET1K_V1, the weights available here; torchvision's default "
+            "IMAGENET1K_V2 is not (pass --weights IMAGENET1K_V2 to download and use it)") in result.stderr
+    assert open_features(tmp_path / "m.h5").meta["weights"] == "IMAGENET1K_V1"  # the cache records which
 
 
 def test_missing_embedded_weights_says_which_package_ships_them(image_folder, tmp_path, monkeypatch):
@@ -217,9 +230,12 @@ def test_third_party_warnings_become_featx_notes(image_folder, tmp_path):
                           "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "Warning" not in out.stderr and "warnings.warn" not in out.stderr, out.stderr
-    assert "so its Nystroem map used 28 landmarks, not 1024" in out.stderr
+    n = len(open_features(cache)["train"])
+    assert f"kmap__n_components=1024 needs at least 1024 training rows and there are {n}" in out.stderr, out.stderr
     fitted = run("fit", cache, "--head", "rbf-svm", "--out", tmp_path / "h.skops")
-    assert fitted.exit_code == 0 and "Nystroem map used 28 landmarks" in fitted.stderr
+    assert fitted.exit_code == 0 and f"using kmap__n_components={n}" in fitted.stderr
+    card = json.loads((tmp_path / "h.json").read_text())
+    assert card["params"]["kmap__n_components"] == n  # the card says what was used
 
 
 def test_fit_without_a_cache_writes_nothing(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import numpy as np
 from ..cache.store import open_features
 from ..errors import FeatxError
 from ..heads.persist import default_head_path, save_head
-from ..heads.registry import head_params
+from ..heads.registry import bound_to_rows, head_params
 from ..util import first_line
 from .evaluate import evaluate
 from .search import NYSTROEM_FEW_ROWS
@@ -39,6 +39,9 @@ class FitResult:
 def fit_quietly(head_name: str, head, X, y):
     """``head.fit(X, y)`` with scikit-learn's known notices in featx's own words, and a one-line error
     for what scikit-learn refuses."""
+    note = bound_to_rows(head_name, head, len(y))
+    if note:
+        log.info(f"note: {note}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -10,20 +10,55 @@ from pathlib import Path
 
 from ..cache.store import open_features
 from ..errors import FeatxError
-from ..heads.registry import NYSTROEM_COMPONENTS
-from ..util import softmax
+import numpy as np
+
+from ..heads.registry import ROW_BOUND_PARAMS, clip_to_rows
+from ..util import first_line, softmax
 from ..version import __version__
 from .report import write_reports
 from .search import NYSTROEM_FEW_ROWS, few_shot, grid_points, search_head
 
-__all__ = ["run_grid"]
+__all__ = ["check_grids", "run_grid"]
 
 log = logging.getLogger("featx")
 
 
+def check_grids(fs, grids: dict, folds: int) -> tuple[dict, int, list[str]]:
+    """The grids and CV folds this cache can hold, and a note for each change: row-bound values (k-NN's k,
+    Nystroem landmarks) above the rows a fit sees are lowered to that number (duplicates dropped), and the
+    folds of cross-validation (no val split) to the smallest class's count. Raises when no fit is possible."""
+    y = fs["train"].labelled()[1]
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2:
+        raise FeatxError(f"{fs.path}: the train split has {len(classes)} labelled class; a search needs two")
+    notes = []
+    if "val" not in fs and counts.min() < folds:
+        if counts.min() < 2:
+            raise FeatxError(f"{fs.path}: no validation split, and class {fs.classes[classes[counts.argmin()]]!r} has "
+                             "1 training item: cross-validation needs 2 per class (extract with a val split, or "
+                             "more items)")
+        notes.append(f"{folds}-fold CV needs {folds} training items per class; the smallest class has "
+                     f"{counts.min()}: using {counts.min()} folds")
+        folds = int(counts.min())
+    rows = len(y) if "val" in fs else len(y) - -(-len(y) // folds)  # the rows one CV fit sees
+    out = {}
+    for h, grid in grids.items():
+        key = ROW_BOUND_PARAMS.get(h)
+        values = grid.get(key, (None,)) if key else ()
+        clipped = []
+        for v in values:
+            params, note = clip_to_rows(h, {key: v} if v is not None else {}, rows)
+            if params.get(key, v) not in clipped:
+                clipped.append(params.get(key, v))
+            if note:
+                notes.append(f"grid {note.replace(f'{h}: ', f'{h} ', 1)}")
+        out[h] = {**grid, key: tuple(clipped)} if key and clipped != list(values) else grid
+    return out, folds, notes
+
+
 def run_grid(cache, grids: dict, *, name: str, out_dir, metric: str = "top1", jobs: int = -1, folds: int = 5,
              class_weight: str | None = None, shots=(), tries: int = 5,
-             baselines: dict | None = None) -> tuple[dict, list[Path]]:
+             baselines: dict | None = None, progress=None) -> tuple[dict, list[Path]]:
     """Search ``grids`` (head -> checked grid, :func:`featx.analysis.search.parse_grid`) on ``cache``; write
     ``report.md``, ``report.html`` and ``results.json`` into ``out_dir``. Returns (results, written paths).
 
@@ -35,22 +70,36 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, metric: str = "top1", jo
         if split not in fs:
             raise FeatxError(f"{path} has no {split} split")
     t_all = time.perf_counter()
-    searched = []
+    grids, folds, notes = check_grids(fs, grids, folds)  # before any fit: clip what the data cannot hold
+    for note in notes:
+        log.info(f"note: {note}")
+    total_fits = sum(len(grid_points(g)) * (1 if "val" in fs else folds) for g in grids.values())
+    done_fits = 0
+    searched, failed = [], []
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=NYSTROEM_FEW_ROWS)  # landmarks = rows: reported below
+        warnings.filterwarnings("ignore", message=NYSTROEM_FEW_ROWS)
         for h, grid in grids.items():
             t0 = time.perf_counter()
             log.info(f"searching {h}: {len(grid_points(grid))} points ...")
-            result = search_head(h, fs, grid=grid, metric=metric, jobs=jobs, folds=folds, class_weight=class_weight)
+            if progress:
+                progress(done_fits, total_fits, f"grid {h}")
+            try:
+                result = search_head(h, fs, grid=grid, metric=metric, jobs=jobs, folds=folds,
+                                     class_weight=class_weight)
+            except (FeatxError, ValueError, RuntimeError, MemoryError) as exc:  # one head's failure loses no other
+                failed.append({"head": h, "error": f"{type(exc).__name__}: {first_line(exc)}"
+                               if not isinstance(exc, FeatxError) else first_line(exc)})
+                log.warning(f"warning: {h} failed ({failed[-1]['error']}); the report marks it failed")
+                continue
+            finally:
+                done_fits += len(grid_points(grid)) * (1 if "val" in fs else folds)
+                if progress:
+                    progress(done_fits, total_fits, f"grid {h}")
             searched.append((result, time.perf_counter() - t0))
             log.info(f"{h}: best {result.best_params} val {metric} {result.best_score:.4f}; "
                      f"test top1 {result.test.get('top1', float('nan')):.4f} ({searched[-1][1]:.1f} s)")
-        n_train = len(fs["train"].labelled()[1])
-        if "rbf-svm" in grids:
-            landmarks = max(p.get("kmap__n_components", NYSTROEM_COMPONENTS) for p in grid_points(grids["rbf-svm"]))
-            if n_train < landmarks:
-                log.info(f"note: rbf-svm has only {n_train} training rows, so its Nystroem map used {n_train} "
-                         f"landmarks, not {landmarks}")
+        if not searched:
+            raise FeatxError(f"every head failed; first: {failed[0]['head']}: {failed[0]['error']}")
         best_result = max(searched, key=lambda r: r[0].best_score)[0]
         curves = {}
         if shots:
@@ -67,6 +116,7 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, metric: str = "top1", jo
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "total_seconds": round(total, 2), "class_weight": class_weight,
         "heads": [dict(r.as_dict(), search_seconds=round(sec, 2)) for r, sec in searched],
+        "failed": failed, "notes": notes,
         "few_shot": curves,
         **({"baselines": baseline} if baseline is not None else {}),
     }

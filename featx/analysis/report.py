@@ -83,6 +83,7 @@ def _setup_lines(results: dict) -> list[str]:
 def _markdown(results: dict) -> str:
     parts = [f"# featx grid report: {results['pipeline']}", "", *_setup_lines(results), "",
              "## Summary", "", _md_table(SUMMARY_HEADER, _summary_rows(results)), ""]
+    parts += [*_failed_lines(results), ""] if _failed_lines(results) else []
     if _transfer_line(results):
         parts += ["## Does pretraining help?", "", _transfer_line(results), ""]
     for h in results["heads"]:
@@ -97,6 +98,12 @@ def _markdown(results: dict) -> str:
                             [[str(c["shots"]), f"{c['mean']:.4f}", f"{c['std']:.4f}", str(c["tries"])] for c in curve]),
                   ""]
     return "\n".join(parts)
+
+
+def _failed_lines(results: dict) -> list[str]:
+    """The heads that failed and the grid changes the data forced, one line each."""
+    lines = [f"- **{f['head']} failed**: {f['error']}" for f in results.get("failed", [])]
+    return lines + [f"- note: {n}" for n in results.get("notes", [])]
 
 
 def _transfer_line(results: dict) -> str:
@@ -208,6 +215,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:i
 <h1>featx grid report: {esc(results['pipeline'])}</h1>
 <ul>{setup}</ul>
 <h2>Summary</h2><table><tr>{head}</tr>{rows}</table>
+{"<ul>" + "".join(f"<li>{esc(line[2:].replace('**', ''))}</li>" for line in _failed_lines(results)) + "</ul>"
+ if _failed_lines(results) else ""}
 {f"<h2>Does pretraining help?</h2><p>{esc(_transfer_line(results)).replace('**', '')}</p>" if _transfer_line(results) else ""}
 <h2>Plots</h2>{figs}
 <p>Full sweeps: see report.md and results.json next to this file.</p>

@@ -134,7 +134,11 @@ def load_backbone(spec: str, weights: str | None = None, *, device: str | torch.
         loaded = timm_models.load(name, weights_name)
     else:
         name, weights_name = parse_backbone(spec, weights)
-        loaded = torchvision_models.load(name, weights_name, other_names=EXTRA_BACKBONES)
+        try:
+            loaded = torchvision_models.load(name, weights_name, other_names=EXTRA_BACKBONES)
+        except torchvision_models.WeightsUnavailable as exc:
+            here = [f"{b.name} {b.weights}" for b in list_backbones(offline_only=True)]
+            raise FeatxError(f"{exc}; available offline here (featx backbones): {', '.join(here) or 'none'}") from None
     model, dim, preset = loaded.model, loaded.feature_dim, loaded.preset
     model.eval().requires_grad_(False)
     if layer:

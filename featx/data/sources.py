@@ -28,6 +28,7 @@ import csv
 import gzip
 import hashlib
 import json
+import logging
 import os
 import shutil
 from abc import ABC, abstractmethod
@@ -41,6 +42,8 @@ from ..errors import FeatxError, FeatxUsageError
 from ..util import atomic_write, did_you_mean, first_line, offline
 from .decoding import open_image
 
+log = logging.getLogger("featx")
+
 __all__ = [
     "OFFLINE_DATA",
     "SplitItems",
@@ -52,7 +55,7 @@ __all__ = [
     "StanfordDogsSource",
     "make_source",
     "layout_of",
-    "stratified_split",
+    "carve_splits", "split_hash", "CARVE_RULE",
     "stratified_sample",
 ]
 
@@ -97,16 +100,53 @@ class SplitItems:
         return SplitItems([self.keys[i] for i in idx], [self.ids[i] for i in idx], self.labels[idx])
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic stratified split of ``range(len(labels))`` -> (kept, carved), both sorted."""
-    from sklearn.model_selection import train_test_split
+#: The carving rule's version, recorded in every source's description (and so in the cache key).
+#: 2: each item's split is a function of its id and the seed (see :func:`carve_splits`); 1 (before,
+#: unrecorded): scikit-learn's stratified ``train_test_split`` of the whole list, which moved items between
+#: splits whenever the list changed.
+CARVE_RULE = 2
 
-    idx = np.arange(len(labels))
-    try:
-        keep, carve = train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
-    except ValueError as exc:
-        raise FeatxError(f"cannot carve a stratified {fraction:g} split: {exc}") from None
-    return np.sort(keep), np.sort(carve)
+
+def split_hash(ids, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per id, fixed by the id and the seed alone (the first 8 bytes of
+    sha256(``"<seed>:<id>"``))."""
+    return np.array([int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") / 2.0**64
+                     for i in ids], dtype=np.float64)
+
+
+def carve_splits(ids, labels: np.ndarray, fractions: dict[str, float], seed: int) -> tuple[dict, list]:
+    """Indices of the items that go to each carved split (``fractions``: split -> fraction, in order) and to
+    ``train`` (the rest), plus ``(class, items)`` for each class too small to be carved.
+
+    The rule (stable as the data grows): an item goes to the first carved split whose band of [0, 1) holds
+    its :func:`split_hash` (bands of the given widths, laid end to end), else to train. Adding or removing
+    items never moves another item. A class whose items all miss a band still gets one item in that split,
+    the one with the lowest hash left in train, when the class has enough items for one in train and in
+    every carved split; a smaller class stays whole in train, with a note.
+    """
+    u = split_hash(ids, seed)
+    names = [s for s, f in fractions.items() if f > 0]
+    assign = np.full(len(u), len(names), dtype=np.int64)  # len(names) = train
+    lo = 0.0
+    for k, name in enumerate(names):
+        hi = lo + fractions[name]
+        assign[(u >= lo) & (u < hi) & (assign == len(names))] = k
+        lo = hi
+    notes = []
+    for c in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == c)
+        if len(members) < len(names) + 1:
+            assign[members] = len(names)
+            notes.append((int(c), len(members)))
+            continue
+        for k in range(len(names)):
+            if not (assign[members] == k).any():
+                in_train = members[assign[members] == len(names)]
+                if len(in_train) > 1:
+                    assign[in_train[np.argmin(u[in_train])]] = k
+    out = {name: np.flatnonzero(assign == k) for k, name in enumerate(names)}
+    out["train"] = np.flatnonzero(assign == len(names))
+    return out, notes
 
 
 def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -133,8 +173,10 @@ class Source(ABC):
 
     #: folder name under the cache directory
     name: str
+    #: split -> items carved from train (set by :meth:`splits` when it carved any)
+    carved: dict = {}
     classes: list[str]
-    #: keep only the first ``limit`` items of each split (0 = all); for quick trials
+    #: keep at most ``limit`` items of each split, a stratified seeded sample (0 = all); for quick trials
     limit: int = 0
     #: fractions of train carved out as val / test when the source has no such split of its own
     val_fraction: float = 0.1
@@ -196,22 +238,35 @@ class Source(ABC):
         return fp
 
     def _carve(self, splits: dict[str, SplitItems]) -> dict[str, SplitItems]:
-        """Carve val (and test) out of train when the source has none of its own, then apply the limit.
+        """Carve val (and test) out of train when the source has none of its own (:func:`carve_splits`: by a
+        hash of each item's id and the seed, stable as the data grows), then apply the limit.
 
-        Both fractions are of the train items as found (so 0.1/0.1 of a flat folder gives 80/10/10).
+        Both fractions are of the train items as found (so 0.1/0.1 of a flat folder gives about 80/10/10).
         """
-        val_fraction, test_fraction, seed = self.val_fraction, self.test_fraction, self.seed
         train = splits["train"]
-        if "test" not in splits and test_fraction > 0:
-            keep, carve = stratified_split(train.labels, test_fraction, seed)
-            splits["test"], train = train.take(carve), train.take(keep)
-            val_fraction = val_fraction / (1 - test_fraction)  # fractions are of the whole
-        if "val" not in splits and val_fraction > 0:
-            keep, carve = stratified_split(train.labels, val_fraction, seed)
-            splits["val"], train = train.take(carve), train.take(keep)
-        splits["train"] = train
-        if self.limit:
-            splits = {s: items.take(np.arange(min(self.limit, len(items)))) for s, items in splits.items()}
+        fractions = {"test": self.test_fraction if "test" not in splits else 0.0,
+                     "val": self.val_fraction if "val" not in splits else 0.0}
+        fractions = {s: f for s, f in fractions.items() if f > 0}
+        if fractions:
+            if sum(fractions.values()) >= 1:
+                raise FeatxUsageError(f"val and test fractions add up to {sum(fractions.values()):g}: nothing would "
+                                      "be left to train on; use fractions that add up to less than 1")
+            parts, notes = carve_splits(train.ids, train.labels, fractions, self.seed)
+            if notes:
+                names = list(self.classes or [])
+                small = ", ".join(f"{names[c] if c < len(names) else c!r} ({n})" for c, n in notes[:5])
+                log.info(f"note: {len(notes)} class{'es' if len(notes) > 1 else ''} with fewer than "
+                         f"{len(fractions) + 1} items kept whole in train, not carved into {' and '.join(fractions)}: "
+                         f"{small}{', ...' if len(notes) > 5 else ''} (give explicit train/val/test folders to "
+                         "choose yourself)")
+            for split in fractions:
+                splits[split] = train.take(parts[split])
+            splits["train"] = train.take(parts["train"])
+            self.carved = {s: len(parts[s]) for s in fractions}
+        if self.limit:  # a stratified sample, so that a quick trial still holds every class it can
+            splits = {s: items.take(stratified_sample(items.labels, self.limit, self.seed)
+                                    if (items.labels >= 0).all() else np.arange(min(self.limit, len(items))))
+                      for s, items in splits.items()}
         return {s: splits[s] for s in SPLIT_DIRS if s in splits}
 
 
@@ -313,7 +368,7 @@ class TorchvisionSource(Source):
             "val_fraction": self.val_fraction,
             "val_from": "official" if "val" in self._layout else "train",
             "seed": self.seed,
-            "limit": self.limit,
+            "limit": self.limit, "carve_rule": CARVE_RULE,
         }
         if "test" not in self._layout:
             record["test_fraction"] = self.test_fraction
@@ -398,7 +453,7 @@ class ImageFolderSource(FileSource):
             "val_fraction": self.val_fraction,
             "test_fraction": self.test_fraction,
             "seed": self.seed,
-            "limit": self.limit,
+            "limit": self.limit, "carve_rule": CARVE_RULE,
         }
 
 
@@ -518,7 +573,7 @@ class ManifestSource(FileSource):
             "val_fraction": self.val_fraction,
             "test_fraction": self.test_fraction,
             "seed": self.seed,
-            "limit": self.limit,
+            "limit": self.limit, "carve_rule": CARVE_RULE,
         }
 
 
@@ -568,7 +623,7 @@ class StanfordDogsSource(FileSource):
 
     def describe(self) -> dict:
         return {"kind": "stanford_dogs", "root": str(self.root.resolve()), "val_fraction": self.val_fraction,
-                "val_from": "train", "seed": self.seed, "limit": self.limit}
+                "val_from": "train", "seed": self.seed, "limit": self.limit, "carve_rule": CARVE_RULE}
 
 
 def make_source(data: str, *, root: str | os.PathLike = "cache/datasets", download: bool = False,

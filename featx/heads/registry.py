@@ -38,7 +38,8 @@ from ..util import did_you_mean, first_line
 
 # scikit-learn and torch are imported inside the builders: naming and checking heads stays instant.
 
-__all__ = ["HEADS", "HeadSpec", "check_head", "make_head", "parse_params", "head_params", "param_names"]
+__all__ = ["HEADS", "HeadSpec", "ROW_BOUND_PARAMS", "check_head", "make_head", "parse_params", "head_params",
+           "param_names", "bound_to_rows", "clip_to_rows"]
 
 
 @dataclass(frozen=True)
@@ -231,3 +232,36 @@ def head_params(head) -> dict:
         for short, full in sorted(param_names(head).items())
         if isinstance(values[full], (int, float, str, bool, type(None)))
     }
+
+
+#: Parameters that cannot exceed the number of training rows (short name, as in grids and cards).
+ROW_BOUND_PARAMS = {"knn": "n_neighbors", "rbf-svm": "kmap__n_components"}
+
+
+def clip_to_rows(head_name: str, params: dict, n_rows: int) -> tuple[dict, str | None]:
+    """``params`` with a row-bound parameter (k-NN's k, the Nystroem landmarks) lowered to ``n_rows`` when it
+    is larger (its default value included), and a note saying so; ``None`` when nothing changed."""
+    key = ROW_BOUND_PARAMS.get(head_name)
+    if key is None or n_rows < 1:
+        return params, None
+    value = params.get(key)
+    if value is None:
+        head = HEADS[head_name].build()
+        value = head.get_params(deep=True)[param_names(head)[key]]
+    if value is None or value <= n_rows:
+        return params, None
+    return {**params, key: n_rows}, (f"{head_name}: {key}={value} needs at least {value} training rows and there "
+                                     f"are {n_rows}: using {key}={n_rows}")
+
+
+def bound_to_rows(head_name: str, head, n_rows: int) -> str | None:
+    """Lower ``head``'s row-bound parameter in place when it exceeds ``n_rows`` (see :func:`clip_to_rows`);
+    returns the note, or ``None``. The card then records the value used."""
+    key = ROW_BOUND_PARAMS.get(head_name)
+    if key is None:
+        return None
+    full = param_names(head)[key]
+    params, note = clip_to_rows(head_name, {key: head.get_params(deep=True)[full]}, n_rows)
+    if note:
+        head.set_params(**{full: params[key]})
+    return note
