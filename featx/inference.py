@@ -95,12 +95,19 @@ class Prediction:
     path: str
     labels: list[str]
     scores: list[float]
-    kind: str  # "probability" or "decision score"
+    kind: str  # "probability", "calibrated probability" or "decision score"
 
 
-def predict_images(head, classes: list[str], X: np.ndarray, paths: list[str], k: int = 5) -> list[Prediction]:
-    """Top-k classes of each row, by probability when the head has them, else by decision score."""
-    if hasattr(head, "predict_proba"):
+def predict_images(head, classes: list[str], X: np.ndarray, paths: list[str], k: int = 5, *,
+                   temperature: float | None = None) -> list[Prediction]:
+    """Top-k classes of each row: by the temperature-scaled probability when the head's card records a
+    ``temperature`` (``featx fit`` fits one on val), else by probability when the head has them, else by
+    decision score."""
+    from .analysis.calibration import calibrate, decision_scores
+
+    if temperature and hasattr(head, "decision_function"):
+        scores, kind = calibrate(decision_scores(head, X), float(temperature)), "calibrated probability"
+    elif hasattr(head, "predict_proba"):
         scores, kind = head.predict_proba(X), "probability"
     else:
         scores, kind = head.decision_function(X), "decision score"

@@ -62,12 +62,17 @@ def test_grid_writes_three_reports_that_render(fashion_cache, tmp_path):
     for data in images:
         img = Image.open(io.BytesIO(base64.b64decode(data)))
         assert img.size[0] > 100 and img.size[1] > 100
-    assert "reliability diagram, ECE" in page and "confusion matrix" in page
+    assert "reliability diagram" in page and "confusion matrix" in page
     _renders_in_chromium(out / "report.html", tmp_path / "shot.png")
+    if results["best_head"] == "logreg":  # a head with scores: temperature scaled, ECE before and after
+        assert results["best_head_temperature"] > 0 and "best_head_ece_calibrated" in results
+        assert "after temperature scaling" in page and "## Calibration" in md
 
     # featx report merges results files across runs.
     again = tmp_path / "rep2"
     assert run("grid", fashion_cache, "--heads", "svm", "--grid", "C=0.001,0.01", "--out", again).exit_code == 0
+    svm = json.loads((again / "results.json").read_text())  # softmax of SVM scores: temperature scaling helps
+    assert svm["best_head_ece_calibrated"] < svm["best_head_ece"], svm
     merged = run("report", out / "results.json", again / "results.json", "--format", "csv")
     assert merged.exit_code == 0
     lines = merged.stdout.strip().splitlines()

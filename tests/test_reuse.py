@@ -190,3 +190,35 @@ def test_predict_with_a_head_trained_on_an_in_memory_dataset(fashion_cache, imag
     result = CliRunner().invoke(main, ["predict", "--head", str(head), str(image_folder / "circle"), "-k", "2"])
     assert result.exit_code == 0, result.output
     assert "12 predicted, 0 unreadable" in result.stderr
+
+
+def test_temperature_scaling_is_fitted_on_val_recorded_and_applied_by_predict(cache_and_heads, image_folder, tmp_path):
+    from featx.analysis.calibration import calibrate, decision_scores, fit_temperature
+
+    cache, heads = cache_and_heads
+    card = json.loads(heads["svm"].with_suffix(".json").read_text())
+    cal = card["calibration"]
+    assert cal["fitted_on"] == "val" and cal["temperature"] > 0 and {"test_ece", "test_ece_calibrated"} <= set(cal)
+    assert "calibration" not in json.loads(heads["knn"].with_suffix(".json").read_text())  # no scores to scale
+    fs, ids, paths = _test_images(cache, image_folder)
+    assert run("predict", "--head", heads["svm"], *paths, "--out", tmp_path / "p.json").exit_code == 0
+    preds = json.loads((tmp_path / "p.json").read_text())
+    assert preds["kind"] == "calibrated probability"
+    head, _ = load_head(heads["svm"])
+    expected = calibrate(decision_scores(head, fs["test"].X), cal["temperature"]).max(axis=1)
+    got = [p["scores"][0] for p in preds["predictions"]]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert run("predict", "--head", heads["svm"], *paths, "--out", tmp_path / "p.csv").exit_code == 0
+    assert "calibrated_probability" in (tmp_path / "p.csv").read_text().splitlines()[0]
+
+
+def test_temperature_undoes_a_known_overconfidence():
+    """Scores that are 4x too sharp (the true model is softmax(z)) get T close to 4."""
+    from featx.analysis.calibration import fit_temperature
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4000, 5)) * 2
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(5, p=row) for row in p])
+    assert abs(fit_temperature(4 * z, y) - 4) < 0.3
+    assert abs(fit_temperature(z, y) - 1) < 0.1

@@ -13,9 +13,9 @@ import numpy as np
 
 from ..cache.store import open_features
 from ..errors import FeatxError
-from ..heads.persist import default_head_path, save_head
+from ..heads.persist import default_head_path, save_head, update_card
 from ..heads.registry import bound_to_rows, head_params
-from ..util import first_line
+from ..util import first_line, softmax
 from .evaluate import evaluate
 from .search import NYSTROEM_FEW_ROWS
 
@@ -34,6 +34,7 @@ class FitResult:
     n_train: int
     n_features: int
     n_classes: int
+    calibration: dict | None = None
 
 
 def fit_quietly(head_name: str, head, X, y):
@@ -76,4 +77,32 @@ def fit_head(head_name: str, head, cache, *, out=None) -> FitResult:
     params = head_params(head)
     head_path, card_path = save_head(head, target, head_name=head_name, params=params, metrics=metrics,
                                      fit_seconds=fit_s, n_train=len(y), fs=fs)
-    return FitResult(head_path, card_path, params, metrics, fit_s, len(y), int(X.shape[1]), len(fs.classes))
+    calibration = fit_calibration(head, fs)
+    if calibration:
+        update_card(card_path, calibration=calibration)
+    return FitResult(head_path, card_path, params, metrics, fit_s, len(y), int(X.shape[1]), len(fs.classes),
+                     calibration)
+
+
+def fit_calibration(head, fs) -> dict | None:
+    """Temperature scaling of a head with decision scores, fitted on the cache's val split (which the head did
+    not train on): ``{"temperature", "fitted_on", "val_rows"}`` plus the test ECE before and after; ``None`` when
+    the head has no scores (k-NN) or the cache no labelled val rows of the head's classes."""
+    from .calibration import calibrate, decision_scores, expected_calibration_error, fit_temperature
+
+    if "val" not in fs or not hasattr(head, "decision_function"):
+        return None
+    Xv, yv = fs["val"].labelled()
+    known = np.isin(yv, head.classes_)
+    if not known.any():
+        return None
+    t = fit_temperature(decision_scores(head, Xv[known]), np.searchsorted(head.classes_, yv[known]))
+    out = {"temperature": round(t, 6), "fitted_on": "val", "val_rows": int(known.sum())}
+    if "test" in fs:
+        Xt, yt = fs["test"].labelled()
+        if len(yt):
+            s = decision_scores(head, Xt)
+            before = head.predict_proba(Xt) if hasattr(head, "predict_proba") else softmax(s)
+            out["test_ece"] = round(expected_calibration_error(before, yt, head.classes_)[0], 6)
+            out["test_ece_calibrated"] = round(expected_calibration_error(calibrate(s, t), yt, head.classes_)[0], 6)
+    return out

@@ -141,8 +141,14 @@ def _baselines(fs, best, kwargs: dict) -> dict:
 
 
 def _best_arrays(result, fs) -> dict:
-    """Test labels, predictions and probabilities of the best head, for the report's plots."""
+    """Test labels, predictions and probabilities of the best head, for the report's plots: its own
+    probabilities (or the softmax of its decision scores), and, for a head with decision scores and a cache with
+    a val split, the temperature-scaled ones (T fitted on val with the best point refitted on train alone, so
+    that val is held out; then applied to the final head's test scores)."""
+    from ..heads.registry import make_head
+    from .calibration import calibrate, decision_scores, fit_temperature
     from .evaluate import scores
+    from .fitting import fit_quietly
 
     X, y = fs["test"].labelled()
     est = result.estimator
@@ -151,5 +157,15 @@ def _best_arrays(result, fs) -> dict:
     if not hasattr(est, "predict_proba"):
         s = softmax(s)
         kind = "softmax of decision scores (this head has no probabilities)"
-    return {"head": result.head, "classes": est.classes_, "y": y, "pred": est.classes_[s.argmax(axis=1)],
-            "proba": s, "proba_kind": kind}
+    out = {"head": result.head, "classes": est.classes_, "y": y, "pred": est.classes_[s.argmax(axis=1)],
+           "proba": s, "proba_kind": kind}
+    test_scores = decision_scores(est, X)
+    if test_scores is not None and "val" in fs:
+        Xtr, ytr = fs["train"].labelled()
+        Xv, yv = fs["val"].labelled()
+        held_out = fit_quietly(result.head, make_head(result.head, result.best_params), Xtr, ytr)
+        known = np.isin(yv, held_out.classes_)
+        if known.any():
+            t = fit_temperature(decision_scores(held_out, Xv[known]), np.searchsorted(held_out.classes_, yv[known]))
+            out.update(temperature=t, proba_calibrated=calibrate(test_scores, t))
+    return out

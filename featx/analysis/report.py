@@ -17,26 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FeatxError
+from .calibration import expected_calibration_error
 from .evaluate import METRICS
 
 __all__ = ["expected_calibration_error", "write_reports", "merge_results", "render_rows"]
 
-#: bins of the reliability diagram and of the expected calibration error (Guo et al. 2017).
-ECE_BINS = 15
-
-
-def expected_calibration_error(proba: np.ndarray, y: np.ndarray, classes: np.ndarray, bins: int = ECE_BINS):
-    """ECE and the per-bin (confidence, accuracy, count) of top-1 predictions."""
-    conf = proba.max(axis=1)
-    correct = classes[proba.argmax(axis=1)] == y
-    edges = np.linspace(0, 1, bins + 1)
-    rows, ece = [], 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            rows.append((float(conf[m].mean()), float(correct[m].mean()), int(m.sum())))
-            ece += m.mean() * abs(conf[m].mean() - correct[m].mean())
-    return float(ece), rows
 
 
 def _fmt(v) -> str:
@@ -86,6 +71,8 @@ def _markdown(results: dict) -> str:
     parts += [*_failed_lines(results), ""] if _failed_lines(results) else []
     if _transfer_line(results):
         parts += ["## Does pretraining help?", "", _transfer_line(results), ""]
+    if _calibration_line(results):
+        parts += ["## Calibration", "", _calibration_line(results), ""]
     for h in results["heads"]:
         keys = list(h["grid"])
         parts += [f"## {h['head']}: sweep ({len(h['sweep'])} points, {h['selection']})", ""]
@@ -98,6 +85,18 @@ def _markdown(results: dict) -> str:
                             [[str(c["shots"]), f"{c['mean']:.4f}", f"{c['std']:.4f}", str(c["tries"])] for c in curve]),
                   ""]
     return "\n".join(parts)
+
+
+def _calibration_line(results: dict) -> str:
+    """The best head's test ECE, before and after temperature scaling ("" before the plots are made)."""
+    if "best_head_ece" not in results:
+        return ""
+    line = f"{results['best_head']}: test ECE {results['best_head_ece']:.4f}"
+    if "best_head_ece_calibrated" in results:
+        line += (f" before, {results['best_head_ece_calibrated']:.4f} after temperature scaling (T = "
+                 f"{results['best_head_temperature']:.3g}, fitted on val; `featx fit` records it in the head's card "
+                 "and `featx predict` applies it)")
+    return line + "."
 
 
 def _failed_lines(results: dict) -> list[str]:
@@ -188,13 +187,21 @@ def _best_figures(results: dict, best: dict) -> list[tuple[str, str]]:
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     if bins:
         conf, acc, _ = zip(*bins)
-        ax.plot(conf, acc, marker="o", label=f"{best['head']} (ECE {ece:.3f})")
+        ax.plot(conf, acc, marker="o", label=f"{best['head']}, before (ECE {ece:.3f})")
+    title = f"reliability diagram, ECE {ece:.4f}"
+    best["ece"] = ece
+    if "proba_calibrated" in best:
+        ece_t, bins_t = expected_calibration_error(best["proba_calibrated"], y, classes)
+        if bins_t:
+            conf, acc, _ = zip(*bins_t)
+            ax.plot(conf, acc, marker="s", label=f"temperature T={best['temperature']:.3g} (ECE {ece_t:.3f})")
+        title = f"reliability diagram: ECE {ece:.4f} before, {ece_t:.4f} after temperature scaling"
+        best["ece_calibrated"] = ece_t
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability diagram ({best['proba_kind']})")
-    ax.legend(loc="upper left")
-    figs.append((f"reliability diagram, ECE {ece:.4f}", _png(fig)))
-    best["ece"] = ece
+    ax.set_title(f"{best['head']}: {best['proba_kind'].split(' (')[0]}", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    figs.append((title, _png(fig)))
     return figs
 
 
@@ -218,6 +225,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:i
 {"<ul>" + "".join(f"<li>{esc(line[2:].replace('**', ''))}</li>" for line in _failed_lines(results)) + "</ul>"
  if _failed_lines(results) else ""}
 {f"<h2>Does pretraining help?</h2><p>{esc(_transfer_line(results)).replace('**', '')}</p>" if _transfer_line(results) else ""}
+{f"<h2>Calibration</h2><p>{esc(_calibration_line(results)).replace('`', '')}</p>" if _calibration_line(results) else ""}
 <h2>Plots</h2>{figs}
 <p>Full sweeps: see report.md and results.json next to this file.</p>
 </body></html>
@@ -237,7 +245,9 @@ def write_reports(out_dir: str | Path, results: dict, best: dict) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = _sweep_figures(results) + _best_figures(results, best)
-    results = dict(results, best_head=best["head"], best_head_ece=best["ece"])
+    results = dict(results, best_head=best["head"], best_head_ece=best["ece"],
+                   **({"best_head_temperature": best["temperature"], "best_head_ece_calibrated": best["ece_calibrated"]}
+                      if "ece_calibrated" in best else {}))
     paths = [out / "results.json", out / "report.md", out / "report.html"]
     paths[0].write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     paths[1].write_text(_markdown(results) + "\n", encoding="utf-8")

@@ -70,6 +70,11 @@ def fit(cache, pipeline, head_name, params, out, baselines, limit):
     for split, m in result.metrics.items():
         if m:
             click.echo(f"{split:<6} {m['n']:>6} " + " ".join(f"{m[k]:>14.4f}" for k in METRICS))
+    cal = result.calibration
+    if cal:
+        ece = (f"; test ECE {cal['test_ece']:.4f} -> {cal['test_ece_calibrated']:.4f}" if "test_ece" in cal else "")
+        click.echo(f"calibration: temperature {cal['temperature']:.4g} fitted on {cal['val_rows']} val rows{ece} "
+                   "(featx predict applies it)")
     click.echo(f"saved {result.head_path} and {result.card_path}")
     if baselines:
         _fit_baselines(head_name, overrides, path, exp if pipeline else None, result.card_path)

@@ -88,7 +88,8 @@ def predict(head_path, images, top_k, out, batch_size, device, trust, no_progres
 
     X, good, bad = embed_images(bb, paths, device=device, precision=emb.get("precision", "fp32"),
                                 batch_size=batch_size, decoder=emb.get("decoder", "pil"), progress=step)
-    preds = predict_images(head, card.get("classes") or [], X, good, k=top_k) if len(good) else []
+    temperature = (card.get("calibration") or {}).get("temperature")
+    preds = predict_images(head, card.get("classes") or [], X, good, k=top_k, temperature=temperature) if len(good) else []
     for p in preds:
         shown = ", ".join(f"{label} {score:.3f}" for label, score in zip(p.labels, p.scores))
         click.echo(f"{p.path}\t{shown}")
@@ -116,7 +117,8 @@ def _write_predictions(out: Path, head_path, preds, bad) -> None:
                 for p in preds for r, (label, score) in enumerate(zip(p.labels, p.scores))]
         rows += [{"path": path, "rank": "", "label": "", "error": reason} for path, reason in bad]
         with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=["path", "rank", "label", "probability", "decision_score", "error"])
+            writer = csv.DictWriter(f, fieldnames=["path", "rank", "label", "probability", "calibrated_probability",
+                                                   "decision_score", "error"])
             writer.writeheader()
             writer.writerows(rows)
 
