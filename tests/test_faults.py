@@ -415,3 +415,16 @@ def test_manifest_parsing_raises_only_featx_errors(tmp_path, rows, raw):
             ManifestSource(manifest).splits()
         except FeatxError:
             pass
+
+
+def test_without_skops_fit_saves_a_pickle_and_says_so(image_folder, tiny_backbone, tmp_path, monkeypatch, caplog):
+    import featx.heads.persist as persist
+
+    cache = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "c.h5", progress=False).path
+    monkeypatch.setattr(persist, "_skops", lambda: None)
+    result = run_cli("fit", cache, "--head", "logreg", "--out", tmp_path / "h.skops", "--no-baselines")
+    assert result.exit_code == 0 and "skops is not installed" in result.stderr
+    assert json.loads((tmp_path / "h.json").read_text())["head_format"] == "joblib"
+    with pytest.raises(FeatxError, match="is a pickle"):
+        load_head(tmp_path / "h.skops")
+    assert hasattr(load_head(tmp_path / "h.skops", trust=True)[0], "predict")

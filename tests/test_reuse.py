@@ -96,14 +96,18 @@ def test_predict_matches_the_head_on_cached_features_and_reports_unreadable(cach
     rows = list(csv.DictReader(open(out, encoding="utf-8")))
     top1 = [r["label"] for r in rows if r["rank"] == "1"]
     assert top1 == expected, "same backbone, transform and head as the cache: same predictions"
-    probs = [float(r["probability"]) for r in rows if r["rank"] == "1"]
+    probs = [float(r["calibrated_probability"]) for r in rows if r["rank"] == "1"]  # its card has a temperature
     assert all(0 < p <= 1 for p in probs)
     assert any(r.get("error") for r in rows), "the unreadable image is in the output too"
-    # a head without probabilities gives decision scores; JSON output
+    # an SVM has no probabilities: its scores temperature-scaled (fitted on val), or, without that, decision scores
     result = run("predict", "--head", heads["svm"], image_folder / "circle", "--output", tmp_path / "p.json")
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "p.json").read_text())
-    assert doc["kind"] == "decision score" and len(doc["predictions"]) == 12
+    assert doc["kind"] == "calibrated probability" and len(doc["predictions"]) == 12
+    card_file = heads["svm"].with_suffix(".json")
+    card_file.write_text(json.dumps({k: v for k, v in json.loads(card_file.read_text()).items() if k != "calibration"}))
+    assert run("predict", "--head", heads["svm"], image_folder / "circle", "--output", tmp_path / "p.json").exit_code == 0
+    assert json.loads((tmp_path / "p.json").read_text())["kind"] == "decision score"
 
 
 def test_predict_refuses_a_changed_head_and_a_missing_backbone(cache_and_heads, image_folder):

@@ -144,12 +144,12 @@ def merge_shards(path: str | os.PathLike, *, world: int | None = None, key: str 
         for split in first.splits:
             for fs in sets:
                 view = fs[split]
-                n, ids, labels = len(view), view.ids, view.y
+                n, ids, labels, fps = len(view), view.ids, view.y, view.fingerprints
                 for start in range(0, max(n, 1), _COPY_ROWS):
                     stop = min(n, start + _COPY_ROWS)
                     skipped = [(s["id"], s["reason"]) for s in view.skipped] if stop == n else []
                     writer.append(split, view.rows(start, stop), labels[start:stop], list(ids[start:stop]),
-                                  skipped=skipped)
+                                  skipped=skipped, fingerprints=list(fps[start:stop]))
         writer.finalize()
     for p in ranks.values():
         p.unlink()

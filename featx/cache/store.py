@@ -50,7 +50,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 PARTIAL_SUFFIX = ".partial"
 #: Attributes of ``/`` that hold JSON text rather than plain values.
-JSON_ATTRS = ("transform", "source")
+JSON_ATTRS = ("transform", "source", "reused_from")
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -177,8 +177,9 @@ class FeatureWriter:
                 return f"the unfinished cache {self.partial} lists other items"
             n = int(g.attrs["n_committed"])
             # Rows past n_committed may be half-written: drop them.
-            for name in ("features", "labels", "ids"):
-                g[name].resize(n, axis=0)
+            for name in ("features", "labels", "ids", "fingerprints"):
+                if name in g:
+                    g[name].resize(n, axis=0)
             self._skipped[split] = json.loads(_decode(g.attrs["skipped"]))
         return None
 
@@ -205,6 +206,7 @@ class FeatureWriter:
             g.create_dataset("labels", shape=(0,), maxshape=(None,), chunks=(rows * 16,), dtype="int64",
                              fletcher32=True)
             g.create_dataset("ids", shape=(0,), maxshape=(None,), chunks=(rows * 16,), dtype=_STR)
+            g.create_dataset("fingerprints", shape=(0,), maxshape=(None,), chunks=(rows * 16,), dtype=_STR)
             g.attrs["n_committed"] = 0
             g.attrs["n_items"] = int(size)
             g.attrs["skipped"] = "[]"
@@ -225,8 +227,10 @@ class FeatureWriter:
         labels: Iterable[int],
         ids: Sequence[str],
         skipped: Sequence[tuple[str, str]] = (),
+        fingerprints: Sequence[str] | None = None,
     ) -> None:
-        """Write one batch of rows (and the items of that batch that were skipped), then commit."""
+        """Write one batch of rows (and the items of that batch that were skipped), then commit.
+        ``fingerprints``: each row's content fingerprint (``Source.item_fingerprints``), for row reuse."""
         f = self._file
         g = f[split]
         n = int(g.attrs["n_committed"])
@@ -238,11 +242,15 @@ class FeatureWriter:
             )
         self._check_room(k)
         if k:
-            for name in ("features", "labels", "ids"):
+            names = ("features", "labels", "ids", "fingerprints") if "fingerprints" in g else ("features", "labels", "ids")
+            for name in names:
                 g[name].resize(n + k, axis=0)
             g["features"][n : n + k] = features
             g["labels"][n : n + k] = np.asarray(list(labels), dtype=np.int64)
             g["ids"][n : n + k] = np.array(list(ids), dtype=object)
+            if "fingerprints" in g:
+                g["fingerprints"][n : n + k] = np.array(list(fingerprints) if fingerprints is not None else [""] * k,
+                                                        dtype=object)
             f.flush()
         if skipped:
             self._skipped[split].extend({"id": i, "reason": r} for i, r in skipped)
@@ -266,6 +274,10 @@ class FeatureWriter:
             room = min(room, soft - os.path.getsize(self.partial))
         if room < need:
             raise OSError(errno.ENOSPC, f"{need >> 10} KiB needed, {max(room, 0) >> 10} KiB left")
+
+    def set_attr(self, key: str, value) -> None:
+        """Set a root attribute before :meth:`finalize` (dicts and lists stored as JSON)."""
+        self._file.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
     def finalize(self) -> Path:
         """Check every split is whole, mark the file complete and move it into place."""
@@ -331,6 +343,15 @@ class SplitView:
     def ids(self) -> np.ndarray:
         """Sample ids, ``(N,)`` str."""
         return np.array([_decode(i) for i in self._read("ids")], dtype=object)
+
+    @property
+    def fingerprints(self) -> np.ndarray:
+        """Each row's content fingerprint (file size and mtime, or the dataset for in-memory sources),
+        ``(N,)`` str; empty strings in caches written before featx recorded them."""
+        with _open_read(self.path) as f:
+            if "fingerprints" not in f[self.name]:
+                return np.full(int(f[self.name].attrs["n_committed"]), "", dtype=object)
+        return np.array([_decode(i) for i in self._read("fingerprints")], dtype=object)
 
     def labelled(self) -> tuple[np.ndarray, np.ndarray]:
         """Features and labels of the labelled rows only (label >= 0)."""

@@ -116,6 +116,7 @@ def _nearest_cache(folder: Path, source, bb, exp) -> str:
 @setting_option(BackboneOptions, "layer")
 @out_option("Cache file to write (default <cache-dir>/<dataset>/<backbone>-<key>.h5).")
 @setting_option(ExtractOptions, "cache_dir")
+@setting_option(ExtractOptions, "reuse")
 @setting_option(ExtractOptions, "batch_size")
 @setting_option(ExtractOptions, "workers")
 @setting_option(ExtractOptions, "device")
@@ -150,6 +151,11 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
     check_device(exp.extract.device)
     bb = build_backbone(exp, device=exp.extract.device)  # a wrong backbone, weights or layer fails here
     source.splits()
+    if str(exp.extract.reuse) not in ("auto", "none"):  # a --reuse cache of other features: refused before any work
+        from ..cache.reuse import check_donor, feature_record
+        from ..extract import plan_extraction
+
+        check_donor(exp.extract.reuse, feature_record(plan_extraction(source, bb, exp.extract, out=out).attrs))
     from ..data.sources import layout_of
 
     sizes = ", ".join(f"{s} {len(items)}" for s, items in source.splits().items())
@@ -169,8 +175,10 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
         return
     skipped = f", {result.n_skipped} skipped (see `featx info`)" if result.n_skipped else ""
     o = exp.extract
+    reused = "".join(f"reused {r['rows']} rows from {r['path']}, " for r in result.reused_from)
     click.echo(
-        f"wrote {result.path}: {result.n_items} items{skipped}; {result.n_new} new in {result.seconds:.1f} s "
+        f"wrote {result.path}: {result.n_items} items{skipped}; {reused}{'embedded ' if reused else ''}"
+        f"{result.n_new} new in {result.seconds:.1f} s "
         f"= {result.images_per_s:.1f} images/s ({bb.name}, {o.precision}, {o.device}, batch {o.batch_size}"
         f"{'; ' + result.pipeline if result.pipeline else ''})"
     )

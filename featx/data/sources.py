@@ -164,6 +164,11 @@ def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(keep)
 
 
+def in_memory_fingerprint(description: dict) -> str:
+    """The per-item content fingerprint of an in-memory dataset (its items never change): its kind and name."""
+    return f"{description.get('kind')}:{description.get('dataset', '')}"
+
+
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -236,6 +241,12 @@ class Source(ABC):
         for split, items in splits.items():
             fp[split] = _digest([items.ids, items.labels.tolist()])
         return fp
+
+    def item_fingerprints(self, items: SplitItems) -> list[str]:
+        """What identifies each item's content beside its id, as recorded per row in a cache (row reuse across
+        caches compares it): the source's description for in-memory datasets, whose items never change;
+        file sources override it with each file's size and modification time."""
+        return [in_memory_fingerprint(self.describe())] * len(items)
 
     def _carve(self, splits: dict[str, SplitItems]) -> dict[str, SplitItems]:
         """Carve val (and test) out of train when the source has none of its own (:func:`carve_splits`: by a
@@ -404,6 +415,17 @@ class FileSource(Source):
                     stats.append((-1, -1))
         fp["files"] = _digest(stats)
         return fp
+
+    def item_fingerprints(self, items: SplitItems) -> list[str]:
+        """``"<size>-<mtime_ns>"`` of each file (``"missing"`` for one gone since it was listed)."""
+        out = []
+        for key in items.keys:
+            try:
+                st = os.stat(key)
+                out.append(f"{st.st_size}-{st.st_mtime_ns}")
+            except OSError:
+                out.append("missing")
+        return out
 
 
 class ImageFolderSource(FileSource):

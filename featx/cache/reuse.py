@@ -1,0 +1,120 @@
+"""Row reuse across caches: a new extraction copies the rows of unchanged items from complete caches made with
+the same backbone and settings, and embeds only what is new or changed.
+
+Two caches can share rows when their *feature record* is equal (:data:`FEATURE_RECORD`: backbone, weights and
+their sha256, layer, transform, precision, decoder): a row is then the embedding of an image, whatever the item
+list, split or label around it. A row is reused when the item's id and its content fingerprint
+(:meth:`featx.data.sources.Source.item_fingerprints`: file size and modification time, or the dataset for
+in-memory sources) are both equal to the donor row's. Labels always come from the current source.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FeatxError, FeatxUsageError
+from .store import open_features
+
+__all__ = ["FEATURE_RECORD", "feature_record", "find_donors", "check_donor", "RowIndex"]
+
+log = logging.getLogger("featx")
+
+#: Cache attributes that decide what a row holds for a given image.
+FEATURE_RECORD = ("backbone", "weights", "weights_sha256", "layer", "transform", "precision", "decoder")
+
+
+def feature_record(attrs: dict) -> dict:
+    """The :data:`FEATURE_RECORD` fields of a cache's attributes (as written or as read back)."""
+    return {k: attrs.get(k) for k in FEATURE_RECORD}
+
+
+def check_donor(path, record: dict) -> Path:
+    """``path`` as a donor for a run with feature record ``record``, or a one-line usage error saying why not."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatxUsageError(f"--reuse {path}: no such cache file")
+    try:
+        fs = open_features(path)
+    except FeatxError as exc:
+        raise FeatxUsageError(f"--reuse {path}: {exc}") from None
+    theirs = feature_record(fs.meta)
+    differ = [k for k in FEATURE_RECORD if theirs.get(k) != record.get(k)]
+    if differ:
+        shown = ", ".join(f"{k} {_short(theirs.get(k))} there, {_short(record.get(k))} here" for k in differ)
+        raise FeatxUsageError(f"--reuse {path}: its rows are other features ({shown}); reuse a cache of the same "
+                              "backbone, weights, layer, transform, precision and decoder")
+    return path
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def find_donors(folder, record: dict, *, exclude=()) -> list[Path]:
+    """Complete caches in ``folder`` with this feature record, newest first (damaged files are passed over)."""
+    out = []
+    skip = {Path(p).resolve() for p in exclude}
+    for path in Path(folder).glob("*.h5") if Path(folder).is_dir() else ():
+        if path.resolve() in skip:
+            continue
+        try:
+            meta = open_features(path).meta
+        except FeatxError:
+            continue
+        if feature_record(meta) == record:
+            out.append(path)
+    return sorted(out, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def _legacy_fingerprint(source: dict) -> str:
+    """What a row of a cache without fingerprints can be matched by: the dataset, for in-memory sources (their
+    items never change; so the default Fashion-MNIST cache of an earlier featx feeds the new one); nothing for
+    files, whose content may have changed since (``"?"`` matches no item)."""
+    from ..data.sources import in_memory_fingerprint
+
+    return in_memory_fingerprint(source) if source.get("kind") == "torchvision" else "?"
+
+
+class RowIndex:
+    """id -> the donor row holding its features, over one or more donor caches (earlier donors win)."""
+
+    def __init__(self, donors: list[Path]):
+        self.donors = [open_features(p) for p in donors]
+        self._where: dict[str, tuple[int, str, int, str]] = {}
+        for d, fs in enumerate(self.donors):
+            for split in fs.splits:
+                view = fs[split]
+                fps = view.fingerprints
+                if len(fps) and not any(fps):  # a cache from before featx recorded fingerprints
+                    fps = np.full(len(fps), _legacy_fingerprint(fs.meta.get("source") or {}), dtype=object)
+                for row, (item_id, fp) in enumerate(zip(view.ids, fps)):
+                    self._where.setdefault(str(item_id), (d, split, row, str(fp)))
+        self._arrays: dict[tuple[int, str], np.ndarray] = {}
+        self.used: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def match(self, ids, fingerprints) -> list[tuple[int, str, int] | None]:
+        """For each item, the donor row with the same id and fingerprint, or ``None`` (new or changed)."""
+        out = []
+        for item_id, fp in zip(ids, fingerprints):
+            hit = self._where.get(str(item_id))
+            out.append(hit[:3] if hit is not None and hit[3] == fp else None)
+        return out
+
+    def row(self, where: tuple[int, str, int]) -> np.ndarray:
+        d, split, row = where
+        if (d, split) not in self._arrays:
+            self._arrays[(d, split)] = self.donors[d][split].X  # one read per donor split
+        self.used[d] = self.used.get(d, 0) + 1
+        return self._arrays[(d, split)][row]
+
+    def provenance(self) -> list[dict]:
+        """Which donors gave how many rows (recorded in the new cache as ``reused_from``)."""
+        return [{"path": str(self.donors[d].path), "cache_key": self.donors[d].cache_key, "rows": n}
+                for d, n in sorted(self.used.items())]
