@@ -276,7 +276,7 @@ def extract(source: Source, backbone: Backbone, options: ExtractOptions | None =
                                   f"{plan.key}); choose another --out or delete it")
         return ExtractResult(plan.path, plan.key, True, False, plan.total, 0, 0, 0.0)
     tune_malloc()
-    index = _row_index(plan, options)
+    index = _row_index(plan, options, explicit_out=out is not None)
     writer = FeatureWriter(plan.path, attrs=plan.attrs, classes=plan.classes,
                            split_sizes={s: len(i) for s, i in plan.splits.items()}, feature_dim=backbone.feature_dim)
     with writer:
@@ -299,13 +299,14 @@ def extract(source: Source, backbone: Backbone, options: ExtractOptions | None =
                          balance.describe() if balance else "", write_s, n_reused, reused)
 
 
-def _row_index(plan: ExtractPlan, options: ExtractOptions):
-    """The donor caches' rows this run may copy (``--reuse``: auto, a file, none); ``None`` when there are none.
+def _row_index(plan: ExtractPlan, options: ExtractOptions, *, explicit_out: bool = False):
+    """The donor caches' rows this run may copy (``--reuse``: auto = the complete caches beside this one in the
+    dataset's cache folder, not for a file named with ``--out``; a file; none); ``None`` when there are none.
     Sharded runs embed their block (a merge then joins the shards)."""
     from .cache.reuse import RowIndex, check_donor, feature_record, find_donors
 
     choice = str(options.reuse)
-    if choice == "none" or plan.shard is not None:
+    if choice == "none" or plan.shard is not None or (choice == "auto" and explicit_out):
         return None
     record = feature_record(plan.attrs)
     if choice == "auto":

@@ -262,7 +262,8 @@ class ExtractOptions(_Options):
                            "(see `featx info`).", table="extract", kind=bool)
     reuse: str = setting("auto", "Copy the rows of unchanged items (same id, file size and mtime) from other caches "
                          "of the same backbone and settings instead of embedding them again: auto (default: the "
-                         "complete caches in this dataset's cache folder), a cache file, or none.",
+                         "complete caches in this dataset's cache folder; not when --out names the file), a cache "
+                         "file, or none.",
                          table="extract", kind=(str, os.PathLike))
     cache_dir: str = setting("cache", "Folder of caches (default cache).", table="cache", key="dir",
                              kind=(str, os.PathLike))

@@ -31,7 +31,11 @@ log = logging.getLogger("featx")
 HEAD_SUFFIX = ".skops"
 #: Types a head file may hold beyond those skops trusts itself (scikit-learn's estimators, numpy): featx's
 #: own estimators. Anything else in a head file is refused unless the caller passes ``trust=True``.
-TRUSTED_TYPES = ("featx.heads.solvers.LBFGSLinearClassifier", "featx.heads.solvers.TorchLinearClassifier")
+TRUSTED_TYPES = ("featx.heads.solvers.LBFGSLinearClassifier", "featx.heads.solvers.TorchLinearClassifier",
+                 # domain-adapted heads (featx adapt): featx's maps and the skada adapters they wrap
+                 "featx.heads.adaptation.AdaptedHead", "featx.heads.adaptation.DomainStandardizer",
+                 "featx.heads.adaptation.IdentityMap", "featx.heads.adaptation.SkadaMap",
+                 "skada._mapping.CORALAdapter", "skada._subspace.SubspaceAlignmentAdapter")
 _ZIP_MAGIC = b"PK\x03\x04"
 
 #: Cache attributes that determine the embedding (copied into a head's card by ``featx fit``).

@@ -1,0 +1,265 @@
+"""``featx adapt``: a head for a target domain, trained on a labelled source cache after aligning the domains
+with the target cache's unlabelled features; every method compared in one report.
+
+Protocol. Source rows: the source cache's labelled ``train`` split. Target rows for fitting the map: the target
+cache's ``train`` and ``val`` splits, labels ignored (all of its rows when it has no ``test`` split). Target
+accuracy: on the target's labelled ``test`` rows (else every labelled target row not used for training) --
+target labels are never used for anything else, except ``--target-shots K``: K labelled target ``train`` rows
+per class added to the training set (mapped as target rows). Reported per method: target accuracy against
+source-only (``none``) and against the ceiling (the same head trained on the target's labelled ``train`` rows,
+when it has them), and the proxy A-distance (Ben-David et al. 2007: ``2 (1 - 2 err)`` of a domain classifier,
+logistic regression, 2-fold CV) between source and target features before and after the map.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..cache.store import open_features
+from ..errors import FeatxUsageError
+from ..heads.adaptation import METHODS, AdaptedHead, make_map
+from ..heads.registry import head_params, make_head
+from ..util import atomic_write
+from ..version import __version__
+from .evaluate import evaluate
+from .fitting import fit_quietly
+
+__all__ = ["COMPATIBLE", "adaptation_card", "check_compatible", "proxy_a_distance", "run_adaptation",
+           "write_adapt_reports"]
+
+log = logging.getLogger("featx")
+
+#: Cache attributes two caches must share for their features to live in one space.
+COMPATIBLE = ("backbone", "weights", "weights_sha256", "layer", "transform", "feature_dim")
+#: Rows per domain the proxy A-distance's domain classifier sees (a stratified-free random sample).
+PAD_ROWS = 2000
+
+
+def check_compatible(source, target) -> None:
+    """One-line usage error when the two caches' features are not comparable."""
+    differ = [k for k in COMPATIBLE if source.meta.get(k) != target.meta.get(k)]
+    if differ:
+        shown = ", ".join(f"{k} {source.meta.get(k)!r} vs {target.meta.get(k)!r}" if k != "transform" else
+                          "transform differs" for k in differ)
+        raise FeatxUsageError(f"{source.path} and {target.path} hold different features ({shown}): extract both "
+                              "with the same backbone, weights and transform")
+
+
+def _target_labels(source, target, y: np.ndarray) -> np.ndarray:
+    """Target labels as indices into the source's classes (matched by name); -1 stays -1."""
+    if not (y >= 0).any():
+        return y
+    missing = sorted({target.classes[i] for i in np.unique(y[y >= 0])} - set(source.classes))
+    if missing:
+        raise FeatxUsageError(f"{target.path} has classes the source does not ({', '.join(missing[:5])}"
+                              f"{', ...' if len(missing) > 5 else ''}): class lists must match by name (a target "
+                              "without labels is fine)")
+    index = {name: i for i, name in enumerate(source.classes)}
+    lookup = np.array([index[name] for name in target.classes], dtype=np.int64)
+    return np.where(y >= 0, lookup[np.maximum(y, 0)], -1)
+
+
+def proxy_a_distance(Xs: np.ndarray, Xt: np.ndarray, seed: int = 0) -> float:
+    """``2 (1 - 2 err)`` of a logistic-regression domain classifier (2-fold CV), clipped to [0, 2]."""
+    from sklearn.model_selection import cross_val_score
+
+    rng = np.random.default_rng(seed)
+    a = Xs[rng.permutation(len(Xs))[:PAD_ROWS]]
+    b = Xt[rng.permutation(len(Xt))[:PAD_ROWS]]
+    X = np.vstack([a, b]).astype(np.float32)
+    d = np.concatenate([np.zeros(len(a), np.int64), np.ones(len(b), np.int64)])
+    acc = float(cross_val_score(make_head("logreg"), X, d, cv=2).mean())
+    return float(np.clip(2 * (1 - 2 * (1 - acc)), 0.0, 2.0))
+
+
+def _rows(fs, splits):
+    parts = [(fs[s].X, fs[s].y) for s in splits if s in fs]
+    if not parts:
+        return np.zeros((0, int(fs.meta["feature_dim"])), np.float32), np.zeros(0, np.int64)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def run_adaptation(source_path, target_path, *, head: str, params: dict | None = None, methods=("all",),
+                   target_shots: int = 0, components: int = 64, seed: int = 0) -> tuple[dict, dict]:
+    """Fit ``head`` on the source with each method; returns (the results record, method -> fitted AdaptedHead)."""
+    source, target = open_features(source_path), open_features(target_path)
+    check_compatible(source, target)
+    if "train" not in source:
+        raise FeatxUsageError(f"{source.path} has no train split to learn from")
+    methods = list(METHODS) if "all" in methods else list(dict.fromkeys(["none", *methods]))
+    Xs, ys = source["train"].labelled()
+    has_test = "test" in target
+    Xt_fit, yt_fit = _rows(target, ("train", "val") if has_test else target.splits)
+    yt_fit = _target_labels(source, target, yt_fit)
+    if has_test:
+        Xt_eval, yt_eval = target["test"].X, _target_labels(source, target, target["test"].y)
+    else:
+        Xt_eval, yt_eval = Xt_fit, yt_fit
+    shots_idx = np.zeros(0, np.int64)
+    if target_shots:
+        rng = np.random.default_rng(seed)
+        labelled = np.flatnonzero(yt_fit >= 0)
+        if not len(labelled):
+            raise FeatxUsageError(f"--target-shots {target_shots}: {target.path} has no labelled rows to take them from")
+        shots_idx = np.concatenate([rng.permutation(labelled[yt_fit[labelled] == c])[:target_shots]
+                                    for c in np.unique(yt_fit[labelled])])
+        if not has_test:  # the shots are training rows: not scored
+            keep = np.setdiff1d(np.arange(len(yt_eval)), shots_idx)
+            Xt_eval, yt_eval = Xt_eval[keep], yt_eval[keep]
+    scored = yt_eval >= 0
+    n_components = int(min(components, Xs.shape[1], len(Xs), len(Xt_fit)))
+    pad_before = proxy_a_distance(Xs, Xt_fit, seed)
+    results, heads = [], {}
+    for method in methods:
+        t0 = time.perf_counter()
+        dmap = make_map(method, n_components=n_components)
+        Ms, Mt = dmap.fit_map(Xs, Xt_fit)
+        X_train, y_train = Ms, ys
+        if len(shots_idx):
+            X_train = np.vstack([Ms, Mt[shots_idx]])
+            y_train = np.concatenate([ys, yt_fit[shots_idx]])
+        est = fit_quietly(head, make_head(head, params), X_train, y_train)
+        adapted = AdaptedHead(dmap, est)
+        row = {"method": method, "description": METHODS[method], "seconds": round(time.perf_counter() - t0, 3),
+               "proxy_a_distance": round(proxy_a_distance(Ms, Mt, seed), 4)}
+        if scored.any():
+            row["target"] = evaluate(adapted, Xt_eval[scored], yt_eval[scored])
+        heads[method] = adapted
+        results.append(row)
+        log.info(f"{method}: {row.get('target', {}).get('top1', float('nan')):.4f} target top-1, "
+                 f"PAD {row['proxy_a_distance']:.3f} ({row['seconds']:.1f} s)")
+    base = next(r for r in results if r["method"] == "none")
+    for r in results:
+        if "target" in r:
+            r["gain_over_source_only"] = round(r["target"]["top1"] - base["target"]["top1"], 4)
+            r["worse_than_source_only"] = bool(r["gain_over_source_only"] < 0)
+    ceiling = None
+    if "train" in target and has_test and scored.any():
+        Xc, yc = target["train"].X, _target_labels(source, target, target["train"].y)
+        if (yc >= 0).sum() and len(np.unique(yc[yc >= 0])) > 1:
+            est = fit_quietly(head, make_head(head, params), Xc[yc >= 0], yc[yc >= 0])
+            ceiling = evaluate(est, Xt_eval[scored], yt_eval[scored])
+    record = {
+        "source": {"cache": str(source.path), "cache_key": source.cache_key, "rows": len(ys)},
+        "target": {"cache": str(target.path), "cache_key": target.cache_key, "rows_for_the_map": len(Xt_fit),
+                   "rows_scored": int(scored.sum()), "labelled": bool(scored.any())},
+        "head": head, "params": head_params(make_head(head, params)), "target_shots": int(target_shots),
+        "subspace_components": n_components, "backbone": source.meta.get("backbone"),
+        "weights": source.meta.get("weights"), "classes": list(source.classes),
+        "proxy_a_distance_before": round(pad_before, 4), "methods": results, "ceiling": ceiling,
+        "featx_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    scored_rows = [r for r in results if "target" in r]
+    if scored_rows:
+        record["best_method"] = max(scored_rows, key=lambda r: r["target"]["top1"])["method"]
+    return record, heads
+
+
+def _table(record: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["method", "target top-1", "vs source-only", "proxy A-distance", "fit s", "what"]
+    rows = []
+    for r in record["methods"]:
+        t = r.get("target")
+        rows.append([r["method"], f"{t['top1']:.4f}" if t else "-",
+                     f"{r['gain_over_source_only']:+.4f}" if t else "-", f"{r['proxy_a_distance']:.3f}",
+                     f"{r['seconds']:.1f}", r["description"]])
+    return header, rows
+
+
+def _warnings(record: dict) -> list[str]:
+    return [f"{r['method']} made target accuracy worse than no adaptation ({r['gain_over_source_only']:+.4f})"
+            for r in record["methods"] if r.get("worse_than_source_only")]
+
+
+def _summary(record: dict) -> str:
+    c = record["ceiling"]
+    parts = [f"Source {record['source']['cache']} ({record['source']['rows']} labelled rows) -> target "
+             f"{record['target']['cache']} ({record['target']['rows_for_the_map']} unlabelled rows for the map, "
+             f"{record['target']['rows_scored']} scored); head {record['head']}; proxy A-distance before "
+             f"adaptation {record['proxy_a_distance_before']:.3f} (0 = indistinguishable domains, 2 = separable)."]
+    if record["target_shots"]:
+        parts.append(f"{record['target_shots']} labelled target images per class added to training.")
+    if c:
+        parts.append(f"Ceiling (the head trained on the target's labelled train split): {c['top1']:.4f}.")
+    if "best_method" in record:
+        parts.append(f"Best: {record['best_method']}.")
+    return " ".join(parts)
+
+
+def _figure(record: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import _png
+
+    rows = record["methods"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    names = [r["method"] for r in rows]
+    if all("target" in r for r in rows):
+        a1.bar(names, [r["target"]["top1"] for r in rows],
+               color=["#c44" if r.get("worse_than_source_only") else "#48a" for r in rows])
+        if record["ceiling"]:
+            a1.axhline(record["ceiling"]["top1"], color="k", ls="--", label="ceiling (target labels)")
+            a1.legend(loc="lower right", fontsize=8)
+        a1.set_ylim(0, 1)
+        a1.set_ylabel("target top-1")
+    a2.bar(names, [r["proxy_a_distance"] for r in rows], color="#888")
+    a2.axhline(record["proxy_a_distance_before"], color="k", ls=":", label="before adaptation")
+    a2.set_ylim(0, 2)
+    a2.set_ylabel("proxy A-distance")
+    a2.legend(loc="upper right", fontsize=8)
+    return _png(fig)
+
+
+def write_adapt_reports(out_dir, record: dict) -> list[Path]:
+    """``adapt.json``, ``report.md`` and a self-contained ``report.html`` in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    header, rows = _table(record)
+    warnings = _warnings(record)
+    md = "\n".join(["# featx adapt", "", _summary(record), "",
+                    "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                    *("| " + " | ".join(r) + " |" for r in rows),
+                    *(["", "## Warnings", "", *(f"- {w}" for w in warnings)] if warnings else [])]) + "\n"
+    esc = html.escape
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>featx adapt</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}.warn{{color:#a40}}</style></head><body>
+<h1>featx adapt</h1><p>{esc(_summary(record))}</p>
+<table><tr>{''.join(f'<th>{esc(h)}</th>' for h in header)}</tr>
+{''.join('<tr>' + ''.join(f'<td>{esc(c)}</td>' for c in r) + '</tr>' for r in rows)}</table>
+{f'<h2>Warnings</h2><ul class="warn">{"".join(f"<li>{esc(w)}</li>" for w in warnings)}</ul>' if warnings else ''}
+<figure><img alt="target accuracy and proxy A-distance per method" src="data:image/png;base64,{_figure(record)}">
+<figcaption>Target top-1 per method (red: worse than no adaptation) and the proxy A-distance after each map.
+</figcaption></figure></body></html>
+"""
+    paths = [out / "adapt.json", out / "report.md", out / "report.html"]
+    for path, text in zip(paths, (json.dumps(record, indent=2, default=str) + "\n", md, page)):
+        with atomic_write(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    for w in warnings:
+        log.warning(f"warning: {w}")
+    return paths
+
+
+def adaptation_card(record: dict, method: str, adapted: AdaptedHead) -> dict:
+    """What a saved adapted head's card records about its adaptation."""
+    fitted = {k: (v.tolist() if isinstance(v, np.ndarray) and v.size <= 16 else
+                  f"array {list(v.shape)}" if isinstance(v, np.ndarray) else v)
+              for k, v in vars(adapted.domain_map).items() if k.endswith("_")}
+    row = next(r for r in record["methods"] if r["method"] == method)
+    return {"method": method, "description": METHODS[method], "source_cache_key": record["source"]["cache_key"],
+            "target_cache_key": record["target"]["cache_key"], "target_cache": record["target"]["cache"],
+            "fitted": fitted, "target_top1": row.get("target", {}).get("top1"),
+            "proxy_a_distance": row["proxy_a_distance"]}
+

@@ -1,0 +1,123 @@
+"""Domain adaptation on cached features: map source and target features so that a head trained on the labelled
+source works on the (unlabelled) target.
+
+Methods (:data:`METHODS`), each a map fitted on source and target features together and applied to new target
+features at prediction time:
+
+- ``none``: no adaptation (source-only; the reference every method is compared with);
+- ``standardize``: per-domain standardisation -- each domain re-centred and re-scaled by its own mean and
+  standard deviation (:class:`DomainStandardizer`, featx's own: a few lines);
+- ``coral``: CORAL, correlation alignment (Sun, Feng & Saenko, AAAI 2016): source features whitened and
+  re-coloured with the target's covariance -- skada's ``CORALAdapter``;
+- ``subspace``: subspace alignment (Fernando, Habrard, Sebban & Tuytelaars, ICCV 2013): both domains projected
+  onto their own PCA subspaces, the source's aligned to the target's -- skada's ``SubspaceAlignmentAdapter``.
+
+skada (https://scikit-adaptation.github.io, the ``adapt`` extra) is the maintained scikit-learn-compatible
+library for these; featx wraps its adapters (:class:`SkadaMap`) so that every head of the registry works with
+every method, and the adapted head (:class:`AdaptedHead`) saves and loads like any head.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.metaestimators import available_if
+
+from ..errors import FeatxError
+
+__all__ = ["METHODS", "DomainStandardizer", "SkadaMap", "AdaptedHead", "make_map"]
+
+#: method -> what it is
+METHODS = {
+    "none": "no adaptation (source-only)",
+    "standardize": "per-domain standardisation (each domain by its own mean and std)",
+    "coral": "CORAL: source covariance aligned to the target's (Sun et al. 2016; skada)",
+    "subspace": "subspace alignment of the domains' PCA bases (Fernando et al. 2013; skada)",
+}
+_SKADA = {"coral": "CORALAdapter", "subspace": "SubspaceAlignmentAdapter"}
+
+
+class DomainStandardizer(BaseEstimator):
+    """Each domain standardised by its own statistics; new target features by the target's."""
+
+    def fit_map(self, Xs: np.ndarray, Xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.mean_source_, self.scale_source_ = Xs.mean(axis=0), Xs.std(axis=0) + 1e-8
+        self.mean_target_, self.scale_target_ = Xt.mean(axis=0), Xt.std(axis=0) + 1e-8
+        return (Xs - self.mean_source_) / self.scale_source_, self.map_target(Xt)
+
+    def map_target(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.mean_target_) / self.scale_target_
+
+
+class IdentityMap(BaseEstimator):
+    """No adaptation."""
+
+    def fit_map(self, Xs, Xt):
+        return Xs, Xt
+
+    def map_target(self, X):
+        return X
+
+
+class SkadaMap(BaseEstimator):
+    """A skada adapter (fitted on source + target with ``sample_domain``) as a featx domain map."""
+
+    def __init__(self, adapter=None):
+        self.adapter = adapter
+
+    def fit_map(self, Xs: np.ndarray, Xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        X = np.vstack([Xs, Xt]).astype(np.float64)
+        domain = np.concatenate([np.ones(len(Xs), np.int64), -np.ones(len(Xt), np.int64)])
+        y = np.full(len(X), -1, dtype=np.int64)  # skada's convention for unlabelled (target) rows
+        out = np.asarray(self.adapter.fit_transform(X, y, sample_domain=domain))
+        return out[: len(Xs)], out[len(Xs):]
+
+    def map_target(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        return np.asarray(self.adapter.transform(X, sample_domain=-np.ones(len(X), np.int64)))
+
+
+def make_map(method: str, *, n_components: int | None = None):
+    """A fresh domain map for ``method``; a one-line error when skada is needed and missing."""
+    if method not in METHODS:
+        raise FeatxError(f"unknown adaptation method {method!r}; choose from {', '.join(METHODS)} or all")
+    if method == "none":
+        return IdentityMap()
+    if method == "standardize":
+        return DomainStandardizer()
+    if importlib.util.find_spec("skada") is None:
+        raise FeatxError(f"--method {method} needs skada, which is not installed: pip install 'featx[adapt]'")
+    import skada
+
+    cls = getattr(skada, _SKADA[method])
+    return SkadaMap(cls(n_components=n_components, random_state=0) if method == "subspace" else cls())
+
+
+def _head_has(name: str):
+    return lambda self: hasattr(self.head, name)
+
+
+class AdaptedHead(ClassifierMixin, BaseEstimator):
+    """A head trained on adapted source features; it predicts on target-domain features (``featx predict`` on
+    target images), mapping them first."""
+
+    def __init__(self, domain_map=None, head=None):
+        self.domain_map = domain_map
+        self.head = head
+
+    @property
+    def classes_(self):
+        return self.head.classes_
+
+    def predict(self, X):
+        return self.head.predict(self.domain_map.map_target(X))
+
+    @available_if(_head_has("predict_proba"))
+    def predict_proba(self, X):
+        return self.head.predict_proba(self.domain_map.map_target(X))
+
+    @available_if(_head_has("decision_function"))
+    def decision_function(self, X):
+        return self.head.decision_function(self.domain_map.map_target(X))
