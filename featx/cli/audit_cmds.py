@@ -1,0 +1,49 @@
+"""``featx audit``: near-duplicates and leakage, likely label errors and outliers, from a cache's embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .base import existing_file, out_option
+
+__all__ = ["audit"]
+
+
+@click.command()
+@click.argument("cache", type=click.Path(dir_okay=False))
+@out_option("Report folder (default reports/audit-<cache name>).", file=False)
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Cosine similarity at or above which two items are near-duplicates (default 0.95, measured: "
+                   "docs/audit.md).")
+@click.option("--index", type=click.Choice(["exact", "faiss"]), default="exact", show_default=True,
+              help="Nearest-neighbour search: blocked exact search, or a FAISS index (needs faiss-cpu).")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Folds of the out-of-fold probabilities the label check ranks.")
+@click.option("--write-manifest", "manifest", type=click.Path(dir_okay=False), default=None,
+              help="Also write a CSV manifest of the items without the flagged ones (featx extract --data reads it; "
+                   "image files are never deleted or edited).")
+@click.option("--relabel", is_flag=True, help="In the manifest, give likely label errors their suggested label "
+                                              "instead of leaving them out.")
+@click.option("--root", default="cache/datasets", show_default=True,
+              help="Where torchvision datasets are kept (to show their images).")
+def audit(cache, out, threshold, index, folds, manifest, relabel, root):
+    """Audit a dataset through its cached embeddings: near-duplicates (and train/test leakage), likely label
+    errors, outliers. Writes audit.json, report.md and report.html (with thumbnails of what it flags)."""
+    existing_file(cache, "cache file")
+    from ..analysis.audit import DUPLICATE_THRESHOLD, run_audit, summary_lines, write_audit_reports, write_manifest
+    from ..cache.store import open_features
+
+    fs = open_features(cache)
+    record = run_audit(fs, threshold=DUPLICATE_THRESHOLD if threshold is None else threshold, index=index,
+                       folds=folds)
+    out_dir = Path(out) if out else Path("reports") / f"audit-{Path(cache).stem}"
+    paths = write_audit_reports(out_dir, record, fs, root=root)
+    for line in summary_lines(record):
+        click.echo(line)
+    click.echo("wrote " + ", ".join(str(p) for p in paths))
+    if manifest:
+        written, left_out = write_manifest(record, fs, manifest, relabel=relabel, root=root)
+        click.echo(f"wrote {manifest}: {written} items, {left_out} flagged left out"
+                   f"{' or relabelled' if relabel else ''}; featx extract --data {manifest} reads it")
