@@ -1,0 +1,181 @@
+"""featx audit measured: precision and recall of each detector on Fashion-MNIST with injected problems, the
+near-duplicate threshold, and the run time at the default cache's size (docs/audit.md).
+
+Data (written once as an image folder into bench/data/audit/): 2,000 Fashion-MNIST train images and 500 test
+images; 50 of the test images copied into train as near-duplicates (each re-encoded as JPEG quality 75,
+resized or cropped by 1-3 pixels and scaled back: what a re-upload does); 3% of the train originals (60) moved
+to a wrong class folder (label flips). Extracted with the embedded MobileNetV2 IMAGENET1K_V1, then audited.
+
+Printed: the similarity of the injected copies to their originals against the closest distinct pairs (how
+the threshold was chosen), leakage precision / recall at several thresholds, label-error precision among the
+top k (k = flips injected) and recall, and (``--size 70000``) the time of the whole audit on a cache of that
+many rows (random clustered features of the default cache's width: the search does the same work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from featx.analysis.audit import blocked_topk, near_duplicates, run_audit
+from featx.backbones import load_backbone
+from featx.cache.store import FeatureWriter, open_features
+from featx.data.sources import ImageFolderSource, make_source
+from featx.extract import extract
+
+DATA = Path(__file__).resolve().parent / "data" / "audit"
+
+
+def near_copy(img: Image.Image, rng) -> Image.Image:
+    """Re-encoded (JPEG 75) and resized or cropped by a few pixels, back at the original size."""
+    w, h = img.size
+    if rng.random() < 0.5:
+        c = int(rng.integers(1, 4))
+        img = img.crop((c, c, w - c, h - c)).resize((w, h), Image.Resampling.BILINEAR)
+    else:
+        s = int(rng.integers(w - 3, w + 4))
+        img = img.resize((s, s), Image.Resampling.BILINEAR).resize((w, h), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=75)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("L")
+
+
+def make_data(n_train: int, n_test: int, n_dups: int, flip: float) -> dict:
+    truth_file = DATA / "truth.json"
+    if truth_file.exists():
+        return json.loads(truth_file.read_text())
+    rng = np.random.default_rng(0)
+    src = make_source("torchvision:FashionMNIST", val_fraction=0, test_fraction=0)
+    splits = src.splits()
+    names = [c.replace("/", "-") for c in src.classes]
+    train = rng.permutation(len(splits["train"]))[:n_train]
+    test = rng.permutation(len(splits["test"]))[:n_test]
+    flips = set(rng.choice(n_train, int(round(flip * n_train)), replace=False).tolist())
+    truth = {"dups": [], "flips": []}
+    for k, i in enumerate(train):
+        y = int(splits["train"].labels[i])
+        shown = (y + int(rng.integers(1, 10))) % 10 if k in flips else y
+        rel = f"train/{names[shown]}/tr{k:05d}.png"
+        (DATA / rel).parent.mkdir(parents=True, exist_ok=True)
+        src.open(splits["train"].keys[i]).save(DATA / rel)
+        if k in flips:
+            truth["flips"].append({"id": rel, "true": names[y]})
+    for k, i in enumerate(test):
+        y = int(splits["test"].labels[i])
+        rel = f"test/{names[y]}/te{k:05d}.png"
+        (DATA / rel).parent.mkdir(parents=True, exist_ok=True)
+        img = src.open(splits["test"].keys[i])
+        img.save(DATA / rel)
+        if k < n_dups:
+            copy = f"train/{names[y]}/copy{k:05d}.jpg"
+            near_copy(img, rng).save(DATA / copy, quality=95)
+            truth["dups"].append([copy, rel])
+    truth_file.write_text(json.dumps(truth, indent=1))
+    return truth
+
+
+def measure(truth: dict, thresholds) -> dict:
+    bb = load_backbone("mobilenet_v2", "IMAGENET1K_V1")
+    t0 = time.perf_counter()
+    res = extract(ImageFolderSource(DATA, val_fraction=0), bb, cache_dir="cache", progress=False)
+    extract_s = time.perf_counter() - t0
+    fs = open_features(res.path)
+    record = run_audit(fs)
+    ids = [str(i) for s in fs.splits for i in fs[s].ids]  # "train/<class>/<file>": as the truth names them
+    X = np.concatenate([fs[s].X for s in fs.splits])
+    splits = np.array([s for s in fs.splits for _ in range(len(fs[s]))])
+    row = {i: r for r, i in enumerate(ids)}
+    sims, nn = blocked_topk(X, 10)
+    injected = {frozenset((row[a], row[b])) for a, b in truth["dups"]}
+    Z = X / np.linalg.norm(X, axis=1, keepdims=True)
+    pair_sims = sorted(float(Z[row[a]] @ Z[row[b]]) for a, b in truth["dups"])
+    in_pairs = {r for p in injected for r in p}
+    distinct_best = [float(s[0]) for r, s in enumerate(sims) if r not in in_pairs]
+    table = []
+    for th in thresholds:
+        pairs, _, _ = near_duplicates(sims, nn, splits, threshold=th)
+        leaks = {frozenset((a, b)) for a, b, _ in pairs if splits[a] != splits[b]}
+        tp = len(leaks & injected)
+        table.append({"threshold": th, "reported_leaks": len(leaks), "recall": tp / len(injected),
+                      "precision": tp / len(leaks) if leaks else float("nan")})
+    flips = {f["id"] for f in truth["flips"]}
+    true_of = {f["id"]: f["true"] for f in truth["flips"]}
+    issues = record["label_issues"] or []
+    k = len(flips)
+    top = [i for i in issues[:k]]
+    hits = [i for i in top if i["id"] in flips]
+    return {"extract_seconds": round(extract_s, 1), "rows": record["rows"], "audit_seconds": record["seconds"],
+            "copy_similarity": {"min": pair_sims[0], "p05": float(np.percentile(pair_sims, 5)),
+                                "median": float(np.median(pair_sims))},
+            "closest_distinct": {"max": max(distinct_best), "p999": float(np.percentile(distinct_best, 99.9)),
+                                 "p99": float(np.percentile(distinct_best, 99))},
+            "leakage": table, "flips": k, "label_issues_reported": len(issues),
+            "label_precision_top_k": len(hits) / k, "label_recall_all": len({i["id"] for i in issues} & flips) / k,
+            "suggested_is_true_label": (sum(i["suggested"] == true_of[i["id"]] for i in hits) / len(hits)) if hits
+            else float("nan"),
+            "outliers": len(record["outliers"]["items"])}
+
+
+def full_size(n: int, d: int = 1280, k: int = 10) -> dict:
+    """The whole audit on ``n`` rows of random clustered features (``k`` classes), timed."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(k, d)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.h5"
+        sizes = {"train": n - n // 7, "test": n // 7}
+        attrs = {"cache_key": "big", "backbone": "synthetic", "weights": "none", "source": {"kind": "synthetic"},
+                 "transform": {}}
+        with FeatureWriter(path, attrs=attrs, classes=[str(i) for i in range(k)], split_sizes=sizes,
+                           feature_dim=d) as w:
+            for split, m in sizes.items():
+                for lo in range(0, m, 10000):
+                    hi = min(m, lo + 10000)
+                    y = rng.integers(0, k, hi - lo)
+                    w.append(split, centres[y] + rng.normal(size=(hi - lo, d)).astype(np.float32) * 2, y,
+                             [f"{split}{i}" for i in range(lo, hi)])
+            w.finalize()
+        t0 = time.perf_counter()
+        record = run_audit(open_features(path))
+        return {"rows": n, "dim": d, "seconds": record["seconds"], "wall": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", type=int, default=2000)
+    p.add_argument("--test", type=int, default=500)
+    p.add_argument("--dups", type=int, default=50)
+    p.add_argument("--flip", type=float, default=0.03)
+    p.add_argument("--size", type=int, default=0, help="also time the audit on this many rows (e.g. 70000)")
+    p.add_argument("--out", type=Path, default=Path("bench/results/audit.json"))
+    args = p.parse_args(argv)
+    truth = make_data(args.train, args.test, args.dups, args.flip)
+    r = measure(truth, (0.85, 0.90, 0.93, 0.95, 0.97, 0.99))
+    if args.size:
+        r["full_size"] = full_size(args.size)
+        print(json.dumps(r["full_size"]), file=sys.stderr)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(r, indent=2) + "\n")
+    c, d = r["copy_similarity"], r["closest_distinct"]
+    print(f"injected copies vs their originals: cosine min {c['min']:.4f}, 5th pct {c['p05']:.4f}, median "
+          f"{c['median']:.4f}; closest distinct pair per item: max {d['max']:.4f}, 99.9th pct {d['p999']:.4f}, "
+          f"99th {d['p99']:.4f}")
+    print("\n| threshold | train/test pairs reported | leakage recall | leakage precision |\n|---:|---:|---:|---:|")
+    for t in r["leakage"]:
+        print(f"| {t['threshold']} | {t['reported_leaks']} | {t['recall']:.3f} | {t['precision']:.3f} |")
+    print(f"\nlabel errors: {r['flips']} injected; precision among the top {r['flips']} "
+          f"{r['label_precision_top_k']:.3f}; recall of all {r['label_issues_reported']} reported "
+          f"{r['label_recall_all']:.3f}; suggested label = true label for {r['suggested_is_true_label']:.3f} of the hits")
+    print(f"outliers flagged: {r['outliers']}; audit {r['audit_seconds']} s on {r['rows']} rows; extraction "
+          f"{r['extract_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
