@@ -8,10 +8,10 @@ import time
 import warnings
 from pathlib import Path
 
-from ..cache.store import open_features
-from ..errors import FeatxError
 import numpy as np
 
+from ..cache.store import open_features
+from ..errors import FeatxError
 from ..heads.registry import ROW_BOUND_PARAMS, clip_to_rows
 from ..util import first_line, softmax
 from ..version import __version__
