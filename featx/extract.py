@@ -335,6 +335,8 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
     if writer.resumed:
         log.info(f"resuming {writer.partial}: {done}/{plan.total} items already done")
     todo = {s: items for s, items in plan.splits.items() if writer.position(s) < len(items)}
+    # each item's content fingerprint, recorded per row and compared by row reuse (one stat per file)
+    fingerprints = {split: source.item_fingerprints(items) for split, items in todo.items()}
     work = {}  # split -> (the items to embed as a dataset, their indices in the split or None = from the position)
     for split, items in todo.items():
         start = writer.position(split)
@@ -342,7 +344,7 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
             work[split] = (_Items(source, items, start, backbone.transform, options.decoder), None)
             continue
         rest = np.arange(start, len(items))
-        hits = index.match([items.ids[j] for j in rest], source.item_fingerprints(items.take(rest)))
+        hits = index.match([items.ids[j] for j in rest], fingerprints[split][start:])
         fresh = np.array([j for j, hit in zip(rest, hits) if hit is None], dtype=np.int64)
         work[split] = (_Items(source, items.take(fresh), 0, backbone.transform, options.decoder),
                        (fresh, dict(zip(rest.tolist(), hits))))
@@ -362,7 +364,6 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
             if reuse is not None:
                 embedded = _merged(embedded, reuse, writer.position(split), len(items), index, options.batch_size,
                                    backbone.feature_dim)
-            fingerprints = source.item_fingerprints(items)
             for feats, idx, bad, copied in embedded:
                 if bad and options.strict:
                     raise FeatxError(f"--strict: {items.ids[bad[0][0]]} is unreadable ({bad[0][1]}); "
@@ -371,7 +372,7 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
                 try:
                     writer.append(split, feats, items.labels[idx], [items.ids[j] for j in idx],
                                   skipped=[(items.ids[j], err) for j, err in bad],
-                                  fingerprints=[fingerprints[j] for j in idx])
+                                  fingerprints=[fingerprints[split][j] for j in idx])
                 except OSError as exc:  # disk full, quota, I/O error
                     done = sum(writer.position(s) for s in plan.splits)
                     raise FeatxError(f"could not write {writer.partial} ({_reason(exc)}) after {done}/{plan.total} "
