@@ -12,7 +12,8 @@ import numpy as np
 
 from ..util import softmax
 
-__all__ = ["decision_scores", "fit_temperature", "calibrate", "expected_calibration_error", "ECE_BINS"]
+__all__ = ["decision_scores", "fit_temperature", "temperature_for", "calibrate", "expected_calibration_error",
+           "ECE_BINS"]
 
 #: Equal-width confidence bins of the expected calibration error.
 ECE_BINS = 15
@@ -40,6 +41,17 @@ def fit_temperature(scores: np.ndarray, y_idx: np.ndarray) -> float:
     res = minimize_scalar(lambda log_t: _nll(scores, y_idx, float(np.exp(log_t))), bounds=(np.log(1e-3), np.log(1e3)),
                           method="bounded", options={"xatol": 1e-4})
     return float(np.exp(res.x))
+
+
+def temperature_for(head, X: np.ndarray, y: np.ndarray) -> tuple[float, int] | None:
+    """The temperature of ``head``'s scores fitted on held-out rows ``(X, y)`` (labels of classes the head does
+    not know are left out) and how many rows it used; ``None`` for a head without scores or no usable row."""
+    if not hasattr(head, "decision_function"):
+        return None
+    known = np.isin(y, head.classes_)
+    if not known.any():
+        return None
+    return fit_temperature(decision_scores(head, X[known]), np.searchsorted(head.classes_, y[known])), int(known.sum())
 
 
 def calibrate(scores: np.ndarray, temperature: float) -> np.ndarray:

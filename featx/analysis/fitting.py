@@ -88,16 +88,13 @@ def fit_calibration(head, fs) -> dict | None:
     """Temperature scaling of a head with decision scores, fitted on the cache's val split (which the head did
     not train on): ``{"temperature", "fitted_on", "val_rows"}`` plus the test ECE before and after; ``None`` when
     the head has no scores (k-NN) or the cache no labelled val rows of the head's classes."""
-    from .calibration import calibrate, decision_scores, expected_calibration_error, fit_temperature
+    from .calibration import calibrate, decision_scores, expected_calibration_error, temperature_for
 
-    if "val" not in fs or not hasattr(head, "decision_function"):
+    fitted = temperature_for(head, *fs["val"].labelled()) if "val" in fs else None
+    if fitted is None:
         return None
-    Xv, yv = fs["val"].labelled()
-    known = np.isin(yv, head.classes_)
-    if not known.any():
-        return None
-    t = fit_temperature(decision_scores(head, Xv[known]), np.searchsorted(head.classes_, yv[known]))
-    out = {"temperature": round(t, 6), "fitted_on": "val", "val_rows": int(known.sum())}
+    t, rows = fitted
+    out = {"temperature": round(t, 6), "fitted_on": "val", "val_rows": rows}
     if "test" in fs:
         Xt, yt = fs["test"].labelled()
         if len(yt):

@@ -146,7 +146,7 @@ def _best_arrays(result, fs) -> dict:
     a val split, the temperature-scaled ones (T fitted on val with the best point refitted on train alone, so
     that val is held out; then applied to the final head's test scores)."""
     from ..heads.registry import make_head
-    from .calibration import calibrate, decision_scores, fit_temperature
+    from .calibration import calibrate, decision_scores, temperature_for
     from .evaluate import scores
     from .fitting import fit_quietly
 
@@ -164,8 +164,7 @@ def _best_arrays(result, fs) -> dict:
         Xtr, ytr = fs["train"].labelled()
         Xv, yv = fs["val"].labelled()
         held_out = fit_quietly(result.head, make_head(result.head, result.best_params), Xtr, ytr)
-        known = np.isin(yv, held_out.classes_)
-        if known.any():
-            t = fit_temperature(decision_scores(held_out, Xv[known]), np.searchsorted(held_out.classes_, yv[known]))
-            out.update(temperature=t, proba_calibrated=calibrate(test_scores, t))
+        fitted = temperature_for(held_out, Xv, yv)
+        if fitted is not None:
+            out.update(temperature=fitted[0], proba_calibrated=calibrate(test_scores, fitted[0]))
     return out
