@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from ..heads.persist import default_head_path, save_head, update_card
 from ..heads.registry import bound_to_rows, head_params
 from ..util import first_line, softmax
 from .evaluate import evaluate
-from .search import NYSTROEM_FEW_ROWS
 
 __all__ = ["FitResult", "fit_head", "fit_quietly"]
 
@@ -49,12 +47,8 @@ def fit_quietly(head_name: str, head, X, y):
             head.fit(X, y)
         except (ValueError, TypeError) as exc:  # sklearn's InvalidParameterError is a ValueError
             raise FeatxError(f"cannot fit {head_name}: {first_line(exc)}") from None
-    for w in caught:
-        if re.search(NYSTROEM_FEW_ROWS, str(w.message)):
-            kmap = head.named_steps.get("kmap") if hasattr(head, "named_steps") else None
-            used = getattr(kmap, "n_components_", len(y))
-            log.info(f"note: {head_name} has only {len(y)} training rows, so its Nystroem map used {used} landmarks")
-        elif not issubclass(w.category, (DeprecationWarning, FutureWarning)):
+    for w in caught:  # (the Nystroem landmarks were lowered to the rows above: no warning about them)
+        if not issubclass(w.category, (DeprecationWarning, FutureWarning)):
             log.info(f"note: {head_name}: {first_line(Warning(str(w.message)))}")
     return head
 

@@ -25,7 +25,7 @@ from joblib.parallel import get_active_backend
 from sklearn.model_selection import StratifiedKFold
 
 from ..errors import FeatxError, FeatxUsageError
-from ..heads.registry import check_head, head_params, make_head, param_names
+from ..heads.registry import bound_to_rows, check_head, head_params, make_head, param_names
 from .evaluate import evaluate
 
 #: scikit-learn's warning when a Nystroem map has more landmarks than rows (it then uses every row);
@@ -241,8 +241,7 @@ def few_shot(head: str, params: dict, fs, *, shots, tries: int = 5, seed: int = 
             idx = np.concatenate([rng.choice(np.flatnonzero(y == c), size=min(k, int((y == c).sum())), replace=False)
                                   for c in np.unique(y)])
             est = make_head(head, params)  # a fresh, unfitted head each try
-            if head == "knn":
-                est.set_params(clf__n_neighbors=min(est.get_params()["clf__n_neighbors"], len(idx)))
+            bound_to_rows(head, est, len(idx))  # k-NN's k, the Nystroem landmarks: at most the rows drawn
             est.fit(X[idx], y[idx])
             scores.append(evaluate(est, Xt, yt)["top1"])
         out.append({"shots": int(k), "mean": float(np.mean(scores)), "std": float(np.std(scores)), "tries": tries})
