@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .errors import FeatxError
+from .util import l2_normalise
 
 __all__ = ["backbone_for", "image_paths", "embed_images", "predict_images", "nearest"]
 
@@ -139,8 +140,7 @@ def nearest(fs, queries: np.ndarray, k: int = 5, *, splits: Iterable[str] | None
     Reads the cache block by block, keeping only the best ``k`` so far, so a cache larger than
     memory works too.
     """
-    q = np.asarray(queries, dtype=np.float32)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    q = l2_normalise(queries)
     names = list(splits or fs.splits)
     best_s = np.full((len(q), 0), -np.inf, np.float32)
     best_split = np.zeros((len(q), 0), np.int64)  # index into names
@@ -149,8 +149,7 @@ def nearest(fs, queries: np.ndarray, k: int = 5, *, splits: Iterable[str] | None
         view = fs[split]
         n = len(view)
         for start in range(0, n, block):
-            X = view.rows(start, min(n, start + block))
-            X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+            X = l2_normalise(view.rows(start, min(n, start + block)))
             s = q @ X.T
             cand_s = np.concatenate([best_s, s], axis=1)
             cand_split = np.concatenate([best_split, np.full(s.shape, si)], axis=1)

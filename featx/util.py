@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-__all__ = ["OFFLINE_ENV", "offline", "first_line", "did_you_mean", "atomic_write", "file_sha256", "softmax"]
+__all__ = ["OFFLINE_ENV", "offline", "first_line", "did_you_mean", "atomic_write", "file_sha256", "softmax",
+           "l2_normalise"]
 
 #: Environment variable that forbids any download of weights or data (also set by ``--offline``).
 OFFLINE_ENV = "FEATX_OFFLINE"
@@ -69,3 +70,11 @@ def softmax(scores):
 
     z = np.exp(scores - scores.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
+
+
+def l2_normalise(X):
+    """Rows scaled to unit L2 norm, as float32 (all-zero rows stay zero): cosine similarity is then a dot product."""
+    import numpy as np
+
+    X = np.asarray(X, dtype=np.float32)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)

@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from ..errors import FeatxError
+from ..util import l2_normalise
 from ..version import __version__
 
 __all__ = ["DUPLICATE_THRESHOLD", "EXACT_THRESHOLD", "OUTLIER_K", "blocked_topk", "near_duplicates",
@@ -41,15 +42,10 @@ OUTLIER_K = 10
 BLOCK_ROWS = 2048
 
 
-def _normalised(X: np.ndarray) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-
-
 def blocked_topk(X: np.ndarray, k: int, *, block: int = BLOCK_ROWS, index: str = "exact") -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most similar other rows of every row by cosine: ``(similarities, indices)``, each ``(N, k)``,
     most similar first. ``index="faiss"`` uses a FAISS inner-product index (exact, ``IndexFlatIP``)."""
-    Z = _normalised(X)
+    Z = l2_normalise(X)
     n = len(Z)
     k = min(k, n - 1)
     if k < 1:
