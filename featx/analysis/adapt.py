@@ -26,7 +26,6 @@ from ..cache.store import open_features
 from ..errors import FeatxUsageError
 from ..heads.adaptation import METHODS, AdaptedHead, make_map
 from ..heads.registry import head_params, make_head
-from ..util import atomic_write
 from ..version import __version__
 from .evaluate import evaluate
 from .fitting import fit_quietly
@@ -222,8 +221,6 @@ def _figure(record: dict) -> str:
 
 def write_adapt_reports(out_dir, record: dict) -> list[Path]:
     """``adapt.json``, ``report.md`` and a self-contained ``report.html`` in ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     header, rows = _table(record)
     warnings = _warnings(record)
     md = "\n".join(["# featx adapt", "", _summary(record), "",
@@ -243,10 +240,10 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}.warn{{color:#a40
 <figcaption>Target top-1 per method (red: worse than no adaptation) and the proxy A-distance after each map.
 </figcaption></figure></body></html>
 """
-    paths = [out / "adapt.json", out / "report.md", out / "report.html"]
-    for path, text in zip(paths, (json.dumps(record, indent=2, default=str) + "\n", md, page)):
-        with atomic_write(path) as tmp:
-            tmp.write_text(text, encoding="utf-8")
+    from .report import write_files
+
+    paths = write_files(out_dir, {"adapt.json": json.dumps(record, indent=2, default=str) + "\n", "report.md": md,
+                              "report.html": page})
     for w in warnings:
         log.warning(f"warning: {w}")
     return paths

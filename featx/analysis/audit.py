@@ -252,12 +252,7 @@ def write_audit_reports(out_dir, record: dict, fs, *, root: str = "cache/dataset
     """``audit.json``, ``report.md`` and ``report.html`` (with thumbnails of flagged items) in ``out_dir``."""
     import html
     import json
-    from pathlib import Path
 
-    from ..util import atomic_write
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     d = record["duplicates"]
     md = ["# featx audit", "", *(f"- {line}" for line in summary_lines(record)), "",
           "## Near-duplicate pairs (most similar first)", "", "| similarity | a | b | leak |", "|---|---|---|---|"]
@@ -298,11 +293,10 @@ padding:4px}}.pair span{{display:block;font-size:11px}}</style></head><body>
 <h2>Outliers</h2>{out_html or '<p>none</p>'}
 <p>Every flagged item: audit.json and report.md next to this file.</p></body></html>
 """
-    paths = [out / "audit.json", out / "report.md", out / "report.html"]
-    for path, text in zip(paths, (json.dumps(record, indent=2) + "\n", "\n".join(md) + "\n", page)):
-        with atomic_write(path) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    return paths
+    from .report import write_files
+
+    return write_files(out_dir, {"audit.json": json.dumps(record, indent=2) + "\n", "report.md": "\n".join(md) + "\n",
+                             "report.html": page})
 
 
 def flagged_rows(record: dict, *, relabel: bool = False) -> tuple[set[str], dict[str, str]]:

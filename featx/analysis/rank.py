@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..util import atomic_write
 from ..version import __version__
 from .transfer import gain_se, logme, probe_accuracy
 
@@ -192,13 +191,10 @@ def _figure(record: dict) -> str:
 
 def write_rank_reports(out_dir, record: dict) -> list[Path]:
     """``rank.json``, ``report.md`` and a self-contained ``report.html`` in ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "rank.json", out / "report.md", out / "report.html"]
-    for path, text in zip(paths, (json.dumps(record, indent=2, default=str) + "\n", _markdown(record),
-                                  _html(record, _figure(record)))):
-        with atomic_write(path) as tmp:
-            tmp.write_text(text, encoding="utf-8")
+    from .report import write_files
+
+    paths = write_files(out_dir, {"rank.json": json.dumps(record, indent=2, default=str) + "\n",
+                                  "report.md": _markdown(record), "report.html": _html(record, _figure(record))})
     for w in _warnings(record):
         log.warning(f"warning: {w}")
     return paths

@@ -20,7 +20,7 @@ from ..errors import FeatxError
 from .calibration import expected_calibration_error
 from .evaluate import METRICS
 
-__all__ = ["expected_calibration_error", "write_reports", "merge_results", "render_rows"]
+__all__ = ["expected_calibration_error", "write_reports", "write_files", "merge_results", "render_rows"]
 
 
 
@@ -242,16 +242,26 @@ def write_reports(out_dir: str | Path, results: dict, best: dict) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     figures = _sweep_figures(results) + _best_figures(results, best)
     results = dict(results, best_head=best["head"], best_head_ece=best["ece"],
                    **({"best_head_temperature": best["temperature"], "best_head_ece_calibrated": best["ece_calibrated"]}
                       if "ece_calibrated" in best else {}))
-    paths = [out / "results.json", out / "report.md", out / "report.html"]
-    paths[0].write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-    paths[1].write_text(_markdown(results) + "\n", encoding="utf-8")
-    paths[2].write_text(_html(results, figures), encoding="utf-8")
+    return write_files(out_dir, {"results.json": json.dumps(results, indent=2, default=str) + "\n",
+                             "report.md": _markdown(results) + "\n", "report.html": _html(results, figures)})
+
+
+def write_files(out_dir, texts: dict[str, str]) -> list[Path]:
+    """Each ``name -> text`` written into ``out_dir`` (created) through a temporary file and a rename, so that a
+    report is never half-written; returns the paths in order. Every command's report set goes through here."""
+    from ..util import atomic_write
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in texts.items():
+        with atomic_write(out / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        paths.append(out / name)
     return paths
 
 
