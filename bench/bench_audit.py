@@ -6,10 +6,15 @@ images; 50 of the test images copied into train as near-duplicates (each re-enco
 resized or cropped by 1-3 pixels and scaled back: what a re-upload does); 3% of the train originals (60) moved
 to a wrong class folder (label flips). Extracted with the embedded MobileNetV2 IMAGENET1K_V1, then audited.
 
-Printed: the similarity of the injected copies to their originals against the closest distinct pairs (how
-the threshold was chosen), leakage precision / recall at several thresholds, label-error precision among the
-top k (k = flips injected) and recall, and (``--size 70000``) the time of the whole audit on a cache of that
-many rows (random clustered features of the default cache's width: the search does the same work).
+Printed: the similarity of the injected copies to their originals against the closest distinct pairs, both
+in the embedding (cosine) and on pixels (featx's registration score), leakage precision / recall at several
+thresholds of each (how the copy threshold was chosen), label-error precision among the top k (k = flips
+injected) and recall, and (``--size 70000``) the time of the whole audit at that many rows: the embedding
+search and label check on random clustered features of the default cache's width, the pixel check on the
+first that many real Fashion-MNIST images (train + test).
+
+``--seed 1`` draws another sample, other copies and other flips into bench/data/audit-seed1/: the threshold
+was chosen on seed 0, and seed 1 checks it on data it was not chosen on.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from featx.cache.store import FeatureWriter, open_features
 from featx.data.sources import ImageFolderSource, make_source
 from featx.extract import extract
 
-DATA = Path(__file__).resolve().parent / "data" / "audit"
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data" / "audit"
 
 
 def near_copy(img: Image.Image, rng) -> Image.Image:
@@ -48,11 +54,11 @@ def near_copy(img: Image.Image, rng) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue())).convert("L")
 
 
-def make_data(n_train: int, n_test: int, n_dups: int, flip: float) -> dict:
+def make_data(n_train: int, n_test: int, n_dups: int, flip: float, seed: int = 0) -> dict:
     truth_file = DATA / "truth.json"
     if truth_file.exists():
         return json.loads(truth_file.read_text())
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     src = make_source("torchvision:FashionMNIST", val_fraction=0, test_fraction=0)
     splits = src.splits()
     names = [c.replace("/", "-") for c in src.classes]
@@ -99,13 +105,32 @@ def measure(truth: dict, thresholds) -> dict:
     pair_sims = sorted(float(Z[row[a]] @ Z[row[b]]) for a, b in truth["dups"])
     in_pairs = {r for p in injected for r in p}
     distinct_best = [float(s[0]) for r, s in enumerate(sims) if r not in in_pairs]
-    table = []
-    for th in thresholds:
-        pairs, _, _ = near_duplicates(sims, nn, splits, threshold=th)
-        leaks = {frozenset((a, b)) for a, b, _ in pairs if splits[a] != splits[b]}
+    def scored(leaks: set, th: float) -> dict:
         tp = len(leaks & injected)
-        table.append({"threshold": th, "reported_leaks": len(leaks), "recall": tp / len(injected),
-                      "precision": tp / len(leaks) if leaks else float("nan")})
+        return {"threshold": th, "reported_leaks": len(leaks), "recall": tp / len(injected),
+                "precision": tp / len(leaks) if leaks else float("nan")}
+
+    table = []
+    for th in thresholds["cosine"]:
+        pairs, _, _ = near_duplicates(sims, nn, splits, threshold=th)
+        table.append(scored({frozenset((a, b)) for a, b, _ in pairs if splits[a] != splits[b]}, th))
+    # featx's pixel check, stage by stage: every candidate pair's registration score, then the decision with a
+    # plain threshold ("score >= t") and with featx's rule (at t, the pair must stand out from the runner-up)
+    from featx.analysis.copies import candidate_pairs, copy_decisions, register_pairs, thumbnails
+
+    thumbs, _ = thumbnails(Image.open, [DATA / i for i in ids])
+    cand = candidate_pairs(thumbs)
+    cand_scores = register_pairs(thumbs, cand)
+    across = np.array([splits[a] != splits[b] for a, b in cand], bool)
+    found = {frozenset(map(int, p)) for p in cand}
+    plain, ruled = [], []
+    for th in thresholds["pixels"]:
+        plain.append(scored({frozenset(map(int, p)) for p, s, x in zip(cand, cand_scores, across) if x and s >= th}, th))
+        copy, _ = copy_decisions(cand, cand_scores, threshold=th)
+        ruled.append(scored({frozenset(map(int, p)) for p in cand[copy & across]}, th))
+    injected_scores = sorted(register_pairs(thumbs, np.array([sorted(p) for p in injected])).tolist())
+    distinct = [float(s) for p, s in zip(cand, cand_scores) if frozenset(map(int, p)) not in injected]
+    audit_leaks = {frozenset((p["a"]["row"], p["b"]["row"])) for p in record["duplicates"]["pairs"] if p["leak"]}
     flips = {f["id"] for f in truth["flips"]}
     true_of = {f["id"]: f["true"] for f in truth["flips"]}
     issues = record["label_issues"] or []
@@ -117,7 +142,14 @@ def measure(truth: dict, thresholds) -> dict:
                                 "median": float(np.median(pair_sims))},
             "closest_distinct": {"max": max(distinct_best), "p999": float(np.percentile(distinct_best, 99.9)),
                                  "p99": float(np.percentile(distinct_best, 99))},
-            "leakage": table, "flips": k, "label_issues_reported": len(issues),
+            "copy_pixel_score": {"min": injected_scores[0], "p05": float(np.percentile(injected_scores, 5)),
+                                 "median": float(np.median(injected_scores))},
+            "closest_distinct_pixels": {"max": max(distinct, default=float("nan")),
+                                        "n_above_0.98": sum(d >= 0.98 for d in distinct)},
+            "candidates": len(cand), "candidate_recall": len(found & injected) / len(injected),
+            "leakage": table, "leakage_pixels_plain": plain, "leakage_pixels": ruled,
+            "audit_default": scored(audit_leaks, record["duplicates"]["pixel_check"]["threshold"]),
+            "flips": k, "label_issues_reported": len(issues),
             "label_precision_top_k": len(hits) / k, "label_recall_all": len({i["id"] for i in issues} & flips) / k,
             "suggested_is_true_label": (sum(i["suggested"] == true_of[i["id"]] for i in hits) / len(hits)) if hits
             else float("nan"),
@@ -144,7 +176,30 @@ def full_size(n: int, d: int = 1280, k: int = 10) -> dict:
             w.finalize()
         t0 = time.perf_counter()
         record = run_audit(open_features(path))
-        return {"rows": n, "dim": d, "seconds": record["seconds"], "wall": round(time.perf_counter() - t0, 1)}
+        out = {"rows": n, "dim": d, "seconds": record["seconds"], "wall": round(time.perf_counter() - t0, 1)}
+    out["pixels"] = pixel_check_time(n)
+    out["seconds"]["pixels"] = out["pixels"]["total"]
+    out["seconds"]["total"] = round(out["seconds"]["total"] + out["pixels"]["total"], 2)
+    return out
+
+
+def pixel_check_time(n: int) -> dict:
+    """featx's copy check (:func:`featx.analysis.copies.find_copies`'s stages) on the first ``n`` real
+    Fashion-MNIST images (train, then test), timed: thumbnails, candidates, registration."""
+    from featx.analysis.copies import candidate_pairs, copy_decisions, register_pairs, thumbnails
+
+    src = make_source("torchvision:FashionMNIST", val_fraction=0, test_fraction=0)
+    keys = [k for items in src.splits().values() for k in items.keys][:n]
+    t0 = time.perf_counter()
+    thumbs, _ = thumbnails(src.open, keys)
+    t1 = time.perf_counter()
+    pairs = candidate_pairs(thumbs)
+    t2 = time.perf_counter()
+    scores = register_pairs(thumbs, pairs)
+    t3 = time.perf_counter()
+    return {"images": len(keys), "thumbnails": round(t1 - t0, 1), "candidates": round(t2 - t1, 1),
+            "registration": round(t3 - t2, 1), "total": round(t3 - t0, 1), "pairs_checked": int(len(pairs)),
+            "copies_found": int(copy_decisions(pairs, scores)[0].sum())}
 
 
 def main(argv=None):
@@ -153,23 +208,39 @@ def main(argv=None):
     p.add_argument("--test", type=int, default=500)
     p.add_argument("--dups", type=int, default=50)
     p.add_argument("--flip", type=float, default=0.03)
+    p.add_argument("--seed", type=int, default=0, help="another sample, copies and flips (seed 0: bench/data/audit)")
     p.add_argument("--size", type=int, default=0, help="also time the audit on this many rows (e.g. 70000)")
-    p.add_argument("--out", type=Path, default=Path("bench/results/audit.json"))
+    p.add_argument("--out", type=Path, default=None, help="default bench/results/audit[-seedN].json")
     args = p.parse_args(argv)
-    truth = make_data(args.train, args.test, args.dups, args.flip)
-    r = measure(truth, (0.85, 0.90, 0.93, 0.95, 0.97, 0.99))
+    global DATA
+    if args.seed:
+        DATA = HERE / "data" / f"audit-seed{args.seed}"
+    truth = make_data(args.train, args.test, args.dups, args.flip, args.seed)
+    r = measure(truth, {"cosine": (0.85, 0.90, 0.93, 0.95, 0.97, 0.99),
+                        "pixels": (0.97, 0.98, 0.985, 0.988, 0.99, 0.995, 0.998)})
     if args.size:
         r["full_size"] = full_size(args.size)
         print(json.dumps(r["full_size"]), file=sys.stderr)
+    args.out = args.out or Path(f"bench/results/audit{f'-seed{args.seed}' if args.seed else ''}.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(r, indent=2) + "\n")
     c, d = r["copy_similarity"], r["closest_distinct"]
     print(f"injected copies vs their originals: cosine min {c['min']:.4f}, 5th pct {c['p05']:.4f}, median "
           f"{c['median']:.4f}; closest distinct pair per item: max {d['max']:.4f}, 99.9th pct {d['p999']:.4f}, "
           f"99th {d['p99']:.4f}")
-    print("\n| threshold | train/test pairs reported | leakage recall | leakage precision |\n|---:|---:|---:|---:|")
-    for t in r["leakage"]:
-        print(f"| {t['threshold']} | {t['reported_leaks']} | {t['recall']:.3f} | {t['precision']:.3f} |")
+    c, d = r["copy_pixel_score"], r["closest_distinct_pixels"]
+    print(f"on pixels (registration score): injected copies min {c['min']:.4f}, 5th pct {c['p05']:.4f}, median "
+          f"{c['median']:.4f}; distinct pairs among the {r['candidates']} candidates: max {d['max']:.4f}, "
+          f"{d['n_above_0.98']} at >= 0.98; candidates hold {r['candidate_recall']:.2f} of the injected pairs")
+    a = r["audit_default"]
+    print(f"featx audit as shipped (threshold {a['threshold']}): {a['reported_leaks']} train/test copies reported, "
+          f"leakage recall {a['recall']:.3f}, precision {a['precision']:.3f}")
+    for name, rows in (("embedding cosine", r["leakage"]), ("pixel score, plain threshold", r["leakage_pixels_plain"]),
+                       ("pixel score, standing out (featx)", r["leakage_pixels"])):
+        print(f"\n| {name} >= | train/test pairs reported | leakage recall | leakage precision |\n"
+              "|---:|---:|---:|---:|")
+        for t in rows:
+            print(f"| {t['threshold']} | {t['reported_leaks']} | {t['recall']:.3f} | {t['precision']:.3f} |")
     print(f"\nlabel errors: {r['flips']} injected; precision among the top {r['flips']} "
           f"{r['label_precision_top_k']:.3f}; recall of all {r['label_issues_reported']} reported "
           f"{r['label_recall_all']:.3f}; suggested label = true label for {r['suggested_is_true_label']:.3f} of the hits")

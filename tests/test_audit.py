@@ -49,6 +49,81 @@ def test_near_duplicates_across_splits_are_leakage():
     assert found == {(3, 160), (4, 10)} and leak["train/test"] == 1 and len(groups) == 2
 
 
+def _photo_tiles():
+    """Distinct pictures with the statistics of real photos: the non-overlapping 64 x 64 tiles of scikit-learn's
+    two sample photos (neighbouring tiles of one photo are hard negatives: same colours, same texture)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    tiles = []
+    for photo in load_sample_images().images:
+        h, w, _ = photo.shape
+        tiles += [Image.fromarray(photo[r:r + 64, c:c + 64]) for r in range(0, h - 63, 64) for c in range(0, w - 63, 64)]
+    return tiles
+
+
+def _reupload(img, how: str, amount: int):
+    """What a re-upload does to a picture: a crop of ``amount`` pixels a side, or a resize to ``amount`` pixels and
+    back, then JPEG at quality 75."""
+    import io
+
+    from PIL import Image
+
+    w, h = img.size
+    if how == "crop":
+        img = img.crop((amount, amount, w - amount, h - amount)).resize((w, h), Image.Resampling.BILINEAR)
+    else:
+        img = img.resize((amount, amount), Image.Resampling.BILINEAR).resize((w, h), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=75)
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+def test_copies_are_found_on_pixels_and_distinct_tiles_are_not():
+    from featx.analysis.copies import find_copies, thumbnails
+
+    # pictures, not featureless patches of sky (those are compared by their grey level alone)
+    tiles = [t for t in _photo_tiles() if np.asarray(t.convert("L")).std() > 6]
+    n = len(tiles)
+    edits = [("crop", 2), ("crop", 5), ("resize", 56), ("resize", 72), ("crop", 1), ("resize", 48), ("crop", 4),
+             ("resize", 60)]
+    originals = list(range(3, n, n // len(edits)))[:len(edits)]
+    images = tiles + [_reupload(tiles[i], how, amount) for i, (how, amount) in zip(originals, edits)]
+    thumbs, bad = thumbnails(lambda img: img, images)
+    assert not bad and thumbs.shape[1:] == (32, 32)
+    pairs, scores, _, checked = find_copies(thumbs)
+    assert {tuple(p) for p in pairs.tolist()} == {(i, n + k) for k, i in enumerate(originals)}
+    assert checked >= len(originals) and scores.min() >= 0.98
+
+
+def test_the_separable_zoom_is_grid_sample():
+    """The registration grid's matrix products sample exactly where torch's grid_sample does."""
+    import torch
+
+    from featx.analysis.copies import _apply, _axis_scale, _warp
+
+    X = torch.rand(6, 1, 28, 28)
+    for s in (0.76, 0.9, 1.0):
+        p = torch.tensor([s, 0.0, 0.0]).repeat(6, 1)
+        assert torch.allclose(_apply(_axis_scale(28, s), X), _warp(X, p), atol=1e-5)
+
+
+def test_unreadable_items_are_recorded_not_fatal():
+    from featx.analysis.copies import register_pairs, thumbnails
+
+    tiles = _photo_tiles()[:4]
+
+    def opener(i):
+        if i == 2:
+            raise OSError("truncated file")
+        return tiles[i]
+
+    thumbs, bad = thumbnails(opener, range(4))
+    assert bad == [2]
+    scores = register_pairs(thumbs, np.array([[0, 1], [1, 2]]))
+    assert scores[0] < 0.9 and np.isnan(scores[1])
+
+
 def test_flipped_labels_are_found_by_confident_learning():
     pytest.importorskip("cleanlab")
     rng = np.random.default_rng(2)
@@ -71,35 +146,77 @@ def test_an_item_far_from_everything_is_an_outlier():
     assert flagged[0] == 7 and score[7] > fence
 
 
-def test_audit_on_a_folder_thumbnails_and_the_manifest_round_trip(image_folder, tmp_path):
+@pytest.fixture
+def photo_folder(tmp_path):
+    """``photos/<china|flower>/*.jpg``: the picture tiles of scikit-learn's two sample photos (36 of them), each
+    class the tiles of one photo. (The drawn shapes of the other tests are one picture with noise, to a pixel
+    check: every striped image is the same stripes.)"""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    root = tmp_path / "photos"
+    for name, photo in zip(("china", "flower"), load_sample_images().images):
+        (root / name).mkdir(parents=True)
+        h, w, _ = photo.shape
+        tiles = [photo[r:r + 64, c:c + 64] for r in range(0, h - 63, 64) for c in range(0, w - 63, 64)]
+        tiles = [t for t in tiles if t.mean(axis=2).std() > 6][:18]
+        for i, t in enumerate(tiles):
+            Image.fromarray(t).save(root / name / f"{name}_{i:03d}.jpg", quality=90)
+    return root
+
+
+def test_audit_on_a_folder_thumbnails_and_the_manifest_round_trip(photo_folder, tmp_path):
     pytest.importorskip("cleanlab")
-    dup = image_folder / "square" / "copy_of_circle.jpg"   # the same picture in two classes
-    shutil.copy(image_folder / "circle" / "circle_001.jpg", dup)
+    from PIL import Image
+
+    shutil.copy(photo_folder / "china" / "china_001.jpg", photo_folder / "flower" / "copy_of_china.jpg")
+    # and a re-encoded, cropped copy of another: not identical, the same picture
+    _reupload(Image.open(photo_folder / "china" / "china_004.jpg"), "crop", 3).save(
+        photo_folder / "flower" / "reupload.jpg")
     cache = tmp_path / "c.h5"
-    assert run("-q", "extract", "--data", image_folder, "--backbone", TINY, "--weights", "none",
+    assert run("-q", "extract", "--data", photo_folder, "--backbone", TINY, "--weights", "none",
                "--out", cache).exit_code == 0
     manifest = tmp_path / "clean.csv"
-    # random-init features of three drawn shapes are all alike: only the exact copy is a duplicate at 0.999
-    result = run("audit", cache, "--out", tmp_path / "a", "--write-manifest", manifest, "--threshold", "0.999")
+    result = run("audit", cache, "--out", tmp_path / "a", "--write-manifest", manifest)
     assert result.exit_code == 0, result.output
+    assert "Copies (the same picture on pixels" in result.output
+    assert "audit: reading thumbnails: 38/38 items" in result.stderr  # progress, as lines in a log
     record = json.loads((tmp_path / "a" / "audit.json").read_text())
-    pairs = {frozenset((p["a"]["id"], p["b"]["id"])) for p in record["duplicates"]["pairs"] if p["exact"]}
-    assert frozenset(("circle/circle_001.jpg", "square/copy_of_circle.jpg")) in pairs
+    pairs = {frozenset((p["a"]["id"], p["b"]["id"])): p for p in record["duplicates"]["pairs"]}
+    assert pairs[frozenset(("china/china_001.jpg", "flower/copy_of_china.jpg"))]["exact"]
+    assert frozenset(("china/china_004.jpg", "flower/reupload.jpg")) in pairs
+    assert len(pairs) == 2  # the other tiles of each photo are alike, not copies
     page = (tmp_path / "a" / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') >= 2  # the pair's thumbnails
+    assert page.count('src="data:image/png;base64,') >= 4  # both pairs' thumbnails
     rows = list(csv.DictReader(open(manifest, encoding="utf-8")))
-    ids = {r["path"].split("shapes/", 1)[1] for r in rows}
-    assert len(ids & {"circle/circle_001.jpg", "square/copy_of_circle.jpg"}) == 1  # one copy kept
+    ids = {r["path"].split("photos/", 1)[1] for r in rows}
+    assert len(ids & {"china/china_001.jpg", "flower/copy_of_china.jpg"}) == 1  # one copy kept
+    assert len(ids & {"china/china_004.jpg", "flower/reupload.jpg"}) == 1
     from featx.analysis.audit import flagged_rows
 
     left_out, _ = flagged_rows(record)
-    assert len(rows) == 37 - len(left_out) and not ids & left_out
+    assert len(rows) == 38 - len(left_out) and not ids & left_out
     again = run("-q", "extract", "--data", manifest, "--backbone", TINY, "--weights", "none",
                 "--out", tmp_path / "clean.h5")
     assert again.exit_code == 0, again.output
     assert sum(len(open_features(tmp_path / "clean.h5")[s]) for s in ("train", "val", "test")
                if s in open_features(tmp_path / "clean.h5")) == len(rows)
-    assert (image_folder / "square" / "copy_of_circle.jpg").exists()  # nothing deleted
+    assert (photo_folder / "flower" / "copy_of_china.jpg").exists()  # nothing deleted
+
+
+def test_without_the_images_only_identical_embeddings_are_copies(image_folder, tmp_path):
+    shutil.copy(image_folder / "circle" / "circle_001.jpg", image_folder / "square" / "copy_of_circle.jpg")
+    cache = tmp_path / "c.h5"
+    assert run("-q", "extract", "--data", image_folder, "--backbone", TINY, "--weights", "none",
+               "--out", cache).exit_code == 0
+    shutil.rmtree(image_folder)  # the dataset moved away: the audit still runs, on the embeddings
+    result = run("audit", cache, "--out", tmp_path / "a")
+    assert result.exit_code == 0, result.output
+    assert "no pixel check" in result.output
+    record = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert [{p["a"]["id"], p["b"]["id"]} for p in record["duplicates"]["pairs"]] == \
+        [{"circle/circle_001.jpg", "square/copy_of_circle.jpg"}]
+    assert not record["duplicates"]["pixel_check"]["done"]
 
 
 def test_a_manifest_needs_image_files(fashion_cache, tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .base import existing_file, out_option
+from .base import existing_file, out_option, progress_renderer
 
 __all__ = ["audit"]
 
@@ -15,8 +15,14 @@ __all__ = ["audit"]
 @click.argument("cache", type=click.Path(dir_okay=False))
 @out_option("Report folder (default reports/audit-<cache name>).", file=False)
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Cosine similarity at or above which two items are near-duplicates (default 0.95, measured: "
-                   "docs/audit.md).")
+              help="Embedding cosine similarity at or above which two distinct pictures are reported as "
+                   "look-alikes (default 0.95).")
+@click.option("--copy-threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Registered pixel correlation at or above which two items are copies of one picture (default "
+                   "0.98, measured: docs/audit.md).")
+@click.option("--pixels/--no-pixels", default=True, show_default=True,
+              help="Check candidate pairs on the images themselves (read from the cache's source) to find copies; "
+                   "without it only identical embeddings count as copies.")
 @click.option("--index", type=click.Choice(["exact", "faiss"]), default="exact", show_default=True,
               help="Nearest-neighbour search: blocked exact search, or a FAISS index (needs faiss-cpu).")
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
@@ -27,17 +33,19 @@ __all__ = ["audit"]
 @click.option("--relabel", is_flag=True, help="In the manifest, give likely label errors their suggested label "
                                               "instead of leaving them out.")
 @click.option("--root", default="cache/datasets", show_default=True,
-              help="Where torchvision datasets are kept (to show their images).")
-def audit(cache, out, threshold, index, folds, manifest, relabel, root):
-    """Audit a dataset through its cached embeddings: near-duplicates (and train/test leakage), likely label
-    errors, outliers. Writes audit.json, report.md and report.html (with thumbnails of what it flags)."""
+              help="Where torchvision datasets are kept (to read their images).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar (or, in a log file, the progress lines).")
+def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest, relabel, root, no_progress):
+    """Audit a dataset through its cached embeddings: copies of one picture (and train/test leakage), look-alikes,
+    likely label errors, outliers. Writes audit.json, report.md and report.html (with thumbnails of what it flags)."""
     existing_file(cache, "cache file")
     from ..analysis.audit import DUPLICATE_THRESHOLD, run_audit, summary_lines, write_audit_reports, write_manifest
     from ..cache.store import open_features
 
     fs = open_features(cache)
     record = run_audit(fs, threshold=DUPLICATE_THRESHOLD if threshold is None else threshold, index=index,
-                       folds=folds)
+                       folds=folds, pixels=pixels, copy_threshold=copy_threshold, root=root,
+                       progress=progress_renderer(enabled=not no_progress))
     out_dir = Path(out) if out else Path("reports") / f"audit-{Path(cache).stem}"
     paths = write_audit_reports(out_dir, record, fs, root=root)
     for line in summary_lines(record):

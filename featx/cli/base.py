@@ -164,6 +164,7 @@ def progress_renderer(*, enabled: bool = True, every_s: float = 30.0):
 
     On a terminal: click's progress bar. Otherwise (a log file, nohup, CI, a batch scheduler): one
     steady line at the start, every ``every_s`` seconds and at the end, with the rate and the time left.
+    A new ``label`` starts a new bar (or count): one renderer follows a command's stages in turn.
     """
     if not enabled or not log.isEnabledFor(logging.INFO):  # --no-progress, or featx -q
         return None
@@ -176,8 +177,13 @@ class _Bar:
     def __init__(self):
         self.bar = None
         self.shown = 0
+        self.label = None
 
     def __call__(self, done: int, total: int, label: str) -> None:
+        if label != self.label:
+            if self.bar is not None and self.shown < self.bar.length:
+                self.bar.__exit__(None, None, None)
+            self.bar, self.shown, self.label = None, 0, label
         if self.bar is None:
             self.bar = click.progressbar(length=total, label=label, show_pos=True, file=sys.stderr)
             self.bar.__enter__()
@@ -192,9 +198,12 @@ class _SteadyLines:
         self.every_s = every_s
         self.t0 = self.last = None
         self.first_done = 0
+        self.label = None
 
     def __call__(self, done: int, total: int, label: str) -> None:
         now = time.monotonic()
+        if label != self.label:
+            self.t0, self.label = None, label
         if self.t0 is None:
             self.t0, self.last, self.first_done = now, now, done
             click.echo(f"{label}: {done}/{total} items", err=True)
