@@ -28,14 +28,10 @@ case there is for telling a copy from a look-alike.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 __all__ = ["SIDE", "CROPS", "COPY_THRESHOLD", "SURE_COPY", "MARGIN", "COARSE_MIN", "CANDIDATES", "thumbnails",
            "candidate_pairs", "register_pairs", "runner_up", "copy_decisions", "find_copies"]
-
-log = logging.getLogger("featx")
 
 #: Side of the grey thumbnails compared (images smaller than this are compared at their own size).
 SIDE = 32
