@@ -93,7 +93,7 @@ def test_copies_are_found_on_pixels_and_distinct_tiles_are_not():
     assert not bad and thumbs.shape[1:] == (32, 32)
     pairs, scores, _, checked = find_copies(thumbs)
     assert {tuple(p) for p in pairs.tolist()} == {(i, n + k) for k, i in enumerate(originals)}
-    assert checked >= len(originals) and scores.min() >= 0.98
+    assert checked >= len(originals) and scores.min() >= 0.988
 
 
 def test_the_separable_zoom_is_grid_sample():

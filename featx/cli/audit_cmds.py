@@ -19,7 +19,7 @@ __all__ = ["audit"]
                    "look-alikes (default 0.95).")
 @click.option("--copy-threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Registered pixel correlation at or above which two items are copies of one picture (default "
-                   "0.98, measured: docs/audit.md).")
+                   "0.988, measured: docs/audit.md).")
 @click.option("--pixels/--no-pixels", default=True, show_default=True,
               help="Check candidate pairs on the images themselves (read from the cache's source) to find copies; "
                    "without it only identical embeddings count as copies.")
