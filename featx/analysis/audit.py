@@ -28,7 +28,7 @@ from ..errors import FeatxError
 from ..util import l2_normalise
 from ..version import __version__
 
-__all__ = ["DUPLICATE_THRESHOLD", "EXACT_THRESHOLD", "OUTLIER_K", "blocked_topk", "near_duplicates", "group_pairs",
+__all__ = ["DUPLICATE_THRESHOLD", "EXACT_THRESHOLD", "OUTLIER_K", "blocked_topk", "near_duplicates", "near_pairs", "group_pairs",
            "label_issues", "outliers", "run_audit", "summary_lines", "write_audit_reports", "flagged_rows",
            "write_manifest"]
 
@@ -82,6 +82,12 @@ def blocked_topk(X: np.ndarray, k: int, *, block: int = BLOCK_ROWS, index: str =
 def near_duplicates(sims: np.ndarray, idx: np.ndarray, splits: np.ndarray, *, threshold: float = DUPLICATE_THRESHOLD):
     """Pairs ``(i, j, similarity)`` (i < j) above ``threshold`` among the neighbours found, their groups (connected
     components) and the leakage counts."""
+    ordered = near_pairs(sims, idx, threshold=threshold)
+    return (ordered, *group_pairs(ordered, splits))
+
+
+def near_pairs(sims: np.ndarray, idx: np.ndarray, *, threshold: float) -> list[tuple[int, int, float]]:
+    """Pairs ``(i, j, similarity)`` (i < j) above ``threshold`` among the neighbours found, most similar first."""
     pairs = {}
     for i in range(len(sims)):
         for s, j in zip(sims[i], idx[i]):
@@ -89,8 +95,7 @@ def near_duplicates(sims: np.ndarray, idx: np.ndarray, splits: np.ndarray, *, th
                 break
             a, b = (i, int(j)) if i < j else (int(j), i)
             pairs[(a, b)] = max(pairs.get((a, b), -1.0), float(s))
-    ordered = [(a, b, s) for (a, b), s in sorted(pairs.items(), key=lambda kv: -kv[1])]
-    return (ordered, *group_pairs(ordered, splits))
+    return [(a, b, s) for (a, b), s in sorted(pairs.items(), key=lambda kv: -kv[1])]
 
 
 def group_pairs(pairs, splits: np.ndarray) -> tuple[list[list[int]], dict[str, int]]:
@@ -200,12 +205,12 @@ def run_audit(fs, *, threshold: float = DUPLICATE_THRESHOLD, index: str = "exact
     t0 = time.perf_counter()
     sims, nn = blocked_topk(X, max(OUTLIER_K, 10), index=index)
     search_s = time.perf_counter() - t0
-    near, _, _ = near_duplicates(sims, nn, splits, threshold=min(threshold, EXACT_THRESHOLD))
+    near = near_pairs(sims, nn, threshold=min(threshold, EXACT_THRESHOLD))
     names = list(fs.classes)
-    Z = l2_normalise(X)
+    norms = np.maximum(np.linalg.norm(X, axis=1), 1e-12)  # a pair's cosine below (l2_normalise's, without a copy)
 
     t0 = time.perf_counter()
-    pixel_note, copies, runner = "", {}, {}
+    pixel_note, copies = "", {}  # (a, b) -> (pixel score, runner-up score)
     thumbs, bad = None, []
     if pixels:
         thumbs, bad, pixel_note = _pixel_thumbnails(fs, ids, root, progress)
@@ -215,28 +220,28 @@ def run_audit(fs, *, threshold: float = DUPLICATE_THRESHOLD, index: str = "exact
     if thumbs is not None:
         extra = np.array([(a, b) for a, b, _ in near], np.int64).reshape(-1, 2)
         cp, cs, second, checked = find_copies(thumbs, extra_pairs=extra, threshold=copy_threshold, progress=progress)
-        copies = {(int(a), int(b)): float(s) for (a, b), s in zip(cp, cs)}
-        runner = {(int(a), int(b)): float(r) for (a, b), r in zip(cp, second)}
+        copies = {(int(a), int(b)): (float(s), float(r)) for (a, b), s, r in zip(cp, cs, second)}
     else:
         log.info(f"note: no pixel check ({pixel_note}): only identical embeddings count as copies")
-        copies = {(a, b): float("nan") for a, b, s in near if s >= EXACT_THRESHOLD}
+        copies = {(a, b): (None, None) for a, b, s in near if s >= EXACT_THRESHOLD}
     pixel_s = time.perf_counter() - t0
 
     def item(i):
         return {"row": int(i), "id": ids[i], "split": str(splits[i]), "label": names[y[i]] if y[i] >= 0 else None}
 
-    def pair(a, b, kind, score):
-        cos = float(Z[a] @ Z[b])
+    def pair(a, b, kind, score=None, second=None):
+        cos = float(X[a] @ X[b] / (norms[a] * norms[b]))
         return {"a": item(a), "b": item(b), "kind": kind, "similarity": round(cos, 5),
-                "pixel_score": None if score is None or np.isnan(score) else round(score, 5),
-                "runner_up": round(runner[(a, b)], 5) if (a, b) in runner else None,
+                "pixel_score": None if score is None else round(score, 5),
+                "runner_up": None if second is None else round(second, 5),
                 "exact": bool(cos >= EXACT_THRESHOLD or (score is not None and score >= EXACT_THRESHOLD)),
                 "leak": bool(splits[a] != splits[b])}
 
-    copy_pairs = sorted(copies, key=lambda ab: (-np.nan_to_num(copies[ab], nan=2.0), ab))
+    # most alike first; pairs without a pixel score (identical embeddings) lead
+    copy_pairs = sorted(copies, key=lambda ab: (-(2.0 if copies[ab][0] is None else copies[ab][0]), ab))
     look = [(a, b) for a, b, s in near if s >= threshold and (a, b) not in copies]
-    dups = [pair(a, b, "copy", copies[(a, b)]) for a, b in copy_pairs]
-    alike = [pair(a, b, "look-alike", None) for a, b in look]
+    dups = [pair(a, b, "copy", *copies[(a, b)]) for a, b in copy_pairs]
+    alike = [pair(a, b, "look-alike") for a, b in look]
     groups, leak = group_pairs(copy_pairs, splits)
     _, alike_leak = group_pairs(look, splits)
     t0 = time.perf_counter()

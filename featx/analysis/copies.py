@@ -294,8 +294,9 @@ def _register_batch(T, pairs: np.ndarray):
 
 def register_pairs(thumbs: np.ndarray, pairs: np.ndarray, *, batch: int = BATCH, progress=None) -> np.ndarray:
     """The registration score of every pair (rows of ``thumbs``): the best normalised cross-correlation over
-    scale, shift and blur, either image warped. Pairs with an unreadable item score NaN; two flat images score
-    1.0 when their grey levels are the same and 0.0 otherwise."""
+    scale, shift and blur, either image warped. Pairs with an unreadable item score NaN; a pair with a
+    featureless image (grey levels varying less than :data:`FLAT_STD`) scores 1.0 when both are featureless and
+    of the same grey level, else 0.0."""
     import torch
 
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
@@ -305,12 +306,12 @@ def register_pairs(thumbs: np.ndarray, pairs: np.ndarray, *, batch: int = BATCH,
         scores[lo:lo + batch] = _register_batch(T, pairs[lo:lo + batch])
         if progress is not None:
             progress(min(lo + batch, len(pairs)), len(pairs), "audit: registering candidate pairs")
-    flat = np.nan_to_num(thumbs).reshape(len(thumbs), -1).std(axis=1) < FLAT_STD
-    for n, (i, j) in enumerate(pairs):
-        if np.isnan(thumbs[i, 0, 0]) or np.isnan(thumbs[j, 0, 0]):
-            scores[n] = np.nan
-        elif flat[i] or flat[j]:
-            scores[n] = float(flat[i] and flat[j] and abs(thumbs[i].mean() - thumbs[j].mean()) < FLAT_STD)
+    grey = np.nan_to_num(thumbs).reshape(len(thumbs), -1)
+    flat, level = grey.std(axis=1) < FLAT_STD, grey.mean(axis=1)
+    i, j = pairs.T
+    featureless = flat[i] | flat[j]
+    scores[featureless] = (flat[i] & flat[j] & (np.abs(level[i] - level[j]) < FLAT_STD))[featureless]
+    scores[np.isnan(thumbs[i, 0, 0]) | np.isnan(thumbs[j, 0, 0])] = np.nan
     return scores
 
 
