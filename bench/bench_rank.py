@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import kendalltau
 
-from featx.analysis.rank import rank_backbones
+from featx.transfer.rank import rank_backbones
 from featx.backbones import load_backbone
 from featx.cache.store import open_features
 from featx.data.sources import ImageFolderSource, make_source, stratified_sample

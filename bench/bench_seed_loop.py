@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from featx.backbones import load_backbone
 from featx.data.decoding import RGBTransform
-from featx.analysis.evaluate import evaluate
+from featx.probe.evaluate import evaluate
 from featx.extract import extract
 from featx.heads.registry import make_head
 from featx.data.sources import ImageFolderSource, make_source

@@ -10,7 +10,9 @@ The exit-status rule of the command line follows them:
   cache, a full disk, weights that cannot be found offline, an interrupted extraction.
   Exit status **1**.
 
-Either way the CLI prints one line, ``featx: error: <message>``.
+Either way the CLI prints one line, ``featx: error: <message>``. An error about one parameter names it
+(``param="reuse"``): the library's message then reads ``reuse: ...`` and the CLI's ``--reuse: ...`` (the flag of
+that parameter in the command that ran), so library code never names a command-line flag.
 """
 
 __all__ = ["FeatxError", "FeatxUsageError"]
@@ -24,6 +26,19 @@ class FeatxError(Exception):
     """
 
     exit_code = 1
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        #: the parameter the error is about (a keyword of the library call), or ``None``
+        self.param = param
+
+    def __str__(self) -> str:
+        return f"{self.param}: {self.message}" if self.param else self.message
+
+    def for_flag(self, flag: str | None) -> str:
+        """The message with the parameter named by its command-line ``flag`` (``--reuse``) when there is one."""
+        return f"{flag}: {self.message}" if self.param and flag else str(self)
 
 
 class FeatxUsageError(FeatxError):

@@ -14,26 +14,24 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .errors import FeatxError
-from .util import l2_normalise
 
 __all__ = ["backbone_for", "image_paths", "embed_images", "predict_images", "nearest"]
 
 def backbone_for(meta: dict, *, device: str = "cpu"):
-    """The backbone that made a cache with metadata ``meta``, or a one-line error saying why not."""
-    from .backbones.registry import load_backbone
+    """The backbone that made a cache with metadata ``meta`` (or a head card's ``embedding`` record), or a one-line
+    error saying why the one here is not that one (weights, transform or embedding size differ)."""
+    import dataclasses
 
-    layer = meta.get("layer")
-    bb = load_backbone(meta["backbone"], meta.get("weights"), device=device,
-                       layer=None if layer in (None, "", "penultimate") else layer)
-    recorded_sha = meta.get("weights_sha256") or None
-    if recorded_sha and bb.weights_sha256 and bb.weights_sha256 != recorded_sha:
-        raise FeatxError(f"the {meta['backbone']} weights here (sha256 {bb.weights_sha256[:12]}...) are not the ones "
-                         f"the embeddings were made with ({recorded_sha[:12]}...)")
-    if meta.get("transform") and bb.preprocess != meta["transform"]:
-        raise FeatxError(f"the {meta['backbone']} transform here differs from the recorded one: "
-                         f"{bb.preprocess} vs {meta['transform']}")
-    if int(meta.get("feature_dim", bb.feature_dim)) != bb.feature_dim:
-        raise FeatxError(f"{meta['backbone']} gives {bb.feature_dim}-d embeddings here, {meta['feature_dim']}-d recorded")
+    from .backbones.registry import load_backbone
+    from .cache.spec import EmbeddingSpec
+
+    spec = EmbeddingSpec.from_attrs(meta)
+    bb = load_backbone(spec.backbone, spec.weights, device=device, layer=spec.layer)
+    here = dataclasses.replace(spec, weights_sha256=bb.weights_sha256 or None, transform=dict(bb.preprocess),
+                               feature_dim=bb.feature_dim)
+    if not spec.same_features(here):
+        raise FeatxError(f"the {spec.backbone} here is not the one the embeddings were made with: "
+                         f"{here.difference(spec, mine='here', theirs='recorded')}")
     return bb
 
 
@@ -104,7 +102,7 @@ def predict_images(head, classes: list[str], X: np.ndarray, paths: list[str], k:
     """Top-k classes of each row: by the temperature-scaled probability when the head's card records a
     ``temperature`` (``featx fit`` fits one on val), else by probability when the head has them, else by
     decision score."""
-    from .analysis.calibration import calibrate, decision_scores
+    from .probe.calibration import calibrate, decision_scores
 
     if temperature and hasattr(head, "decision_function"):
         scores, kind = calibrate(decision_scores(head, X), float(temperature)), "calibrated probability"
@@ -137,34 +135,30 @@ def nearest(fs, queries: np.ndarray, k: int = 5, *, splits: Iterable[str] | None
             block: int = 16384) -> list[list[Neighbor]]:
     """The ``k`` cached items most similar (cosine) to each query embedding, best first.
 
-    Reads the cache block by block, keeping only the best ``k`` so far, so a cache larger than
-    memory works too.
+    Reads the cache block by block (:func:`featx.cache.index.cosine_top_k`), so a cache larger than memory works.
     """
-    q = l2_normalise(queries)
+    from .cache.index import cosine_top_k
+
     names = list(splits or fs.splits)
-    best_s = np.full((len(q), 0), -np.inf, np.float32)
-    best_split = np.zeros((len(q), 0), np.int64)  # index into names
-    best_row = np.zeros((len(q), 0), np.int64)
-    for si, split in enumerate(names):
-        view = fs[split]
-        n = len(view)
-        for start in range(0, n, block):
-            X = l2_normalise(view.rows(start, min(n, start + block)))
-            s = q @ X.T
-            cand_s = np.concatenate([best_s, s], axis=1)
-            cand_split = np.concatenate([best_split, np.full(s.shape, si)], axis=1)
-            cand_row = np.concatenate([best_row, np.broadcast_to(np.arange(start, start + s.shape[1]), s.shape)], axis=1)
-            keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
-            best_s, best_split, best_row = (np.take_along_axis(a, keep, axis=1) for a in (cand_s, cand_split, cand_row))
-    used = {names[i] for i in np.unique(best_split)}
+    starts = np.cumsum([0] + [len(fs[s]) for s in names])  # every split's rows numbered one after another
+
+    def blocks():
+        for split, first in zip(names, starts):
+            view, n = fs[split], len(fs[split])
+            for lo in range(0, n, block):
+                yield int(first + lo), view.rows(lo, min(n, lo + block))
+
+    best_s, best_i = cosine_top_k(queries, blocks(), k)
+    where = np.searchsorted(starts, best_i, side="right") - 1  # split of each row number
+    used = {names[i] for i in np.unique(where)}
     ids = {s: fs[s].ids for s in used}
     labels = {s: fs[s].y for s in used}
     out = []
-    for qs, qsplit, qrow in zip(best_s, best_split, best_row):
+    for sims, splits_of, numbers in zip(best_s, where, best_i):
         row = []
-        for rank, (sim, si, r) in enumerate(zip(qs, qsplit, qrow), 1):
-            split = names[si]
+        for rank, (sim, si, number) in enumerate(zip(sims, splits_of, numbers), 1):
+            split, r = names[si], int(number - starts[si])
             y = int(labels[split][r])
-            row.append(Neighbor(rank, split, int(r), str(ids[split][r]), fs.classes[y] if y >= 0 else "", float(sim)))
+            row.append(Neighbor(rank, split, r, str(ids[split][r]), fs.classes[y] if y >= 0 else "", float(sim)))
         out.append(row)
     return out

@@ -103,7 +103,7 @@ _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 def check_device_name(value: str, *, allow_auto: bool = False) -> bool:
-    """Whether ``value`` names a device featx supports (syntax only; ``featx.extract.check_device`` also
+    """Whether ``value`` names a device featx supports (syntax only; ``featx.extract.run.check_device`` also
     checks that it exists here)."""
     return isinstance(value, str) and (bool(_DEVICE.match(value)) or (allow_auto and value == "auto"))
 

@@ -9,7 +9,7 @@ A pipeline file has these tables (every key optional; defaults shown)::
     val_fraction = 0.1                  # stratified validation split carved from train
     test_fraction = 0.1                 # only for folders without a test split
     seed = 0
-    limit = 0                           # first N items of each split only (0 = all)
+    limit = 0                           # at most N items of each split, a stratified seeded sample (0 = all)
 
     [backbone]
     name = "mobilenet_v2"
@@ -48,8 +48,10 @@ from pathlib import Path
 
 from .errors import FeatxUsageError
 from .options import BackboneOptions, ExtractOptions, SourceOptions, settings_of
+from .util import existing_file
 
-__all__ = ["Experiment", "load_pipeline", "SECTIONS"]
+__all__ = ["Experiment", "load_pipeline", "SECTIONS", "experiment", "build_source", "build_backbone",
+           "check_cache_exists", "resolve_cache"]
 
 #: options dataclass -> attribute of :class:`Experiment`
 _GROUPS = {"source": SourceOptions, "backbone": BackboneOptions, "extract": ExtractOptions}
@@ -134,3 +136,87 @@ def load_pipeline(path: str | Path) -> Experiment:
             groups[group][name] = _GROUPS[group].validated(name, value, f"{path}: [{table}] {key}")
     return Experiment(name=path.stem, heads=heads, grids=grids,
                       **{g: cls(**groups[g]) for g, cls in _GROUPS.items()})
+
+
+# -- an experiment's objects: what the commands build from it (each imports its stage only when called) --------
+
+def experiment(pipeline: str | None, **overrides):
+    """The pipeline file's experiment (or the defaults) with command-line overrides, all validated alike."""
+    exp = load_pipeline(pipeline) if pipeline else Experiment()
+    return exp.override(**overrides)
+
+
+def build_source(exp, *, allow_outside: bool = False):
+    from .data.sources import make_source
+
+    s = exp.source
+    return make_source(s.data, root=s.root, download=s.download, val_fraction=s.val_fraction,
+                       test_fraction=s.test_fraction, seed=s.seed, limit=s.limit, allow_outside=allow_outside)
+
+
+def build_backbone(exp, *, device: str = "cpu"):
+    from .backbones.registry import load_backbone
+
+    return load_backbone(exp.backbone.name, exp.backbone.weights, device=device, layer=exp.backbone.layer)
+
+
+def check_cache_exists(cache: str | None, exp) -> None:
+    """Fail fast, before any heavy import: the named cache file exists, or the pipeline's cache folder
+    holds at least one cache of its backbone (nothing is unpacked, built or downloaded to find out)."""
+    if cache:
+        existing_file(cache, "cache file", "; run `featx extract` first, or name an existing .h5")
+        return
+    folder = Path(exp.extract.cache_dir)
+    name = exp.backbone.name.partition(":")[0] if not exp.backbone.name.startswith("timm:") else exp.backbone.name
+    name = name.replace(":", "-")
+    if not any(folder.glob(f"*/{name}-*.h5")):
+        raise FeatxUsageError(f"no {name} cache under {folder}/ for this pipeline yet; run `featx extract` "
+                              "(make features) first, or name a cache file")
+
+
+def resolve_cache(cache: str | None, exp) -> Path:
+    """The cache file named on the command line, or the one of the pipeline's settings (its key
+    computed from the source and backbone, as `featx extract` does)."""
+    check_cache_exists(cache, exp)
+    if cache:
+        return Path(cache)
+    from .cache.spec import cache_path
+    from .extract import cache_key
+
+    folder = Path(exp.extract.cache_dir)
+    source, bb = build_source(exp), build_backbone(exp)
+    source.splits()
+    path = cache_path(folder, source.name, bb.name, cache_key(source, bb, exp.extract.precision, exp.extract.decoder))
+    if not path.exists():
+        raise FeatxUsageError(f"no cache for these settings yet ({path}){_nearest_cache(path.parent, source, bb, exp)}")
+    return path
+
+
+def _nearest_cache(folder: Path, source, bb, exp) -> str:
+    """What to do when the settings' cache is missing: name a complete cache of the same backbone and weights
+    in ``folder`` and the settings that differ (as options to pass), or say to run `featx extract`."""
+    from .cache.store import open_features
+
+    want = source.describe()
+    best = None
+    for other in sorted(folder.glob(f"{bb.name.replace(':', '-')}-*.h5")):
+        try:
+            meta = open_features(other).meta
+        except Exception:  # a damaged or foreign file: not a candidate
+            continue
+        if (meta.get("backbone"), meta.get("weights"), meta.get("layer")) != (bb.name, bb.weights,
+                                                                               bb.layer or "penultimate"):
+            continue
+        have = meta.get("source") or {}
+        diff = {k: have.get(k) for k in sorted(set(want) | set(have)) if have.get(k) != want.get(k)}
+        diff.pop("carve_rule", None) if "carve_rule" not in have else None
+        if best is None or len(diff) < len(best[1]):
+            best = (other, diff)
+    if best is None or not best[1]:
+        return "; run `featx extract` (make features) first with the same options, or name the cache file"
+    other, diff = best
+    options = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in diff.items() if k in {f.name for f in
+                        dataclasses.fields(SourceOptions)})
+    differs = ", ".join(f"{k} {v!r} there, {want.get(k)!r} here" for k, v in diff.items())
+    return (f"; {other} has the same backbone but other settings ({differs}): pass "
+            f"{options or 'the same options'} to use it, or name it")

@@ -78,3 +78,19 @@ def l2_normalise(X):
 
     X = np.asarray(X, dtype=np.float32)
     return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def existing_file(path: str | None, what: str, hint: str = "") -> Path | None:
+    """``path`` when it exists and is a file, else a usage error -- checked before anything heavy is imported."""
+    from .errors import FeatxUsageError
+
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        if Path(f"{path}.partial").exists():
+            hint = " (an unfinished extraction exists next to it; run the extraction again to finish it)"
+        raise FeatxUsageError(f"{what} {path} does not exist{hint}")
+    if p.is_dir():
+        raise FeatxUsageError(f"{what} {path} is a folder, not a file")
+    return p

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from featx import open_features
 from featx.cache.store import FeatureWriter
 from featx.cli import main
-from featx.heads.adaptation import make_map
+from featx.adapt.maps import make_map
 from featx.heads.persist import load_head
 
 pytest.importorskip("skada")
@@ -34,9 +34,9 @@ def _domain(rng, n, shift=None):
     return X.astype(np.float32), y
 
 
-def _cache(path, splits, *, classes=CLASSES, backbone="tiny", dim=16):
+def _cache(path, splits, *, classes=CLASSES, backbone="tiny", dim=16, precision="fp32"):
     attrs = {"cache_key": path.stem, "backbone": backbone, "weights": "none", "weights_sha256": "", "layer": "penultimate",
-             "transform": {"input_size": [3, 8, 8]}, "source": {"kind": "test"}, "precision": "fp32",
+             "transform": {"input_size": [3, 8, 8]}, "source": {"kind": "test"}, "precision": precision,
              "decoder": "pil"}
     with FeatureWriter(path, attrs=attrs, classes=classes, split_sizes={s: len(y) for s, (X, y) in splits.items()},
                        feature_dim=dim) as w:
@@ -126,7 +126,11 @@ def test_refusals_are_one_line(shifted, tmp_path):
     other = _cache(tmp_path / "other.h5", {"train": _domain(rng, 50)}, backbone="resnet50")
     result = run("adapt", source, other)
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert "hold different features (backbone 'tiny' vs 'resnet50')" in result.stderr
+    assert "hold different features (backbone 'tiny' source, 'resnet50' target)" in result.stderr
+    bf16 = _cache(tmp_path / "bf16.h5", {"train": _domain(rng, 50)}, precision="bf16")  # same network, other numbers
+    result = run("adapt", source, bf16)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "precision 'fp32' source, 'bf16' target" in result.stderr
     renamed = _cache(tmp_path / "renamed.h5", {"train": _domain(rng, 50)}, classes=["a", "b", "z"])
     result = run("adapt", source, renamed)
     assert result.exit_code == 2 and "classes the source does not (z)" in result.stderr

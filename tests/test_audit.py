@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from conftest import TINY
 from featx import open_features
-from featx.analysis.audit import blocked_topk, label_issues, near_duplicates, outliers
+from featx.cache.index import cosine_self_top_k
+from featx.audit.run import label_issues, near_duplicates, outliers
 from featx.cli import main
 
 
@@ -29,7 +30,7 @@ def _blobs(rng, n, d=32, k=4):
 def test_blocked_search_equals_brute_force():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 16)).astype(np.float32)
-    sims, idx = blocked_topk(X, 5, block=64)
+    sims, idx = cosine_self_top_k(X, 5, block=64)
     Z = X / np.linalg.norm(X, axis=1, keepdims=True)
     S = Z @ Z.T
     np.fill_diagonal(S, -np.inf)
@@ -43,7 +44,7 @@ def test_near_duplicates_across_splits_are_leakage():
     splits = np.array(["train"] * 150 + ["test"] * 50)
     X[160] = X[3] + rng.normal(0, 0.01, 32)   # a near-duplicate of a train item in test: leakage
     X[10] = X[4] * 1.0                        # an exact duplicate within train
-    sims, idx = blocked_topk(X, 10)
+    sims, idx = cosine_self_top_k(X, 10)
     pairs, groups, leak = near_duplicates(sims, idx, splits, threshold=0.95)
     found = {(a, b) for a, b, _ in pairs}
     assert found == {(3, 160), (4, 10)} and leak["train/test"] == 1 and len(groups) == 2
@@ -80,7 +81,7 @@ def _reupload(img, how: str, amount: int):
 
 
 def test_copies_are_found_on_pixels_and_distinct_tiles_are_not():
-    from featx.analysis.copies import find_copies, thumbnails
+    from featx.audit.copies import find_copies, thumbnails
 
     # pictures, not featureless patches of sky (those are compared by their grey level alone)
     tiles = [t for t in _photo_tiles() if np.asarray(t.convert("L")).std() > 6]
@@ -100,7 +101,7 @@ def test_the_separable_zoom_is_grid_sample():
     """The registration grid's matrix products sample exactly where torch's grid_sample does."""
     import torch
 
-    from featx.analysis.copies import _apply, _axis_scale, _warp
+    from featx.audit.copies import _apply, _axis_scale, _warp
 
     X = torch.rand(6, 1, 28, 28)
     for s in (0.76, 0.9, 1.0):
@@ -109,7 +110,7 @@ def test_the_separable_zoom_is_grid_sample():
 
 
 def test_unreadable_items_are_recorded_not_fatal():
-    from featx.analysis.copies import register_pairs, thumbnails
+    from featx.audit.copies import register_pairs, thumbnails
 
     tiles = _photo_tiles()[:4]
 
@@ -141,7 +142,7 @@ def test_an_item_far_from_everything_is_an_outlier():
     rng = np.random.default_rng(3)
     X, _ = _blobs(rng, 300)
     X[7] = rng.normal(size=32) * 0.1 + np.linspace(-5, 5, 32)  # a direction no class has
-    sims, _ = blocked_topk(X, 10)
+    sims, _ = cosine_self_top_k(X, 10)
     score, flagged, fence = outliers(sims)
     assert flagged[0] == 7 and score[7] > fence
 
@@ -192,7 +193,7 @@ def test_audit_on_a_folder_thumbnails_and_the_manifest_round_trip(photo_folder, 
     ids = {r["path"].split("photos/", 1)[1] for r in rows}
     assert len(ids & {"china/china_001.jpg", "flower/copy_of_china.jpg"}) == 1  # one copy kept
     assert len(ids & {"china/china_004.jpg", "flower/reupload.jpg"}) == 1
-    from featx.analysis.audit import flagged_rows
+    from featx.audit.run import flagged_rows
 
     left_out, _ = flagged_rows(record)
     assert len(rows) == 38 - len(left_out) and not ids & left_out

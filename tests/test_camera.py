@@ -114,12 +114,12 @@ def test_threaded_batches_keep_the_order():
 
 def test_a_measured_pipeline_decodes_in_threads_and_writes_the_same_cache(photos, mobilenet, tmp_path, monkeypatch,
                                                                           caplog):
-    import featx.extract
+    import featx.extract.batches
 
     plain = extract(ImageFolderSource(photos, **NO_SPLIT), mobilenet, out=tmp_path / "plain.h5", batch_size=4,
                     progress=False, workers=0)
     assert plain.pipeline == "", "--workers given: no measuring"
-    monkeypatch.setattr(featx.extract, "BALANCE_MIN_IMAGES", 4)
+    monkeypatch.setattr(featx.extract.batches, "BALANCE_MIN_IMAGES", 4)
     with caplog.at_level("INFO", logger="featx"):
         balanced = extract(ImageFolderSource(photos, **NO_SPLIT), mobilenet, out=tmp_path / "b.h5", batch_size=4,
                            progress=False)

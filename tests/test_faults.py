@@ -142,7 +142,7 @@ def test_exif_orientation_is_applied_and_16_bit_is_scaled(messy_folder, tiny_bac
 
 
 def test_strict_fails_before_anything_is_complete(messy_folder, tiny_backbone, tmp_path):
-    with pytest.raises(FeatxError, match="--strict: bad/.* is unreadable"):
+    with pytest.raises(FeatxError, match="strict: bad/.* is unreadable"):
         extract(ImageFolderSource(messy_folder, **NO_SPLIT), tiny_backbone, out=tmp_path / "s.h5", progress=False,
                 strict=True)
     assert not (tmp_path / "s.h5").exists()

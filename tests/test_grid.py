@@ -14,7 +14,8 @@ from conftest import TINY, needs_fashion
 from featx import FeatxError, open_features
 from featx.cli import main
 from featx.extract import extract
-from featx.analysis.search import GRIDS, LOGREG_C_GRID, parse_grid, search_head
+from featx.heads.registry import HEADS, LOGREG_C_GRID
+from featx.probe.search import parse_grid, search_head
 from featx.data.sources import ImageFolderSource
 
 
@@ -25,7 +26,7 @@ def run(*args):
 def test_protocol_grids_are_the_published_ones():
     assert len(LOGREG_C_GRID) == 45 and LOGREG_C_GRID[0] == pytest.approx(1e-6)
     assert LOGREG_C_GRID[-1] == pytest.approx(1e5)
-    assert GRIDS["knn"]["n_neighbors"] == (10, 20, 100, 200)
+    assert HEADS["knn"].default_grid()["n_neighbors"] == (10, 20, 100, 200)
 
 
 @pytest.mark.parametrize("overrides,message", [

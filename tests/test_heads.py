@@ -9,7 +9,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from conftest import needs_fashion
 from featx import FeatxError, open_features
-from featx.analysis.evaluate import evaluate
+from featx.probe.evaluate import evaluate
 from featx.heads.registry import HEADS, make_head, parse_params
 from featx.heads.solvers import LBFGSLinearClassifier, TorchLinearClassifier
 
@@ -98,7 +98,7 @@ def test_logreg_head_probabilities_are_converged_on_real_features(fashion_cache)
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from featx.analysis.search import LOGREG_C_GRID
+    from featx.heads.registry import LOGREG_C_GRID
 
     fs = open_features(fashion_cache)
     X, y = fs["train"].labelled()

@@ -91,7 +91,7 @@ def test_the_cli_says_what_it_reused_and_refuses_a_cache_of_other_features(tmp_p
     refused = run("extract", "--data", image_folder, "--backbone", TINY, "--weights", "none", "--reuse", other,
                   "--out", tmp_path / "x.h5")
     assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1
-    assert "its rows are other features (precision 'bf16' there, 'fp32' here)" in refused.stderr
+    assert f"--reuse: {other}: its rows are other features (precision 'fp32' here, 'bf16' there)" in refused.stderr
 
 
 def test_a_rank_sample_feeds_the_full_extraction(tmp_path, tiny_backbone):

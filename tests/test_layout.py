@@ -4,6 +4,7 @@ and the few places that still lean on a dependency's behaviour fail loudly when 
 from __future__ import annotations
 
 import ast
+import importlib
 import os
 import pickle
 from pathlib import Path
@@ -166,16 +167,34 @@ def test_pipeline_overrides_are_validated_like_the_file():
 # -- where featx still depends on a dependency's behaviour, the test says so loudly -----------------------
 
 
-def test_sklearn_parameter_check_still_works_without_data():
-    """featx checks head parameters before loading a cache through scikit-learn's own constraints
-    (featx.heads.registry.sklearn_check_params); this fails if scikit-learn stops offering that."""
+def test_non_public_names_featx_reads_still_exist():
+    """featx.compat holds every read of a dependency's non-public names; each one is checked here against the
+    installed versions, so an upstream move fails this test instead of a user's run."""
+    import inspect
+
     from sklearn.neighbors import KNeighborsClassifier
+    from torchvision import datasets
+    from torchvision.models import MobileNet_V2_Weights
 
-    from featx.heads.registry import sklearn_check_params
+    from featx import compat
 
-    sklearn_check_params(KNeighborsClassifier(n_neighbors=3))
+    # scikit-learn's parameter constraints, checked without data
+    compat.sklearn_check_params(KNeighborsClassifier(n_neighbors=3))
     with pytest.raises(ValueError, match="n_neighbors"):
-        sklearn_check_params(KNeighborsClassifier(n_neighbors=-1))
+        compat.sklearn_check_params(KNeighborsClassifier(n_neighbors=-1))
+    # torchvision's weights metadata
+    assert compat.imagenet_top1(MobileNet_V2_Weights.IMAGENET1K_V1) == pytest.approx(71.878)
+    # torchvision datasets that keep their labels privately still do (read off their source: no download)
+    assert "self._labels" in inspect.getsource(datasets.Flowers102.__init__)
+    assert "self._samples" in inspect.getsource(datasets.StanfordCars.__init__)
+    # skada's adapters: the names skops records are the classes' own, reached through skada's public names
+    import skada
+
+    names = compat.skada_trusted_types()
+    assert len(names) == len(compat.SKADA_ADAPTERS)
+    for name, public in zip(names, compat.SKADA_ADAPTERS):
+        module, _, cls = name.rpartition(".")
+        assert cls == public and getattr(importlib.import_module(module), cls) is getattr(skada, public)
 
 
 def test_preset_equals_the_weights_own_transform():

@@ -118,7 +118,7 @@ def test_predict_refuses_a_changed_head_and_a_missing_backbone(cache_and_heads, 
     card["embedding"]["transform"] = {"input_size": [3, 9, 9]}
     card_path.write_text(json.dumps(card))
     result = run("predict", "--head", heads["logreg"], image_folder / "circle")
-    assert result.exit_code == 1 and "transform here differs" in result.stderr
+    assert result.exit_code == 1 and "not the one the embeddings were made with: the transform differs" in result.stderr
     heads["svm"].write_bytes(heads["svm"].read_bytes() + b"tampered")
     result = run("predict", "--head", heads["svm"], image_folder / "circle")
     assert result.exit_code == 1 and "does not match its card" in result.stderr and "Traceback" not in result.output
@@ -197,7 +197,7 @@ def test_predict_with_a_head_trained_on_an_in_memory_dataset(fashion_cache, imag
 
 
 def test_temperature_scaling_is_fitted_on_val_recorded_and_applied_by_predict(cache_and_heads, image_folder, tmp_path):
-    from featx.analysis.calibration import calibrate, decision_scores, fit_temperature
+    from featx.probe.calibration import calibrate, decision_scores, fit_temperature
 
     cache, heads = cache_and_heads
     card = json.loads(heads["svm"].with_suffix(".json").read_text())
@@ -218,7 +218,7 @@ def test_temperature_scaling_is_fitted_on_val_recorded_and_applied_by_predict(ca
 
 def test_temperature_undoes_a_known_overconfidence():
     """Scores that are 4x too sharp (the true model is softmax(z)) get T close to 4."""
-    from featx.analysis.calibration import fit_temperature
+    from featx.probe.calibration import fit_temperature
 
     rng = np.random.default_rng(0)
     z = rng.normal(size=(4000, 5)) * 2

@@ -118,7 +118,7 @@ def test_dask_grid_scatters_the_features_once(image_folder, tiny_backbone, tmp_p
     import joblib
     from dask.distributed import Client, LocalCluster
 
-    import featx.analysis.search as search
+    import featx.probe.search as search
 
     seen = []
     real = search.parallel_config

@@ -48,7 +48,7 @@ def test_a_failing_head_does_not_lose_the_others(image_folder, tmp_path, monkeyp
     cache = tmp_path / "c.h5"
     assert run("-q", "extract", "--data", image_folder, "--backbone", TINY, "--weights", "none",
                "--out", cache).exit_code == 0
-    from featx.analysis import grid as grid_module
+    from featx.probe import grid as grid_module
 
     real = grid_module.search_head
 

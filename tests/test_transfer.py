@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from featx.analysis.transfer import logme, probe_accuracy
+from featx.transfer.estimators import logme, probe_accuracy
 
 
 def _task(rng, n=300, d=32, classes=4, noise=1.0):
@@ -149,7 +149,7 @@ def test_fit_reports_baselines_and_warns_when_pretraining_does_not_help(image_fo
 def test_baselines_on_real_pretrained_features(fashion_cache, tmp_path):
     """The embedded MobileNetV2 on 100 real Fashion-MNIST items per split: three accuracies on the same rows."""
     from featx import open_features
-    from featx.analysis.baselines import run_baselines
+    from featx.transfer.baselines import run_baselines
 
     b = run_baselines(open_features(fashion_cache), "logreg", {}, cache_dir=tmp_path)
     assert (b["n_train"], b["n_test"]) == (100, 100)

@@ -31,6 +31,7 @@ from torch.overrides import TorchFunctionMode
 from torchvision import models as tvm
 
 from ..data.decoding import Preset
+from ..compat import imagenet_top1
 from ..errors import FeatxError, FeatxUsageError
 from ..util import atomic_write, did_you_mean, file_sha256, offline
 from .loading import LoadedModel, is_file_spec, load_into, load_state_file, seeded_init, weights_only_loads
@@ -215,11 +216,6 @@ def _weights_here_instead(name: str, default):
     log.info(f"note: {name}: using {chosen.name}, the weights available here; torchvision's default "
              f"{default.name} is not (pass --weights {default.name} to download and use it)")
     return chosen
-
-
-def imagenet_top1(weights) -> float | None:
-    """ImageNet-1K top-1 as the weights' metadata reports it."""
-    return weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
 
 
 class _SkipInit(TorchFunctionMode):

@@ -46,7 +46,7 @@ def export_arrays(fs, out: Path, fmt: str) -> list[Path]:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
-            raise FeatxError("--format parquet needs pyarrow, which is not installed: pip install pyarrow") from None
+            raise FeatxError("parquet needs pyarrow, which is not installed: pip install pyarrow", param="format") from None
         tables = []
         for s in fs.splits:
             v = fs[s]

@@ -1,9 +1,9 @@
 """Row reuse across caches: a new extraction copies the rows of unchanged items from complete caches made with
 the same backbone and settings, and embeds only what is new or changed.
 
-Two caches can share rows when their *feature record* is equal (:data:`FEATURE_RECORD`: backbone, weights and
-their sha256, layer, transform, precision, decoder): a row is then the embedding of an image, whatever the item
-list, split or label around it. A row is reused when the item's id and its content fingerprint
+Two caches can share rows when they hold the same features (:meth:`featx.cache.spec.EmbeddingSpec.same_features`:
+backbone, weights and their sha256, layer, transform, precision, decoder, dimension): a row is then the embedding
+of an image, whatever the item list, split or label around it. A row is reused when the item's id and its content fingerprint
 (:meth:`featx.data.sources.Source.item_fingerprints`: file size and modification time, or the dataset for
 in-memory sources) are both equal to the donor row's. Labels always come from the current source.
 """
@@ -16,46 +16,33 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FeatxError, FeatxUsageError
+from .spec import EmbeddingSpec
 from .store import open_features
 
-__all__ = ["FEATURE_RECORD", "feature_record", "find_donors", "check_donor", "RowIndex"]
+__all__ = ["find_donors", "check_donor", "RowIndex"]
 
 log = logging.getLogger("featx")
 
-#: Cache attributes that decide what a row holds for a given image.
-FEATURE_RECORD = ("backbone", "weights", "weights_sha256", "layer", "transform", "precision", "decoder")
 
-
-def feature_record(attrs: dict) -> dict:
-    """The :data:`FEATURE_RECORD` fields of a cache's attributes (as written or as read back)."""
-    return {k: attrs.get(k) for k in FEATURE_RECORD}
-
-
-def check_donor(path, record: dict) -> Path:
-    """``path`` as a donor for a run with feature record ``record``, or a one-line usage error saying why not."""
+def check_donor(path, spec: EmbeddingSpec) -> Path:
+    """``path`` as a donor for a run that makes the features ``spec``, or a one-line usage error saying why not."""
     path = Path(path)
     if not path.is_file():
-        raise FeatxUsageError(f"--reuse {path}: no such cache file")
+        raise FeatxUsageError(f"{path}: no such cache file", param="reuse")
     try:
         fs = open_features(path)
     except FeatxError as exc:
-        raise FeatxUsageError(f"--reuse {path}: {exc}") from None
-    theirs = feature_record(fs.meta)
-    differ = [k for k in FEATURE_RECORD if theirs.get(k) != record.get(k)]
-    if differ:
-        shown = ", ".join(f"{k} {_short(theirs.get(k))} there, {_short(record.get(k))} here" for k in differ)
-        raise FeatxUsageError(f"--reuse {path}: its rows are other features ({shown}); reuse a cache of the same "
-                              "backbone, weights, layer, transform, precision and decoder")
+        raise FeatxUsageError(f"{path}: {exc}", param="reuse") from None
+    theirs = EmbeddingSpec.from_attrs(fs.meta)
+    if not spec.same_features(theirs):
+        raise FeatxUsageError(f"{path}: its rows are other features ({spec.difference(theirs)}); reuse a "
+                              "cache of the same backbone, weights, layer, transform, precision and decoder",
+                              param="reuse")
     return path
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def find_donors(folder, record: dict, *, exclude=()) -> list[Path]:
-    """Complete caches in ``folder`` with this feature record, newest first (damaged files are passed over)."""
+def find_donors(folder, spec: EmbeddingSpec, *, exclude=()) -> list[Path]:
+    """Complete caches in ``folder`` of the features ``spec``, newest first (damaged files are passed over)."""
     out = []
     skip = {Path(p).resolve() for p in exclude}
     for path in Path(folder).glob("*.h5") if Path(folder).is_dir() else ():
@@ -65,7 +52,7 @@ def find_donors(folder, record: dict, *, exclude=()) -> list[Path]:
             meta = open_features(path).meta
         except FeatxError:
             continue
-        if feature_record(meta) == record:
+        if spec.same_features(EmbeddingSpec.from_attrs(meta)):
             out.append(path)
     return sorted(out, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 

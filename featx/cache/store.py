@@ -36,6 +36,7 @@ import h5py
 import numpy as np
 
 from ..errors import FeatxError, FeatxUsageError
+from .spec import SCHEMA_VERSION
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -47,7 +48,6 @@ __all__ = [
     "partial_path",
 ]
 
-SCHEMA_VERSION = 1
 PARTIAL_SUFFIX = ".partial"
 #: Attributes of ``/`` that hold JSON text rather than plain values.
 JSON_ATTRS = ("transform", "source", "reused_from")
@@ -460,6 +460,11 @@ class FeatureSet:
     @property
     def cache_key(self) -> str:
         return self.meta["cache_key"]
+
+    @property
+    def feature_dim(self) -> int:
+        """The embedding size D."""
+        return int(self.meta["feature_dim"])
 
 
 def read_meta(f: h5py.File) -> dict:

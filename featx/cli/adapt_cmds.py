@@ -37,7 +37,7 @@ def adapt(source_cache, target_cache, head_name, params, methods, target_shots, 
     """
     existing_file(source_cache, "source cache")
     existing_file(target_cache, "target cache")
-    from ..heads.adaptation import METHODS
+    from ..adapt.maps import METHODS
     from ..heads.registry import check_head, make_head, parse_params
 
     check_head(head_name)
@@ -47,7 +47,7 @@ def adapt(source_cache, target_cache, head_name, params, methods, target_shots, 
         raise FeatxUsageError(f"unknown adaptation method {unknown[0]!r}; choose from {', '.join(METHODS)} or all")
     overrides = parse_params(params)
     make_head(head_name, overrides)  # bad parameters fail here, before the caches are read
-    from ..analysis.adapt import adaptation_card, run_adaptation, write_adapt_reports
+    from ..adapt.run import adaptation_card, run_adaptation, write_adapt_reports
     from ..cache.store import open_features
     from ..heads.persist import save_head, update_card
 

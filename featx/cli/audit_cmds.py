@@ -39,7 +39,7 @@ def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest,
     """Audit a dataset through its cached embeddings: copies of one picture (and train/test leakage), look-alikes,
     likely label errors, outliers. Writes audit.json, report.md and report.html (with thumbnails of what it flags)."""
     existing_file(cache, "cache file")
-    from ..analysis.audit import DUPLICATE_THRESHOLD, run_audit, summary_lines, write_audit_reports, write_manifest
+    from ..audit.run import DUPLICATE_THRESHOLD, run_audit, summary_lines, write_audit_reports, write_manifest
     from ..cache.store import open_features
 
     fs = open_features(cache)

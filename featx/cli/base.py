@@ -27,7 +27,7 @@ import click
 
 from ..errors import FeatxError, FeatxUsageError
 from ..options import settings_of
-from ..util import first_line
+from ..util import existing_file, first_line
 
 __all__ = ["FeatxGroup", "setting_option", "existing_file", "configure_output", "progress_renderer",
            "pipeline_option", "trust_option", "out_option", "top_k_option"]
@@ -43,6 +43,18 @@ class _Failure(click.ClickException):
         self.exit_code = exit_code
 
 
+def _flag_of(ctx: click.Context, param: str | None) -> str | None:
+    """The command-line flag of library parameter ``param`` in the command that ran (``reuse`` -> ``--reuse``)."""
+    if not param:
+        return None
+    sub = ctx.invoked_subcommand and ctx.command.get_command(ctx, ctx.invoked_subcommand)
+    spelled = f"--{param.replace('_', '-')}"
+    for p in getattr(sub, "params", ()):
+        if isinstance(p, click.Option) and (p.name == param or spelled in p.opts):
+            return spelled if spelled in p.opts else max(p.opts, key=len)
+    return None
+
+
 class FeatxGroup(click.Group):
     """click's group with featx's exit-status rule and one-line errors (see the module docstring)."""
 
@@ -54,7 +66,7 @@ class FeatxGroup(click.Group):
         except FeatxError as exc:
             if ctx.params.get("debug"):
                 raise
-            raise _Failure(str(exc), exc.exit_code) from None
+            raise _Failure(exc.for_flag(_flag_of(ctx, exc.param)), exc.exit_code) from None
         except Exception as exc:  # a bug or an environment problem we did not foresee
             if ctx.params.get("debug"):
                 raise
@@ -116,20 +128,6 @@ class _RegistryChoice(click.Choice):
     @choices.setter
     def choices(self, value):  # click's __init__ assigns it; the registry stays the source
         pass
-
-
-def existing_file(path: str | None, what: str, hint: str = "") -> Path | None:
-    """``path`` when it exists, else a usage error -- checked before anything heavy is imported."""
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.exists():
-        if Path(f"{path}.partial").exists():
-            hint = " (an unfinished extraction exists next to it; run the extraction again to finish it)"
-        raise FeatxUsageError(f"{what} {path} does not exist{hint}")
-    if p.is_dir():
-        raise FeatxUsageError(f"{what} {path} is a folder, not a file")
-    return p
 
 
 class _Lines(logging.Handler):

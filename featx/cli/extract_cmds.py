@@ -1,4 +1,4 @@
-"""``featx extract`` (also under torchrun) and ``featx merge``; the pipeline helpers other commands share."""
+"""``featx extract`` (also under torchrun) and ``featx merge``."""
 
 from __future__ import annotations
 
@@ -10,96 +10,14 @@ from pathlib import Path
 import click
 
 from ..errors import FeatxUsageError
+from ..pipeline import build_backbone, build_source, experiment
 from ..options import BackboneOptions, ExtractOptions, SourceOptions
 from ..util import OFFLINE_ENV
 from .base import existing_file, out_option, pipeline_option, progress_renderer, setting_option
 
 log = logging.getLogger("featx")
 
-__all__ = ["extract", "merge", "experiment", "build_source", "build_backbone", "check_cache_exists", "resolve_cache"]
-
-
-def experiment(pipeline: str | None, **overrides):
-    """The pipeline file's experiment (or the defaults) with command-line overrides, all validated alike."""
-    from ..pipeline import Experiment, load_pipeline
-
-    exp = load_pipeline(pipeline) if pipeline else Experiment()
-    return exp.override(**overrides)
-
-
-def build_source(exp, *, allow_outside: bool = False):
-    from ..data.sources import make_source
-
-    s = exp.source
-    return make_source(s.data, root=s.root, download=s.download, val_fraction=s.val_fraction,
-                       test_fraction=s.test_fraction, seed=s.seed, limit=s.limit, allow_outside=allow_outside)
-
-
-def build_backbone(exp, *, device: str = "cpu"):
-    from ..backbones.registry import load_backbone
-
-    return load_backbone(exp.backbone.name, exp.backbone.weights, device=device, layer=exp.backbone.layer)
-
-
-def check_cache_exists(cache: str | None, exp) -> None:
-    """Fail fast, before any heavy import: the named cache file exists, or the pipeline's cache folder
-    holds at least one cache of its backbone (nothing is unpacked, built or downloaded to find out)."""
-    if cache:
-        existing_file(cache, "cache file", "; run `featx extract` first, or name an existing .h5")
-        return
-    folder = Path(exp.extract.cache_dir)
-    name = exp.backbone.name.partition(":")[0] if not exp.backbone.name.startswith("timm:") else exp.backbone.name
-    name = name.replace(":", "-")
-    if not any(folder.glob(f"*/{name}-*.h5")):
-        raise FeatxUsageError(f"no {name} cache under {folder}/ for this pipeline yet; run `featx extract` "
-                              "(make features) first, or name a cache file")
-
-
-def resolve_cache(cache: str | None, exp) -> Path:
-    """The cache file named on the command line, or the one of the pipeline's settings (its key
-    computed from the source and backbone, as `featx extract` does)."""
-    check_cache_exists(cache, exp)
-    if cache:
-        return Path(cache)
-    from ..extract import cache_key, cache_path
-
-    folder = Path(exp.extract.cache_dir)
-    source, bb = build_source(exp), build_backbone(exp)
-    source.splits()
-    path = cache_path(folder, source, bb, cache_key(source, bb, exp.extract.precision, exp.extract.decoder))
-    if not path.exists():
-        raise FeatxUsageError(f"no cache for these settings yet ({path}){_nearest_cache(path.parent, source, bb, exp)}")
-    return path
-
-
-def _nearest_cache(folder: Path, source, bb, exp) -> str:
-    """What to do when the settings' cache is missing: name a complete cache of the same backbone and weights
-    in ``folder`` and the settings that differ (as options to pass), or say to run `featx extract`."""
-    from ..cache.store import open_features
-
-    want = source.describe()
-    best = None
-    for other in sorted(folder.glob(f"{bb.name.replace(':', '-')}-*.h5")):
-        try:
-            meta = open_features(other).meta
-        except Exception:  # a damaged or foreign file: not a candidate
-            continue
-        if (meta.get("backbone"), meta.get("weights"), meta.get("layer")) != (bb.name, bb.weights,
-                                                                               bb.layer or "penultimate"):
-            continue
-        have = meta.get("source") or {}
-        diff = {k: have.get(k) for k in sorted(set(want) | set(have)) if have.get(k) != want.get(k)}
-        diff.pop("carve_rule", None) if "carve_rule" not in have else None
-        if best is None or len(diff) < len(best[1]):
-            best = (other, diff)
-    if best is None or not best[1]:
-        return "; run `featx extract` (make features) first with the same options, or name the cache file"
-    other, diff = best
-    options = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in diff.items() if k in {f.name for f in
-                        dataclasses.fields(SourceOptions)})
-    differs = ", ".join(f"{k} {v!r} there, {want.get(k)!r} here" for k, v in diff.items())
-    return (f"; {other} has the same backbone but other settings ({differs}): pass "
-            f"{options or 'the same options'} to use it, or name it")
+__all__ = ["extract", "merge"]
 
 
 @click.command()
@@ -152,10 +70,10 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
     bb = build_backbone(exp, device=exp.extract.device)  # a wrong backbone, weights or layer fails here
     source.splits()
     if str(exp.extract.reuse) not in ("auto", "none"):  # a --reuse cache of other features: refused before any work
-        from ..cache.reuse import check_donor, feature_record
-        from ..extract import plan_extraction
+        from ..cache.reuse import check_donor
+        from ..extract import spec_for
 
-        check_donor(exp.extract.reuse, feature_record(plan_extraction(source, bb, exp.extract, out=out).attrs))
+        check_donor(exp.extract.reuse, spec_for(source, bb, exp.extract.precision, exp.extract.decoder))
     from ..data.sources import layout_of
 
     sizes = ", ".join(f"{s} {len(items)}" for s, items in source.splits().items())
@@ -190,7 +108,7 @@ def _extract_sharded(source, bb, options, *, out, rank: int, world: int, progres
     import torch.distributed as dist
 
     from ..cache.shards import init_distributed, merge_shards
-    from ..extract import cache_path
+    from ..cache.spec import cache_path
     from ..extract import extract as run_extract
 
     if "MASTER_ADDR" not in os.environ:  # RANK/WORLD_SIZE set by hand (batch jobs): no group, no merge
@@ -200,7 +118,7 @@ def _extract_sharded(source, bb, options, *, out, rank: int, world: int, progres
     init_distributed(options.device)
     try:
         result = run_extract(source, bb, options, out=out, progress=progress, shard=(rank, world))
-        final = Path(out) if out else cache_path(options.cache_dir, source, bb, result.cache_key)
+        final = Path(out) if out else cache_path(options.cache_dir, source.name, bb.name, result.cache_key)
         if not result.reused:
             click.echo(f"[rank {rank}/{world}] wrote {result.path}: {result.n_new} new items in {result.seconds:.1f} s "
                        f"= {result.images_per_s:.1f} images/s", err=True)

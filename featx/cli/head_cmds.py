@@ -12,7 +12,7 @@ import click
 from ..errors import FeatxError, FeatxUsageError
 from ..options import METRICS, ExtractOptions, SourceOptions
 from .base import existing_file, out_option, pipeline_option, progress_renderer, setting_option
-from .extract_cmds import check_cache_exists, experiment, resolve_cache
+from ..pipeline import check_cache_exists, experiment, resolve_cache
 
 __all__ = ["fit", "grid", "report", "rank"]
 
@@ -57,7 +57,7 @@ def fit(cache, pipeline, head_name, params, out, baselines, limit):
     user_params = parse_params(params)
     exp = _experiment_with_cache(cache, pipeline, limit)
     overrides = {**exp.heads.get(head_name, {}), **user_params}
-    from ..analysis.fitting import fit_head
+    from ..probe.fitting import fit_head
     from ..heads.registry import HEADS, make_head
 
     head = make_head(head_name, overrides)  # bad parameters are refused here, before the cache is read
@@ -95,7 +95,7 @@ def _baseline_places(path: Path, exp, fs=None) -> dict:
 
 def _fit_baselines(head_name: str, params: dict, path: Path, exp, card_file) -> None:
     """Random-init and raw-pixel baselines of a fitted head, printed and added to its card."""
-    from ..analysis.baselines import baseline_warning, run_baselines
+    from ..transfer.baselines import baseline_warning, run_baselines
     from ..cache.store import open_features
     from ..heads.persist import update_card
 
@@ -189,14 +189,19 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
     for h in heads:
         check_head(h)
     exp = _experiment_with_cache(cache, pipeline, limit)
-    from ..analysis.search import parse_grid
+    from ..probe.search import parse_grid
 
     overrides = {h: dict(exp.grids.get(h, {})) for h in heads}
     for h, g in _grid_overrides(grid_specs, heads).items():
         overrides[h].update(g)
-    grids = {h: parse_grid(h, overrides[h]) for h in heads}  # every grid checked before any work
+    for h in heads:
+        parse_grid(h, overrides[h])  # every grid checked before any work
     path = resolve_cache(cache, exp)
-    from ..analysis.grid import run_grid
+    from ..cache.store import open_features
+    from ..probe.grid import run_grid
+
+    dim = open_features(path).feature_dim  # grids that scale with the features (the RBF kernel's widths)
+    grids = {h: parse_grid(h, overrides[h], feature_dim=dim) for h in heads}
 
     name = exp.name if pipeline else path.stem
     out_dir = Path(out) if out else Path("reports") / name
@@ -241,7 +246,7 @@ def _dask(scheduler: str | None):
 @out_option("Write the table here instead of stdout.")
 def report(results, fmt, out):
     """Merge results.json files of several grid runs into one table (one row per pipeline and head)."""
-    from ..analysis.report import merge_results, render_rows
+    from ..report.render import merge_results, render_rows
     from ..util import atomic_write
 
     text = render_rows(merge_results(results), fmt)
@@ -283,10 +288,10 @@ def rank(data, root, backbone_list, weights, sample, seed, folds, cache_dir, dev
     if not candidates:
         raise FeatxUsageError("--backbones: name at least one backbone")
     exp = experiment(None, data=data, root=root, seed=seed, cache_dir=cache_dir, device=device)
-    from .extract_cmds import build_source
+    from ..pipeline import build_source
 
     source = build_source(exp)  # a wrong --data fails here, before torch loads
-    from ..analysis.rank import rank_backbones, write_rank_reports
+    from ..transfer.rank import rank_backbones, write_rank_reports
     from ..extract import check_device
 
     check_device(exp.extract.device)

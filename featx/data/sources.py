@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..compat import dataset_labels
 from ..errors import FeatxError, FeatxUsageError
 from ..util import atomic_write, did_you_mean, first_line, offline
 from .decoding import open_image
@@ -388,12 +389,10 @@ class TorchvisionSource(Source):
 
 def _labels_of(ds, name: str) -> np.ndarray:
     """A torchvision dataset's labels without decoding its images."""
-    for attr in ("targets", "labels", "_labels", "y"):
-        if getattr(ds, attr, None) is not None:
-            return np.asarray(getattr(ds, attr), dtype=np.int64)
-    if hasattr(ds, "_samples"):
-        return np.asarray([s[1] for s in ds._samples], dtype=np.int64)
-    raise FeatxError(f"torchvision dataset {name}: cannot list its labels without decoding every image")
+    labels = dataset_labels(ds)
+    if labels is None:
+        raise FeatxError(f"torchvision dataset {name}: cannot list its labels without decoding every image")
+    return labels
 
 
 class FileSource(Source):

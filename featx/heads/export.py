@@ -68,7 +68,8 @@ def export_model(head, bb, out: Path, fmt: str) -> Path:
         raise FeatxUsageError(f"unknown model format {fmt!r} ({', '.join(MODEL_FORMATS)})")
     missing = [m for m in ("onnx", "onnxscript") if fmt == "onnx" and importlib.util.find_spec(m) is None]
     if missing:
-        raise FeatxError(f"--format onnx needs {' and '.join(missing)}, not installed here: pip install 'featx[onnx]'")
+        raise FeatxError(f"onnx needs {' and '.join(missing)}, not installed here: pip install 'featx[onnx]'",
+                         param="format")
     with atomic_write(out) as tmp:
         _write_model(model, example, tmp, fmt)
     return out

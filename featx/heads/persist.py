@@ -18,11 +18,12 @@ import json
 import logging
 from pathlib import Path
 
+from ..cache.spec import EmbeddingSpec
 from ..errors import FeatxError, FeatxUsageError
 from ..util import atomic_write, file_sha256, first_line
 from ..version import __version__
 
-__all__ = ["EMBEDDING_META", "HEAD_SUFFIX", "TRUSTED_TYPES", "card_path", "default_head_path", "save_head",
+__all__ = ["HEAD_SUFFIX", "TRUSTED_TYPES", "card_path", "default_head_path", "save_head",
            "update_card", "load_head"]
 
 log = logging.getLogger("featx")
@@ -30,17 +31,20 @@ log = logging.getLogger("featx")
 #: The default head file suffix: skops' format.
 HEAD_SUFFIX = ".skops"
 #: Types a head file may hold beyond those skops trusts itself (scikit-learn's estimators, numpy): featx's
-#: own estimators. Anything else in a head file is refused unless the caller passes ``trust=True``.
+#: own estimators and domain maps (featx adapt). The skada adapters those maps wrap are trusted too
+#: (:func:`trusted_types`). Anything else in a head file is refused unless the caller passes ``trust=True``.
 TRUSTED_TYPES = ("featx.heads.solvers.LBFGSLinearClassifier", "featx.heads.solvers.TorchLinearClassifier",
-                 # domain-adapted heads (featx adapt): featx's maps and the skada adapters they wrap
-                 "featx.heads.adaptation.AdaptedHead", "featx.heads.adaptation.DomainStandardizer",
-                 "featx.heads.adaptation.IdentityMap", "featx.heads.adaptation.SkadaMap",
-                 "skada._mapping.CORALAdapter", "skada._subspace.SubspaceAlignmentAdapter")
+                 "featx.adapt.maps.AdaptedHead", "featx.adapt.maps.DomainStandardizer",
+                 "featx.adapt.maps.IdentityMap", "featx.adapt.maps.SkadaMap")
+
+
+def trusted_types() -> tuple[str, ...]:
+    """:data:`TRUSTED_TYPES` and the names skops records for skada's adapters (derived from skada's public classes)."""
+    from ..compat import skada_trusted_types
+
+    return TRUSTED_TYPES + skada_trusted_types()
 _ZIP_MAGIC = b"PK\x03\x04"
 
-#: Cache attributes that determine the embedding (copied into a head's card by ``featx fit``).
-EMBEDDING_META = ("backbone", "weights", "weights_sha256", "transform", "layer", "precision", "feature_dim",
-                  "memory_format", "decoder")
 
 
 def card_path(head_path) -> Path:
@@ -96,7 +100,7 @@ def save_head(head, target, *, head_name: str, params: dict, metrics: dict, fit_
         "head_format": "skops" if sio is not None else "joblib",
         "head_sha256": file_sha256(target),
         # what `featx predict` / `export-model` need to embed new images the same way
-        "embedding": {k: fs.meta.get(k) for k in EMBEDDING_META if k in fs.meta},
+        "embedding": EmbeddingSpec.from_attrs(fs.meta).to_attrs(),
     }
     card_file = card_path(target)
     with atomic_write(card_file) as tmp:
@@ -145,7 +149,8 @@ def load_head(path, *, trust: bool = False):
         raise FeatxError(f"head {path} is in skops' format and skops is not installed: pip install 'featx[safe]'")
     try:
         found = sio.get_untrusted_types(file=path)
-        unknown = [t for t in found if t not in TRUSTED_TYPES]
+        trusted = trusted_types()
+        unknown = [t for t in found if t not in trusted]
         if unknown and not trust:
             raise FeatxError(f"head {path} holds types featx does not trust ({', '.join(unknown[:3])}"
                              f"{', ...' if len(unknown) > 3 else ''}): not loaded; pass --trust only if you know "

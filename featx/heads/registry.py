@@ -30,27 +30,81 @@ Default parameters were chosen on the default pipeline's validation split (never
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
+from ..compat import sklearn_check_params
 from ..errors import FeatxUsageError
 from ..util import did_you_mean, first_line
 
 # scikit-learn and torch are imported inside the builders: naming and checking heads stays instant.
 
-__all__ = ["HEADS", "HeadSpec", "ROW_BOUND_PARAMS", "check_head", "make_head", "parse_params", "head_params",
-           "param_names", "bound_to_rows", "clip_to_rows"]
+__all__ = ["HEADS", "HeadSpec", "register_head", "check_head", "make_head", "parse_params", "head_params",
+           "param_names", "bound_to_rows", "clip_to_rows", "LOGREG_C_GRID", "LINEAR_SVM_C_GRID", "KNN_GRID",
+           "TORCH_LINEAR_GRID", "rbf_svm_grid"]
+
+
+#: Logistic regression C: 45 points log-spaced over 1e-6 .. 1e5 (DINOv2 ``C_POWER_RANGE``,
+#: Kornblith et al. 2019: inverse weight decay over this range, chosen on validation).
+LOGREG_C_GRID = tuple(float(c) for c in np.logspace(-6, 5, 45))
+#: Linear SVM C: 9 points over 1e-5 .. 1e-1. On standardised CNN features the optimum sits low
+#: (1e-3 .. 1e-2 on the default cache); weaker regularisation only overfits and takes more iterations.
+LINEAR_SVM_C_GRID = tuple(float(c) for c in np.logspace(-5, -1, 9))
+#: RBF SVM C values (with the kernel widths of :func:`rbf_svm_grid`).
+RBF_SVM_C_GRID = (0.001, 0.01, 0.1)
+#: RBF kernel widths relative to ``1 / n_features`` (scikit-learn's ``gamma=None``): as wide, 4x narrower, 4x wider.
+#: On standardised features a squared distance grows with the dimension, so the width scales with it.
+RBF_GAMMA_FACTORS = (0.25, 4.0)
+#: k-NN as in DINOv2's evaluation: k in 10/20/100/200, distance-weighted or uniform votes.
+KNN_GRID = {"n_neighbors": (10, 20, 100, 200), "weights": ("distance", "uniform")}
+#: Torch linear head: AdamW weight decay x learning rate.
+TORCH_LINEAR_GRID = {"weight_decay": (0.0, 1e-4, 1e-2), "lr": (2e-3, 1e-2)}
+
+
+def rbf_svm_grid(feature_dim: int) -> dict:
+    """The rbf-svm head's grid for ``feature_dim``-d features: C x kernel width (``None`` = 1 / n_features)."""
+    return {"C": RBF_SVM_C_GRID, "kmap__gamma": (None, *(f / feature_dim for f in RBF_GAMMA_FACTORS))}
 
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """A named head: how to build it, its defaults and a one-line description."""
+    """One head, declared once: everything featx knows about it.
+
+    Attributes:
+        name: what users type (``--head NAME``, ``make fit HEAD=NAME``).
+        build: returns a fresh, unfitted :class:`sklearn.pipeline.Pipeline` whose last step is ``clf``, with the
+            head's default parameters (imports scikit-learn / torch inside, so naming a head stays instant).
+        description: one line for ``featx heads`` and the README.
+        key_params: the parameters worth tuning, shown by ``featx heads``.
+        grid: the default search grid (short parameter name -> values), or a function of the feature dimension
+            returning one, for grids that depend on it.
+        path_param: the parameter the search walks in ascending order with warm starts (a regularisation path).
+        row_bound: parameters that cannot exceed the training rows (k-NN's k, Nystroem landmarks); fits and
+            grids lower them to the rows there are and say so.
+    """
 
     name: str
     build: Callable[[], "Pipeline"]  # noqa: F821 - sklearn.pipeline.Pipeline
     description: str
-    #: the parameters worth tuning, shown by ``featx heads``
     key_params: tuple[str, ...] = ()
+    grid: dict | Callable[[int], dict] = field(default_factory=dict)
+    path_param: str | None = None
+    row_bound: tuple[str, ...] = ()
+
+    def default_grid(self, feature_dim: int | None = None) -> dict:
+        """The default grid for features of this dimension (:data:`REFERENCE_DIM` when unknown: checking only)."""
+        grid = self.grid(feature_dim or REFERENCE_DIM) if callable(self.grid) else self.grid
+        return {k: tuple(v) for k, v in grid.items()}
+
+    def defaults(self) -> dict:
+        """The head's default parameters by short name (what :attr:`build` sets)."""
+        return head_params(self.build())
+
+
+#: The feature dimension a dimension-dependent grid is checked with before the cache is read (MobileNetV2's).
+REFERENCE_DIM = 1280
 
 
 def _logreg():
@@ -116,21 +170,33 @@ def _torch_linear():
     return Pipeline([("scale", StandardScaler()), ("clf", TorchLinearClassifier())])
 
 
-HEADS: dict[str, HeadSpec] = {
-    spec.name: spec
-    for spec in (
-        HeadSpec("logreg", _logreg, "multinomial logistic regression, full-batch L-BFGS in torch, standardised features",
-                 ("C", "max_iter", "tol", "class_weight", "device")),
-        HeadSpec("svm", _svm, "linear SVM (squared hinge, one-vs-rest), full-batch L-BFGS in torch, standardised features",
-                 ("C", "max_iter", "tol", "class_weight", "device")),
-        HeadSpec("rbf-svm", _rbf_svm, "RBF-kernel SVM: Nystroem map (1024 landmarks) + the linear SVM",
-                 ("C", "kmap__gamma", "kmap__n_components", "class_weight")),
-        HeadSpec("knn", _knn, "k-nearest neighbours, cosine similarity, distance-weighted votes",
-                 ("n_neighbors", "weights")),
-        HeadSpec("torch-linear", _torch_linear, "linear layer trained with AdamW in torch (CPU or CUDA)",
-                 ("lr", "weight_decay", "epochs", "batch_size", "device")),
-    )
-}
+HEADS: dict[str, HeadSpec] = {}
+
+
+def register_head(spec: HeadSpec) -> HeadSpec:
+    """Add a head to :data:`HEADS` (a new head is one declaration and this call; every command then knows it)."""
+    if spec.name in HEADS:
+        raise ValueError(f"a head named {spec.name!r} is already registered")
+    HEADS[spec.name] = spec
+    return spec
+
+
+register_head(HeadSpec(
+    "logreg", _logreg, "multinomial logistic regression, full-batch L-BFGS in torch, standardised features",
+    ("C", "max_iter", "tol", "class_weight", "device"), grid={"C": LOGREG_C_GRID}, path_param="C"))
+register_head(HeadSpec(
+    "svm", _svm, "linear SVM (squared hinge, one-vs-rest), full-batch L-BFGS in torch, standardised features",
+    ("C", "max_iter", "tol", "class_weight", "device"), grid={"C": LINEAR_SVM_C_GRID}, path_param="C"))
+register_head(HeadSpec(
+    "rbf-svm", _rbf_svm, "RBF-kernel SVM: Nystroem map (1024 landmarks) + the linear SVM",
+    ("C", "kmap__gamma", "kmap__n_components", "class_weight"), grid=rbf_svm_grid, path_param="C",
+    row_bound=("kmap__n_components",)))
+register_head(HeadSpec(
+    "knn", _knn, "k-nearest neighbours, cosine similarity, distance-weighted votes", ("n_neighbors", "weights"),
+    grid=KNN_GRID, row_bound=("n_neighbors",)))
+register_head(HeadSpec(
+    "torch-linear", _torch_linear, "linear layer trained with AdamW in torch (CPU or CUDA)",
+    ("lr", "weight_decay", "epochs", "batch_size", "device"), grid=TORCH_LINEAR_GRID))
 
 
 def check_head(name: str, where: str | None = None) -> str:
@@ -216,19 +282,6 @@ def _validate(name: str, head) -> None:
             raise FeatxUsageError(f"head {name}: {first_line(exc)}") from None
 
 
-def sklearn_check_params(est) -> None:
-    """Run a scikit-learn estimator's own parameter constraints without data.
-
-    scikit-learn has no public call for this: its estimators check ``_parameter_constraints`` at
-    the start of ``fit`` through the private ``_validate_params``. This is featx's one use of it;
-    ``tests/test_layout.py`` fails loudly if scikit-learn renames it (featx would otherwise find
-    bad parameters only at ``fit``, after loading the cache).
-    """
-    check = getattr(est, "_validate_params", None)
-    if check is not None and hasattr(est, "_parameter_constraints"):
-        check()
-
-
 def head_params(head) -> dict:
     """The parameters of a head by their short names, JSON-able values only."""
     values = head.get_params(deep=True)
@@ -239,34 +292,32 @@ def head_params(head) -> dict:
     }
 
 
-#: Parameters that cannot exceed the number of training rows (short name, as in grids and cards).
-ROW_BOUND_PARAMS = {"knn": "n_neighbors", "rbf-svm": "kmap__n_components"}
+def clip_to_rows(head_name: str, params: dict, n_rows: int) -> tuple[dict, list[str]]:
+    """``params`` with the head's row-bound parameters (k-NN's k, the Nystroem landmarks) lowered to ``n_rows``
+    where larger (their default values included), and a note for each one lowered."""
+    spec = HEADS[check_head(head_name)]
+    if not spec.row_bound or n_rows < 1:
+        return params, []
+    defaults = None
+    out, notes = dict(params), []
+    for key in spec.row_bound:
+        value = params.get(key)
+        if value is None:
+            defaults = defaults or spec.defaults()
+            value = defaults.get(key)
+        if value is None or value <= n_rows:
+            continue
+        out[key] = n_rows
+        notes.append(f"{head_name}: {key}={value} needs at least {value} training rows and there are {n_rows}: "
+                     f"using {key}={n_rows}")
+    return out, notes
 
 
-def clip_to_rows(head_name: str, params: dict, n_rows: int) -> tuple[dict, str | None]:
-    """``params`` with a row-bound parameter (k-NN's k, the Nystroem landmarks) lowered to ``n_rows`` when it
-    is larger (its default value included), and a note saying so; ``None`` when nothing changed."""
-    key = ROW_BOUND_PARAMS.get(head_name)
-    if key is None or n_rows < 1:
-        return params, None
-    value = params.get(key)
-    if value is None:
-        head = HEADS[head_name].build()
-        value = head.get_params(deep=True)[param_names(head)[key]]
-    if value is None or value <= n_rows:
-        return params, None
-    return {**params, key: n_rows}, (f"{head_name}: {key}={value} needs at least {value} training rows and there "
-                                     f"are {n_rows}: using {key}={n_rows}")
-
-
-def bound_to_rows(head_name: str, head, n_rows: int) -> str | None:
-    """Lower ``head``'s row-bound parameter in place when it exceeds ``n_rows`` (see :func:`clip_to_rows`);
-    returns the note, or ``None``. The card then records the value used."""
-    key = ROW_BOUND_PARAMS.get(head_name)
-    if key is None:
-        return None
-    full = param_names(head)[key]
-    params, note = clip_to_rows(head_name, {key: head.get_params(deep=True)[full]}, n_rows)
-    if note:
-        head.set_params(**{full: params[key]})
-    return note
+def bound_to_rows(head_name: str, head, n_rows: int) -> list[str]:
+    """Lower ``head``'s row-bound parameters in place where they exceed ``n_rows`` (see :func:`clip_to_rows`);
+    returns the notes (empty when nothing changed). The card then records the values used."""
+    names, values = param_names(head), head.get_params(deep=True)
+    current = {key: values[names[key]] for key in HEADS[check_head(head_name)].row_bound}
+    params, notes = clip_to_rows(head_name, current, n_rows)
+    head.set_params(**{names[k]: v for k, v in params.items() if v != current[k]})
+    return notes

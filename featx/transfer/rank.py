@@ -2,7 +2,7 @@
 
 Protocol: a stratified sample of the labelled train items (default 2,000) is extracted with every candidate
 (cached like any extraction: a second rank reuses it); each candidate is scored on its sample features by
-LogME and by the cross-validated accuracy of the ``logreg`` head (:mod:`featx.analysis.transfer`). Two
+LogME and by the cross-validated accuracy of the ``logreg`` head (:mod:`featx.transfer.estimators`). Two
 baselines are scored the same way on the same items: the first candidate's architecture with seeded random
 weights, and raw pixels (32x32 RGB, flattened; the head standardises them). A candidate whose probe accuracy
 is not above the best baseline's is flagged ``negative_transfer``: its pretraining does not help on this data.
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..version import __version__
-from .transfer import gain_se, logme, probe_accuracy
+from .estimators import gain_se, logme, probe_accuracy
 
 __all__ = ["RANK_SAMPLE", "RAW_PIXELS_SIZE", "rank_backbones", "raw_pixels", "write_rank_reports"]
 
@@ -174,7 +174,7 @@ def _figure(record: dict) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import _png
+    from ..report.render import _png
 
     c = record["candidates"]
     fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(c) + 2), 3.2))
@@ -191,7 +191,7 @@ def _figure(record: dict) -> str:
 
 def write_rank_reports(out_dir, record: dict) -> list[Path]:
     """``rank.json``, ``report.md`` and a self-contained ``report.html`` in ``out_dir``."""
-    from .report import write_files
+    from ..report.render import write_files
 
     paths = write_files(out_dir, {"rank.json": json.dumps(record, indent=2, default=str) + "\n",
                                   "report.md": _markdown(record), "report.html": _html(record, _figure(record))})

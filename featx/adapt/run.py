@@ -22,33 +22,32 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache.spec import EmbeddingSpec
 from ..cache.store import open_features
 from ..errors import FeatxUsageError
-from ..heads.adaptation import METHODS, AdaptedHead, make_map
+from .maps import METHODS, AdaptedHead, make_map
 from ..heads.registry import head_params, make_head
 from ..version import __version__
-from .evaluate import evaluate
-from .fitting import fit_quietly
+from ..probe.evaluate import evaluate
+from ..probe.fitting import fit_quietly
 
-__all__ = ["COMPATIBLE", "adaptation_card", "check_compatible", "proxy_a_distance", "run_adaptation",
+__all__ = ["adaptation_card", "check_compatible", "proxy_a_distance", "run_adaptation",
            "write_adapt_reports"]
 
 log = logging.getLogger("featx")
 
-#: Cache attributes two caches must share for their features to live in one space.
-COMPATIBLE = ("backbone", "weights", "weights_sha256", "layer", "transform", "feature_dim")
 #: Rows per domain the proxy A-distance's domain classifier sees (a stratified-free random sample).
 PAD_ROWS = 2000
 
 
 def check_compatible(source, target) -> None:
-    """One-line usage error when the two caches' features are not comparable."""
-    differ = [k for k in COMPATIBLE if source.meta.get(k) != target.meta.get(k)]
-    if differ:
-        shown = ", ".join(f"{k} {source.meta.get(k)!r} vs {target.meta.get(k)!r}" if k != "transform" else
-                          "transform differs" for k in differ)
-        raise FeatxUsageError(f"{source.path} and {target.path} hold different features ({shown}): extract both "
-                              "with the same backbone, weights and transform")
+    """One-line usage error when the two caches' features are not the same features (one
+    :class:`~featx.cache.spec.EmbeddingSpec`: backbone, weights, layer, transform, precision, decoder, size)."""
+    mine, theirs = EmbeddingSpec.from_attrs(source.meta), EmbeddingSpec.from_attrs(target.meta)
+    if not mine.same_features(theirs):
+        raise FeatxUsageError(f"{source.path} and {target.path} hold different features "
+                              f"({mine.difference(theirs, mine='source', theirs='target')}): extract both with the "
+                              "same backbone, weights, transform and precision")
 
 
 def _target_labels(source, target, y: np.ndarray) -> np.ndarray:
@@ -106,7 +105,8 @@ def run_adaptation(source_path, target_path, *, head: str, params: dict | None =
         rng = np.random.default_rng(seed)
         labelled = np.flatnonzero(yt_fit >= 0)
         if not len(labelled):
-            raise FeatxUsageError(f"--target-shots {target_shots}: {target.path} has no labelled rows to take them from")
+            raise FeatxUsageError(f"{target_shots}: {target.path} has no labelled rows to take them from",
+                                  param="target_shots")
         shots_idx = np.concatenate([rng.permutation(labelled[yt_fit[labelled] == c])[:target_shots]
                                     for c in np.unique(yt_fit[labelled])])
         if not has_test:  # the shots are training rows: not scored
@@ -198,7 +198,7 @@ def _figure(record: dict) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import _png
+    from ..report.render import _png
 
     rows = record["methods"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -240,7 +240,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}.warn{{color:#a40
 <figcaption>Target top-1 per method (red: worse than no adaptation) and the proxy A-distance after each map.
 </figcaption></figure></body></html>
 """
-    from .report import write_files
+    from ..report.render import write_files
 
     paths = write_files(out_dir, {"adapt.json": json.dumps(record, indent=2, default=str) + "\n", "report.md": md,
                               "report.html": page})

@@ -88,7 +88,7 @@ def make_map(method: str, *, n_components: int | None = None):
     if method == "standardize":
         return DomainStandardizer()
     if importlib.util.find_spec("skada") is None:
-        raise FeatxError(f"--method {method} needs skada, which is not installed: pip install 'featx[adapt]'")
+        raise FeatxError(f"{method} needs skada, which is not installed: pip install 'featx[adapt]'", param="method")
     import skada
 
     cls = getattr(skada, _SKADA[method])

@@ -1,12 +1,12 @@
 """``featx audit``: what is wrong with a dataset, found through its cached embeddings.
 
 - **Copies** (the same picture re-encoded, resized or slightly cropped): candidate pairs registered on the
-  pixels (:mod:`featx.analysis.copies`; the embedding's near neighbours are candidates too), grouped; pairs
+  pixels (:mod:`featx.audit.copies`; the embedding's near neighbours are candidates too), grouped; pairs
   across train/test, train/val and val/test are counted separately as *leakage*. Without the images (a moved
   dataset, ``--no-pixels``) only identical embeddings (cosine >= :data:`EXACT_THRESHOLD`) count as copies.
 - **Look-alikes** (:func:`near_duplicates`): other pairs whose L2-normalised embeddings have cosine similarity
   >= :data:`DUPLICATE_THRESHOLD`: distinct pictures of much the same thing, listed for a person to judge.
-  Blocked exact search (:func:`blocked_topk`: one matrix product per block of rows, every core through the
+  Blocked exact search (:func:`featx.cache.index.cosine_self_top_k`: one matrix product per block of rows, every core through the
   BLAS), or a FAISS index when the ``faiss`` package is installed and ``--index faiss`` asks for it.
 - **Likely label errors**: out-of-fold predicted probabilities of the ``logreg`` head (5-fold CV over the
   labelled train + val rows), ranked by confident learning (Northcutt, Jiang & Chuang 2021) through cleanlab's
@@ -24,11 +24,12 @@ import time
 
 import numpy as np
 
+from ..cache.index import cosine_self_top_k
 from ..errors import FeatxError
 from ..util import l2_normalise
 from ..version import __version__
 
-__all__ = ["DUPLICATE_THRESHOLD", "EXACT_THRESHOLD", "OUTLIER_K", "blocked_topk", "near_duplicates", "near_pairs", "group_pairs",
+__all__ = ["DUPLICATE_THRESHOLD", "EXACT_THRESHOLD", "OUTLIER_K", "near_duplicates", "near_pairs", "group_pairs",
            "label_issues", "outliers", "run_audit", "summary_lines", "write_audit_reports", "flagged_rows",
            "write_manifest"]
 
@@ -43,42 +44,6 @@ EXACT_THRESHOLD = 0.9999
 OUTLIER_K = 10
 #: Order of the splits in a leakage key ("train/test").
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
-#: Rows per block of the exact search (a block x N similarity matrix at a time).
-BLOCK_ROWS = 2048
-
-
-def blocked_topk(X: np.ndarray, k: int, *, block: int = BLOCK_ROWS, index: str = "exact") -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` most similar other rows of every row by cosine: ``(similarities, indices)``, each ``(N, k)``,
-    most similar first. ``index="faiss"`` uses a FAISS inner-product index (exact, ``IndexFlatIP``)."""
-    Z = l2_normalise(X)
-    n = len(Z)
-    k = min(k, n - 1)
-    if k < 1:
-        return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
-    if index == "faiss":
-        if importlib.util.find_spec("faiss") is None:
-            raise FeatxError("--index faiss needs the faiss package, not installed here: pip install faiss-cpu")
-        import faiss
-
-        ix = faiss.IndexFlatIP(Z.shape[1])
-        ix.add(Z)
-        sims, idx = ix.search(Z, k + 1)
-        keep = idx != np.arange(n)[:, None]
-        return (np.stack([s[m][:k] for s, m in zip(sims, keep)]), np.stack([i[m][:k] for i, m in zip(idx, keep)]))
-    sims = np.empty((n, k), np.float32)
-    idx = np.empty((n, k), np.int64)
-    for lo in range(0, n, block):
-        hi = min(n, lo + block)
-        S = Z[lo:hi] @ Z.T
-        S[np.arange(hi - lo), np.arange(lo, hi)] = -np.inf  # not itself
-        part = np.argpartition(-S, k - 1, axis=1)[:, :k]
-        ps = np.take_along_axis(S, part, axis=1)
-        order = np.argsort(-ps, axis=1)
-        idx[lo:hi] = np.take_along_axis(part, order, axis=1)
-        sims[lo:hi] = np.take_along_axis(ps, order, axis=1)
-    return sims, idx
-
-
 def near_duplicates(sims: np.ndarray, idx: np.ndarray, splits: np.ndarray, *, threshold: float = DUPLICATE_THRESHOLD):
     """Pairs ``(i, j, similarity)`` (i < j) above ``threshold`` among the neighbours found, their groups (connected
     components) and the leakage counts."""
@@ -185,7 +150,7 @@ def run_audit(fs, *, threshold: float = DUPLICATE_THRESHOLD, index: str = "exact
               pixels: bool = True, copy_threshold: float | None = None, root: str = "cache/datasets",
               progress=None) -> dict:
     """Every detector on a cache (:class:`featx.FeatureSet`); the ``audit.json`` record. ``pixels`` checks
-    candidate pairs on the images themselves (:mod:`featx.analysis.copies`) when the cache's source can be
+    candidate pairs on the images themselves (:mod:`featx.audit.copies`) when the cache's source can be
     read here; without it (or them), only items with identical embeddings count as copies. ``progress(done,
     total, label)`` follows the reading and the registration."""
     from .copies import COPY_THRESHOLD, MARGIN, SURE_COPY, find_copies
@@ -203,7 +168,7 @@ def run_audit(fs, *, threshold: float = DUPLICATE_THRESHOLD, index: str = "exact
     if len(X) < 3:
         raise FeatxError(f"{fs.path} has {len(X)} rows: too few to audit")
     t0 = time.perf_counter()
-    sims, nn = blocked_topk(X, max(OUTLIER_K, 10), index=index)
+    sims, nn = cosine_self_top_k(X, max(OUTLIER_K, 10), index=index)
     search_s = time.perf_counter() - t0
     near = near_pairs(sims, nn, threshold=min(threshold, EXACT_THRESHOLD))
     names = list(fs.classes)
@@ -283,7 +248,7 @@ THUMBNAILS = 24
 def _opener(fs, root: str):
     """The cache's source rebuilt from its record and its ``id -> key`` map, and ``""``; ``(None, None, why)``
     when the source is not readable here."""
-    from .baselines import source_from_record
+    from ..transfer.baselines import source_from_record
 
     try:
         source = source_from_record(fs.meta.get("source") or {}, root=root)
@@ -402,7 +367,7 @@ padding:4px}}.pair span{{display:block;font-size:11px}}</style></head><body>
 <h2>Outliers</h2>{out_html or '<p>none</p>'}
 <p>Every flagged item: audit.json and report.md next to this file.</p></body></html>
 """
-    from .report import write_files
+    from ..report.render import write_files
 
     return write_files(out_dir, {"audit.json": json.dumps(record, indent=2) + "\n", "report.md": "\n".join(md) + "\n",
                              "report.html": page})
@@ -436,7 +401,7 @@ def write_manifest(record: dict, fs, target, *, relabel: bool = False, root: str
 
     from ..data.sources import FileSource
     from ..util import atomic_write
-    from .baselines import source_from_record
+    from ..transfer.baselines import source_from_record
 
     source = source_from_record(fs.meta.get("source") or {}, root=root)
     if not isinstance(source, FileSource):

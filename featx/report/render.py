@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FeatxError
-from .calibration import expected_calibration_error
-from .evaluate import METRICS
+from ..probe.calibration import expected_calibration_error
+from ..probe.evaluate import METRICS
 
 __all__ = ["expected_calibration_error", "write_reports", "write_files", "merge_results", "render_rows"]
 

@@ -25,51 +25,14 @@ from joblib.parallel import get_active_backend
 from sklearn.model_selection import StratifiedKFold
 
 from ..errors import FeatxError, FeatxUsageError
-from ..heads.registry import bound_to_rows, check_head, head_params, make_head, param_names
+from ..heads.registry import HEADS, bound_to_rows, check_head, head_params, make_head, param_names
 from .evaluate import evaluate
 
 #: scikit-learn's warning when a Nystroem map has more landmarks than rows (it then uses every row);
 #: featx says how many landmarks were used in its own words instead.
 NYSTROEM_FEW_ROWS = r"n_components > n_samples"
 
-__all__ = [
-    "LOGREG_C_GRID",
-    "LINEAR_SVM_C_GRID",
-    "RBF_SVM_GRID",
-    "KNN_GRID",
-    "TORCH_LINEAR_GRID",
-    "GRIDS",
-    "PATH_PARAMS",
-    "HeadSearch",
-    "search_head",
-    "parse_grid",
-    "grid_points",
-    "few_shot",
-]
-
-#: Logistic regression C: 45 points log-spaced over 1e-6 .. 1e5 (DINOv2 ``C_POWER_RANGE``,
-#: Kornblith et al. 2019: inverse weight decay over this range, chosen on validation).
-LOGREG_C_GRID = tuple(float(c) for c in np.logspace(-6, 5, 45))
-#: Linear SVM C: 9 points over 1e-5 .. 1e-1. On standardised CNN features the optimum sits low
-#: (1e-3 .. 1e-2 on the default cache); weaker regularisation only overfits and takes more iterations.
-LINEAR_SVM_C_GRID = tuple(float(c) for c in np.logspace(-5, -1, 9))
-#: RBF SVM (Nystroem map, standardised, + linear SVM): C x kernel width (``None`` = 1 / n_features,
-#: then 4x narrower and 4x wider for 1280-d features).
-RBF_SVM_GRID = {"C": (0.001, 0.01, 0.1), "kmap__gamma": (None, 0.25 / 1280, 4.0 / 1280)}
-#: k-NN as in DINOv2's evaluation: k in 10/20/100/200, distance-weighted or uniform votes.
-KNN_GRID = {"n_neighbors": (10, 20, 100, 200), "weights": ("distance", "uniform")}
-#: Torch linear head: AdamW weight decay x learning rate.
-TORCH_LINEAR_GRID = {"weight_decay": (0.0, 1e-4, 1e-2), "lr": (2e-3, 1e-2)}
-
-GRIDS: dict[str, dict[str, tuple]] = {
-    "logreg": {"C": LOGREG_C_GRID},
-    "svm": {"C": LINEAR_SVM_C_GRID},
-    "rbf-svm": RBF_SVM_GRID,
-    "knn": KNN_GRID,
-    "torch-linear": TORCH_LINEAR_GRID,
-}
-#: head -> parameter whose path is walked with warm starts (ascending).
-PATH_PARAMS = {"logreg": "C", "svm": "C", "rbf-svm": "C"}
+__all__ = ["HeadSearch", "search_head", "parse_grid", "grid_points", "few_shot"]
 
 
 @dataclass
@@ -100,10 +63,11 @@ class HeadSearch:
         }
 
 
-def parse_grid(head: str, overrides: dict | None = None) -> dict:
-    """The head's grid with overrides (``{"C": [0.1, 1]}``) applied, checked before any work."""
-    check_head(head)
-    grid = {k: tuple(v) for k, v in GRIDS[head].items()}
+def parse_grid(head: str, overrides: dict | None = None, *, feature_dim: int | None = None) -> dict:
+    """The head's default grid (its :class:`~featx.heads.registry.HeadSpec`, for ``feature_dim``-d features) with
+    overrides (``{"C": [0.1, 1]}``) applied, checked before any work. Without ``feature_dim`` a grid that depends on
+    it is checked at a reference dimension: call again with the cache's dimension before searching."""
+    grid = HEADS[check_head(head)].default_grid(feature_dim)
     for key, values in (overrides or {}).items():
         values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
         if not values:
@@ -143,10 +107,10 @@ def _fit_path(head: str, fixed: dict, path_key: str | None, path_values, X, y, X
 def _sweep(head: str, grid: dict, X, y, Xv, yv, *, metric: str, jobs: int) -> list[dict]:
     """Every grid point fitted on (X, y) and scored on (Xv, yv), in parallel.
 
-    A head with a path parameter (:data:`PATH_PARAMS`) walks it in ascending order with warm
-    starts, split into one contiguous segment per worker.
+    A head with a path parameter (:attr:`HeadSpec.path_param <featx.heads.registry.HeadSpec>`) walks it in
+    ascending order with warm starts, split into one contiguous segment per worker.
     """
-    path_key = PATH_PARAMS.get(head)
+    path_key = HEADS[head].path_param
     if path_key in grid:
         values = sorted(grid[path_key])
         n = max(1, min(effective_n_jobs(jobs), len(values)))
@@ -177,13 +141,13 @@ def search_head(head: str, fs, *, grid: dict | None = None, metric: str = "top1"
     Args:
         head: head name.
         fs: the cache (needs ``train`` and ``test``; ``val`` is used for selection when present).
-        grid: the grid (already checked by :func:`parse_grid`); default :data:`GRIDS` ``[head]``.
+        grid: the grid (already checked by :func:`parse_grid`); default: the head's, for the cache's dimension.
         metric: the selection score, a key of :data:`featx.options.METRICS`.
         jobs: parallel fits (joblib ``n_jobs``; -1 = all cores).
         folds: k of the stratified k-fold CV used when there is no validation split.
         class_weight: ``"balanced"`` for every head that supports it.
     """
-    grid = dict(grid or parse_grid(head))
+    grid = dict(grid or parse_grid(head, feature_dim=fs.feature_dim))
     if class_weight:
         if "class_weight" not in param_names(make_head(head)):
             raise FeatxError(f"head {head} does not support class weights")

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..cache.index import self_top_k
+
 __all__ = ["SIDE", "CROPS", "COPY_THRESHOLD", "SURE_COPY", "MARGIN", "COARSE_MIN", "CANDIDATES", "thumbnails",
            "candidate_pairs", "register_pairs", "runner_up", "copy_decisions", "find_copies"]
 
@@ -183,20 +185,17 @@ def candidate_pairs(thumbs: np.ndarray, *, k: int = CANDIDATES, min_score: float
     k = min(k, n - 1)
     if k < 1:
         return np.zeros((0, 2), np.int64)
-    Q = D[:, 0]
-    found = []
-    for lo in range(0, n, block):
-        hi = min(n, lo + block)
-        S = Q[lo:hi] @ D[:, 0].T
+
+    def similarity(lo: int, hi: int) -> np.ndarray:  # the best over the whole view and its centre crops
+        S = D[lo:hi, 0] @ D[:, 0].T
         for c in range(1, D.shape[1]):
-            np.maximum(S, Q[lo:hi] @ D[:, c].T, out=S)
-        S[np.arange(hi - lo), np.arange(lo, hi)] = -np.inf
-        part = np.argpartition(-S, k - 1, axis=1)[:, :k]
-        keep = np.take_along_axis(S, part, axis=1) >= min_score
-        rows = np.repeat(np.arange(lo, hi), k).reshape(hi - lo, k)
-        found.append(np.stack([rows[keep], part[keep]], 1))
-    pairs = np.concatenate(found) if found else np.zeros((0, 2), np.int64)
-    pairs = np.sort(pairs, axis=1)
+            np.maximum(S, D[lo:hi, 0] @ D[:, c].T, out=S)
+        return S
+
+    sims, idx = self_top_k(n, k, similarity, block=block)
+    keep = sims >= min_score
+    rows = np.broadcast_to(np.arange(n)[:, None], idx.shape)
+    pairs = np.sort(np.stack([rows[keep], idx[keep]], 1), axis=1)
     return np.unique(pairs, axis=0) if len(pairs) else pairs
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import FeatxError
 from ..util import first_line
-from .transfer import gain_se
+from .estimators import gain_se
 
 __all__ = ["BASELINE_TRAIN_MAX", "BASELINE_TEST_MAX", "run_baselines", "source_from_record", "baseline_warning"]
 
@@ -45,7 +45,7 @@ def source_from_record(record: dict, *, root: str = "cache/datasets"):
 
 def _top1(head_name: str, params: dict, Xtr, ytr, Xte, yte) -> float:
     from ..heads.registry import make_head
-    from .fitting import fit_quietly
+    from ..probe.fitting import fit_quietly
 
     head = fit_quietly(head_name, make_head(head_name, params), Xtr, ytr)
     return float(np.mean(head.predict(Xte) == yte))

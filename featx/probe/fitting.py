@@ -38,8 +38,7 @@ class FitResult:
 def fit_quietly(head_name: str, head, X, y):
     """``head.fit(X, y)`` with scikit-learn's known notices in featx's own words, and a one-line error
     for what scikit-learn refuses."""
-    note = bound_to_rows(head_name, head, len(y))
-    if note:
+    for note in bound_to_rows(head_name, head, len(y)):
         log.info(f"note: {note}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -12,10 +12,10 @@ import numpy as np
 
 from ..cache.store import open_features
 from ..errors import FeatxError
-from ..heads.registry import ROW_BOUND_PARAMS, clip_to_rows
+from ..heads.registry import HEADS, clip_to_rows
 from ..util import first_line, softmax
 from ..version import __version__
-from .report import write_reports
+from ..report.render import write_reports
 from .search import NYSTROEM_FEW_ROWS, few_shot, grid_points, search_head
 
 __all__ = ["check_grids", "run_grid"]
@@ -43,26 +43,27 @@ def check_grids(fs, grids: dict, folds: int) -> tuple[dict, int, list[str]]:
     rows = len(y) if "val" in fs else len(y) - -(-len(y) // folds)  # the rows one CV fit sees
     out = {}
     for h, grid in grids.items():
-        key = ROW_BOUND_PARAMS.get(h)
-        values = grid.get(key, (None,)) if key else ()
-        clipped = []
-        for v in values:
-            params, note = clip_to_rows(h, {key: v} if v is not None else {}, rows)
-            if params.get(key, v) not in clipped:
-                clipped.append(params.get(key, v))
-            if note:
-                notes.append(f"grid {note.replace(f'{h}: ', f'{h} ', 1)}")
-        out[h] = {**grid, key: tuple(clipped)} if key and clipped != list(values) else grid
+        out[h] = dict(grid)
+        for key in HEADS[h].row_bound:
+            values = grid.get(key, (None,))
+            clipped = []
+            for v in values:
+                params, lowered = clip_to_rows(h, {key: v} if v is not None else {}, rows)
+                if params.get(key, v) not in clipped:
+                    clipped.append(params.get(key, v))
+                notes += [f"grid {note.replace(f'{h}: ', f'{h} ', 1)}" for note in lowered]
+            if clipped != list(values):
+                out[h][key] = tuple(clipped)
     return out, folds, notes
 
 
 def run_grid(cache, grids: dict, *, name: str, out_dir, metric: str = "top1", jobs: int = -1, folds: int = 5,
              class_weight: str | None = None, shots=(), tries: int = 5,
              baselines: dict | None = None, progress=None) -> tuple[dict, list[Path]]:
-    """Search ``grids`` (head -> checked grid, :func:`featx.analysis.search.parse_grid`) on ``cache``; write
+    """Search ``grids`` (head -> checked grid, :func:`featx.probe.search.parse_grid`) on ``cache``; write
     ``report.md``, ``report.html`` and ``results.json`` into ``out_dir``. Returns (results, written paths).
 
-    ``baselines``: keyword arguments of :func:`featx.analysis.baselines.run_baselines` (``cache_dir``, ``root``)
+    ``baselines``: keyword arguments of :func:`featx.transfer.baselines.run_baselines` (``cache_dir``, ``root``)
     to fit the best head on random-init features and raw pixels too; ``None`` skips them."""
     path = Path(cache)
     fs = open_features(path)
@@ -125,7 +126,7 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, metric: str = "top1", jo
 
 
 def _baselines(fs, best, kwargs: dict) -> dict:
-    from .baselines import baseline_warning, run_baselines
+    from ..transfer.baselines import baseline_warning, run_baselines
 
     try:
         b = run_baselines(fs, best.head, best.best_params, **kwargs)
