@@ -29,7 +29,8 @@ from PIL import Image
 
 from featx.adapt.run import run_adaptation
 from featx.backbones import load_backbone
-from featx.data.sources import ImageFolderSource, make_source
+from featx.data.files import ImageFolderSource
+from featx.data.layout import make_source
 from featx.extract import extract
 
 DATA = Path(__file__).resolve().parent / "data" / "adapt"

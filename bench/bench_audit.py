@@ -31,10 +31,13 @@ import numpy as np
 from PIL import Image
 
 from featx.cache.index import cosine_self_top_k
-from featx.audit.run import near_duplicates, run_audit
+from featx.audit.duplicates import near_duplicates
+from featx.audit.run import run_audit
 from featx.backbones import load_backbone
-from featx.cache.store import FeatureWriter, open_features
-from featx.data.sources import ImageFolderSource, make_source
+from featx.cache.store import open_features
+from featx.cache.writer import FeatureWriter
+from featx.data.files import ImageFolderSource
+from featx.data.layout import make_source
 from featx.extract import extract
 
 HERE = Path(__file__).resolve().parent

@@ -31,7 +31,8 @@ from photos import make_photos  # noqa: E402
 from featx.backbones import load_backbone  # noqa: E402
 from featx.data.balance import usable_cores  # noqa: E402
 from featx.data.decoding import image_input  # noqa: E402
-from featx.data.sources import ImageFolderSource, make_source  # noqa: E402
+from featx.data.files import ImageFolderSource  # noqa: E402
+from featx.data.layout import make_source  # noqa: E402
 from featx.extract import extract  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"

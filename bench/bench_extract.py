@@ -21,7 +21,7 @@ from PIL import Image
 
 from featx.backbones import load_backbone
 from featx.extract import extract
-from featx.data.sources import ImageFolderSource
+from featx.data.files import ImageFolderSource
 
 
 def make_jpegs(root: Path, n: int, size: int = 320, seed: int = 0) -> Path:

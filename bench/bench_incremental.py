@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photos import camera_photo, make_photos  # noqa: E402
 
 from featx.backbones import load_backbone  # noqa: E402
-from featx.data.sources import ImageFolderSource  # noqa: E402
+from featx.data.files import ImageFolderSource  # noqa: E402
 from featx.extract import extract  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -30,7 +30,9 @@ from scipy.stats import kendalltau
 from featx.transfer.rank import rank_backbones
 from featx.backbones import load_backbone
 from featx.cache.store import open_features
-from featx.data.sources import ImageFolderSource, make_source, stratified_sample
+from featx.data.files import ImageFolderSource
+from featx.data.layout import make_source
+from featx.data.sources import stratified_sample
 from featx.extract import extract
 from featx.heads.registry import make_head
 

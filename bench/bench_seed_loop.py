@@ -28,7 +28,8 @@ from featx.data.decoding import RGBTransform
 from featx.probe.evaluate import evaluate
 from featx.extract import extract
 from featx.heads.registry import make_head
-from featx.data.sources import ImageFolderSource, make_source
+from featx.data.files import ImageFolderSource
+from featx.data.layout import make_source
 from featx.cache.store import open_features
 
 

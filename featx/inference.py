@@ -37,7 +37,7 @@ def backbone_for(meta: dict, *, device: str = "cpu"):
 
 def image_paths(targets: Iterable[str | os.PathLike]) -> list[str]:
     """Image files named directly, or found (recursively, hidden files skipped) in folders."""
-    from .data.sources import image_files
+    from .data.files import image_files
 
     out: list[str] = []
     for t in targets:

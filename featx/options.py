@@ -26,7 +26,7 @@ from typing import Any, Callable
 from .errors import FeatxUsageError
 
 __all__ = [
-    "Precision", "Decoder", "PRECISIONS", "DECODERS", "METRICS", "DEVICE_HELP",
+    "Precision", "Decoder", "PRECISIONS", "DECODERS", "METRICS", "DEVICE_HELP", "DATASETS_ROOT",
     "SourceOptions", "BackboneOptions", "ExtractOptions", "setting", "settings_of", "check_device_name",
 ]
 
@@ -99,6 +99,8 @@ METRICS: dict[str, str] = {
 }
 
 DEVICE_HELP = "cpu, cuda or cuda:N"
+#: Where torchvision datasets are kept (``--root``, ``[source] root``) unless a pipeline says otherwise.
+DATASETS_ROOT = "cache/datasets"
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
@@ -200,7 +202,7 @@ class SourceOptions(_Options):
         "root/{train,val,test}/<class>/*), a .csv manifest (path,label[,split]) or a Stanford Dogs root "
         "(Images/ + lists/); the detected layout is reported."), table="source", kind=str,
         check=lambda v: bool(v.strip()), what="a non-empty source")
-    root: str = setting("cache/datasets", "Where torchvision datasets are stored or downloaded (default cache/datasets).",
+    root: str = setting(DATASETS_ROOT, "Where torchvision datasets are stored or downloaded (default cache/datasets).",
                         table="source", kind=(str, os.PathLike))
     download: bool = setting(False, "Let torchvision download a built-in dataset if it is missing (default: no).",
                              table="source", kind=bool, cli="--download/--no-download")

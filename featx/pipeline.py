@@ -147,7 +147,7 @@ def experiment(pipeline: str | None, **overrides):
 
 
 def build_source(exp, *, allow_outside: bool = False):
-    from .data.sources import make_source
+    from .data.layout import make_source
 
     s = exp.source
     return make_source(s.data, root=s.root, download=s.download, val_fraction=s.val_fraction,

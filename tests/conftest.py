@@ -71,7 +71,7 @@ def fashion_cache(tmp_path_factory):
     MobileNetV2 IMAGENET1K_V1 (300 images)."""
     from featx.backbones import load_backbone
     from featx.extract import extract
-    from featx.data.sources import make_source
+    from featx.data.layout import make_source
 
     os.environ["FEATX_OFFLINE"] = "1"
     root = Path("cache/datasets")

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from featx import open_features
-from featx.cache.store import FeatureWriter
+from featx.cache.writer import FeatureWriter
 from featx.cli import main
 from featx.adapt.maps import make_map
 from featx.heads.persist import load_head

@@ -6,8 +6,9 @@ from scipy.io import savemat
 
 from conftest import CLASSES, draw, make_folder
 from featx import FeatxError
-from featx.data.sources import (ImageFolderSource, ManifestSource, StanfordDogsSource, TorchvisionSource, layout_of,
-                           make_source)
+from featx.data.files import ImageFolderSource, ManifestSource, StanfordDogsSource
+from featx.data.layout import layout_of, make_source
+from featx.data.torchvision_data import TorchvisionSource
 
 BREEDS = ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02085936-Maltese_dog"]
 

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from conftest import TINY
 from featx import open_features
 from featx.cache.index import cosine_self_top_k
-from featx.audit.run import label_issues, near_duplicates, outliers
+from featx.audit.duplicates import near_duplicates
+from featx.audit.labels import label_issues, outliers
 from featx.cli import main
 
 

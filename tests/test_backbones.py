@@ -11,7 +11,7 @@ from conftest import TINY
 from featx import FeatxError, open_features
 from featx.backbones import list_backbones, load_backbone
 from featx.extract import extract
-from featx.data.sources import ImageFolderSource
+from featx.data.files import ImageFolderSource
 
 needs_timm = pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm not installed")
 

@@ -12,7 +12,7 @@ import pytest
 from featx import open_features
 from featx.backbones import load_backbone
 from featx.data.decoding import decode_scaled, scaled_size
-from featx.data.sources import ImageFolderSource
+from featx.data.files import ImageFolderSource
 from featx.extract import extract
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))

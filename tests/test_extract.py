@@ -8,7 +8,7 @@ import torchvision
 from conftest import TINY, draw, needs_fashion
 from featx import FeatxError, open_features
 from featx.extract import extract
-from featx.data.sources import ImageFolderSource
+from featx.data.files import ImageFolderSource
 from featx.cache.store import partial_path
 
 
@@ -117,7 +117,7 @@ def test_features_equal_a_plain_torchvision_forward(fashion_cache):
 @needs_fashion
 def test_bf16_is_opt_in_recorded_and_close(tmp_path):
     from featx.backbones import load_backbone
-    from featx.data.sources import make_source
+    from featx.data.layout import make_source
 
     source = make_source("torchvision:FashionMNIST", root="cache/datasets", limit=8)
     bb = load_backbone("mobilenet_v2", "IMAGENET1K_V1")

@@ -30,7 +30,7 @@ from featx.extract import cache_key, extract
 from featx.heads.persist import load_head
 from featx.util import file_sha256
 from featx.pipeline import load_pipeline
-from featx.data.sources import ImageFolderSource, ManifestSource
+from featx.data.files import ImageFolderSource, ManifestSource
 
 NO_SPLIT = {"val_fraction": 0, "test_fraction": 0}
 

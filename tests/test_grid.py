@@ -16,7 +16,7 @@ from featx.cli import main
 from featx.extract import extract
 from featx.heads.registry import HEADS, LOGREG_C_GRID
 from featx.probe.search import parse_grid, search_head
-from featx.data.sources import ImageFolderSource
+from featx.data.files import ImageFolderSource
 
 
 def run(*args):

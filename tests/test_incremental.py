@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import TINY, draw, make_folder
 from featx import FeatxError, open_features
 from featx.cli import main
-from featx.data.sources import ImageFolderSource
+from featx.data.files import ImageFolderSource
 from featx.extract import extract
 
 
@@ -63,7 +63,7 @@ def test_a_relabelled_item_keeps_its_features_and_gets_its_new_label(tmp_path, t
     manifest = tmp_path / "m.csv"
     rows = [f"{p.relative_to(tmp_path)},{p.parent.name},train" for p in sorted(data.rglob("*.*"))]
     manifest.write_text("\n".join(rows) + "\n")
-    from featx.data.sources import ManifestSource
+    from featx.data.files import ManifestSource
 
     first = extract(ManifestSource(manifest), tiny_backbone, cache_dir=tmp_path / "cache", progress=False)
     rows[0] = rows[0].replace(",circle,", ",square,")
@@ -108,7 +108,7 @@ def test_a_cache_from_before_fingerprints_feeds_the_new_one_for_in_memory_datase
     import h5py
 
     from featx.backbones import load_backbone
-    from featx.data.sources import make_source
+    from featx.data.layout import make_source
 
     old = tmp_path / "cache" / "fashionmnist" / "old.h5"
     old.parent.mkdir(parents=True)

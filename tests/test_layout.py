@@ -78,6 +78,43 @@ def test_no_import_cycles():
             visit(m)
 
 
+#: featx's families from the bottom up (docs/architecture.md draws the same picture). A module imports featx
+#: modules of its own family or of a lower layer only; two families of one layer never import each other.
+LAYERS = (
+    ("errors", "version"),
+    ("util", "options", "compat"),
+    ("data",),
+    ("backbones", "cache"),
+    ("heads", "extract", "report"),
+    ("probe", "pipeline"),
+    ("transfer", "adapt", "audit", "inference"),
+    ("cli",),
+    ("__main__", "featx"),
+)
+
+
+def _family(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "featx"
+
+
+def test_families_depend_downwards_only():
+    layer = {family: i for i, families in enumerate(LAYERS) for family in families}
+    graph = _graph()
+    unplaced = sorted({_family(m) for m in graph} - set(layer))
+    assert not unplaced, f"new package(s) {unplaced}: give them a layer in LAYERS and in docs/architecture.md"
+    upward = [f"{m} -> {t}" for m, targets in graph.items() for t in targets
+              if _family(m) != _family(t) and layer[_family(t)] >= layer[_family(m)]]
+    assert not upward, "imports against the layering:\n" + "\n".join(sorted(upward))
+
+
+def test_no_module_is_too_long():
+    """One job per module: none over 450 lines (split it by what it does)."""
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 450}
+    assert not long, long
+
+
 def test_no_private_third_party_imports():
     found = []
     for path in PACKAGE.rglob("*.py"):

@@ -9,7 +9,9 @@ import pytest
 from conftest import CLASSES, make_folder, needs_fashion
 from featx import FeatxError
 from featx.pipeline import load_pipeline
-from featx.data.sources import ImageFolderSource, carve_splits, make_source
+from featx.data.files import ImageFolderSource
+from featx.data.layout import make_source
+from featx.data.sources import carve_splits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,8 +118,8 @@ def test_fashion_mnist_offline_from_the_debian_package(tmp_path):
 
 
 def test_missing_dataset_offline_says_what_to_fetch(tmp_path, monkeypatch):
-    import featx.data.sources
+    import featx.data.torchvision_data
 
-    monkeypatch.setitem(featx.data.sources.OFFLINE_DATA, "FashionMNIST", (str(tmp_path / "nowhere"), "dataset-fashion-mnist"))
+    monkeypatch.setitem(featx.data.torchvision_data.OFFLINE_DATA, "FashionMNIST", (str(tmp_path / "nowhere"), "dataset-fashion-mnist"))
     with pytest.raises(FeatxError, match="dataset FashionMNIST is not available in .*apt-get install dataset-fashion-mnist"):
         make_source("torchvision:FashionMNIST", root=tmp_path / "data").splits()

@@ -18,7 +18,8 @@ from featx.cli import main
 from featx.extract import extract
 from featx.heads.persist import load_head
 from featx.heads.export import linear_weights
-from featx.data.sources import ImageFolderSource, open_image
+from featx.data.decoding import open_image
+from featx.data.files import ImageFolderSource
 
 
 def run(*args):

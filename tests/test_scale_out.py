@@ -12,8 +12,8 @@ from conftest import TINY
 from featx import FeatxError, open_features
 from featx.extract import extract
 from featx.cache.shards import find_shards, merge_shards, shard_items, shard_path
-from featx.data.sources import ImageFolderSource
-from featx.cache.store import FeatureWriter
+from featx.data.files import ImageFolderSource
+from featx.cache.writer import FeatureWriter
 
 
 def assert_same_cache(a, b, rtol=1e-4):

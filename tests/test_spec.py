@@ -59,7 +59,7 @@ def test_effective_decoder_is_one_rule():
 
 def test_a_cache_and_a_head_card_carry_the_spec(image_folder, tiny_backbone, tmp_path):
     from featx import open_features
-    from featx.data.sources import ImageFolderSource
+    from featx.data.files import ImageFolderSource
     from featx.extract import extract, spec_for
     from featx.heads.persist import load_head
     from featx.heads.registry import make_head

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from featx import FeatxError, open_features
-from featx.cache.store import SCHEMA_VERSION, FeatureWriter, partial_path
+from featx.cache.store import SCHEMA_VERSION, partial_path
+from featx.cache.writer import FeatureWriter
 
 ATTRS = {
     "cache_key": "k1",

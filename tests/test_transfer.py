@@ -100,7 +100,7 @@ def test_rank_writes_the_json_shape_flags_negative_transfer_and_reuses_the_sampl
 
 
 def test_a_sample_is_stratified_and_keyed_apart_from_the_whole_source(image_folder, tiny_backbone):
-    from featx.data.sources import ImageFolderSource
+    from featx.data.files import ImageFolderSource
     from featx.extract import cache_key
 
     source = ImageFolderSource(image_folder)
@@ -121,7 +121,7 @@ def test_fit_reports_baselines_and_warns_when_pretraining_does_not_help(image_fo
 
     from featx import open_features
     from featx.cli import main
-    from featx.data.sources import ImageFolderSource
+    from featx.data.files import ImageFolderSource
     from featx.extract import extract
 
     cache = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "c.h5", progress=False).path
@@ -137,9 +137,14 @@ def test_fit_reports_baselines_and_warns_when_pretraining_does_not_help(image_fo
     assert {"raw_pixels", "transfer_gain", "transfer_gain_se", "n_train", "n_test"} <= set(b)
     first = Path(b["random_init_cache"])
     assert first.parent.parent == tmp_path and first.exists(), "cached beside the cache named on the command line"
-    mtime = first.stat().st_mtime_ns
-    again = CliRunner().invoke(main, ["fit", str(cache), "--head", "logreg", "--out", str(tmp_path / "h2.skops")])
-    assert again.exit_code == 0 and first.stat().st_mtime_ns == mtime, "reused, not extracted again"
+    store = Path(b["store"])
+    assert store == cache.with_name("c.baselines.npz") and store.exists(), "baseline features stored beside the cache"
+    first.unlink()  # a later fit or grid reads the stored baseline features: it extracts nothing
+    again = CliRunner().invoke(main, ["fit", str(cache), "--head", "svm", "--out", str(tmp_path / "h2.skops")])
+    assert again.exit_code == 0 and not first.exists(), "read from the store, not extracted again"
+    assert json.loads((tmp_path / "h2.json").read_text())["baselines"]["n_test"] == b["n_test"]
+    grid = CliRunner().invoke(main, ["grid", str(cache), "--heads", "knn", "--jobs", "1", "--out", str(tmp_path / "r")])
+    assert grid.exit_code == 0 and not first.exists() and "baselines of knn" in grid.stderr
     quiet = CliRunner().invoke(main, ["fit", str(cache), "--head", "logreg", "--no-baselines",
                                       "--out", str(tmp_path / "h3.skops")])
     assert quiet.exit_code == 0 and "baselines (" not in quiet.stdout
@@ -163,7 +168,7 @@ def test_grid_reports_the_best_heads_baselines(image_folder, tiny_backbone, tmp_
     from click.testing import CliRunner
 
     from featx.cli import main
-    from featx.data.sources import ImageFolderSource
+    from featx.data.files import ImageFolderSource
     from featx.extract import extract
 
     cache = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "c.h5", progress=False).path

@@ -25,9 +25,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.metaestimators import available_if
 
-from ..errors import FeatxError
+from ..compat import SKADA_ADAPTERS
+from ..errors import FeatxError, FeatxUsageError
 
-__all__ = ["METHODS", "DomainStandardizer", "SkadaMap", "AdaptedHead", "make_map"]
+__all__ = ["METHODS", "check_methods", "DomainStandardizer", "SkadaMap", "AdaptedHead", "make_map"]
 
 #: method -> what it is
 METHODS = {
@@ -36,7 +37,17 @@ METHODS = {
     "coral": "CORAL: source covariance aligned to the target's (Sun et al. 2016; skada)",
     "subspace": "subspace alignment of the domains' PCA bases (Fernando et al. 2013; skada)",
 }
-_SKADA = {"coral": "CORALAdapter", "subspace": "SubspaceAlignmentAdapter"}
+#: method -> skada's adapter (its public name; featx.compat derives the names skops records from these)
+_SKADA = dict(zip(("coral", "subspace"), SKADA_ADAPTERS))
+
+
+def check_methods(names: list[str]) -> list[str]:
+    """``names`` (``all`` = every method) checked before any work: a usage error names the unknown one."""
+    unknown = [m for m in names if m not in METHODS and m != "all"]
+    if unknown:
+        raise FeatxUsageError(f"unknown adaptation method {unknown[0]!r}; choose from {', '.join(METHODS)} or all",
+                              param="method")
+    return names
 
 
 class DomainStandardizer(BaseEstimator):

@@ -14,11 +14,8 @@ logistic regression, 2-fold CV) between source and target features before and af
 from __future__ import annotations
 
 import datetime as _dt
-import html
-import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -31,8 +28,7 @@ from ..version import __version__
 from ..probe.evaluate import evaluate
 from ..probe.fitting import fit_quietly
 
-__all__ = ["adaptation_card", "check_compatible", "proxy_a_distance", "run_adaptation",
-           "write_adapt_reports"]
+__all__ = ["adaptation_card", "check_compatible", "proxy_a_distance", "run_adaptation", "save_adapted_heads"]
 
 log = logging.getLogger("featx")
 
@@ -161,91 +157,22 @@ def run_adaptation(source_path, target_path, *, head: str, params: dict | None =
     return record, heads
 
 
-def _table(record: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "target top-1", "vs source-only", "proxy A-distance", "fit s", "what"]
-    rows = []
-    for r in record["methods"]:
-        t = r.get("target")
-        rows.append([r["method"], f"{t['top1']:.4f}" if t else "-",
-                     f"{r['gain_over_source_only']:+.4f}" if t else "-", f"{r['proxy_a_distance']:.3f}",
-                     f"{r['seconds']:.1f}", r["description"]])
-    return header, rows
+def save_adapted_heads(record: dict, heads: dict, out_dir) -> list:
+    """Each method's adapted head saved as ``<out_dir>/<method>.skops`` with its card, which records the
+    adaptation (:func:`adaptation_card`; ``featx predict`` applies the map). Returns the head paths."""
+    from pathlib import Path
 
+    from ..heads.persist import save_head, update_card
 
-def _warnings(record: dict) -> list[str]:
-    return [f"{r['method']} made target accuracy worse than no adaptation ({r['gain_over_source_only']:+.4f})"
-            for r in record["methods"] if r.get("worse_than_source_only")]
-
-
-def _summary(record: dict) -> str:
-    c = record["ceiling"]
-    parts = [f"Source {record['source']['cache']} ({record['source']['rows']} labelled rows) -> target "
-             f"{record['target']['cache']} ({record['target']['rows_for_the_map']} unlabelled rows for the map, "
-             f"{record['target']['rows_scored']} scored); head {record['head']}; proxy A-distance before "
-             f"adaptation {record['proxy_a_distance_before']:.3f} (0 = indistinguishable domains, 2 = separable)."]
-    if record["target_shots"]:
-        parts.append(f"{record['target_shots']} labelled target images per class added to training.")
-    if c:
-        parts.append(f"Ceiling (the head trained on the target's labelled train split): {c['top1']:.4f}.")
-    if "best_method" in record:
-        parts.append(f"Best: {record['best_method']}.")
-    return " ".join(parts)
-
-
-def _figure(record: dict) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..report.render import _png
-
-    rows = record["methods"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    names = [r["method"] for r in rows]
-    if all("target" in r for r in rows):
-        a1.bar(names, [r["target"]["top1"] for r in rows],
-               color=["#c44" if r.get("worse_than_source_only") else "#48a" for r in rows])
-        if record["ceiling"]:
-            a1.axhline(record["ceiling"]["top1"], color="k", ls="--", label="ceiling (target labels)")
-            a1.legend(loc="lower right", fontsize=8)
-        a1.set_ylim(0, 1)
-        a1.set_ylabel("target top-1")
-    a2.bar(names, [r["proxy_a_distance"] for r in rows], color="#888")
-    a2.axhline(record["proxy_a_distance_before"], color="k", ls=":", label="before adaptation")
-    a2.set_ylim(0, 2)
-    a2.set_ylabel("proxy A-distance")
-    a2.legend(loc="upper right", fontsize=8)
-    return _png(fig)
-
-
-def write_adapt_reports(out_dir, record: dict) -> list[Path]:
-    """``adapt.json``, ``report.md`` and a self-contained ``report.html`` in ``out_dir``."""
-    header, rows = _table(record)
-    warnings = _warnings(record)
-    md = "\n".join(["# featx adapt", "", _summary(record), "",
-                    "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                    *("| " + " | ".join(r) + " |" for r in rows),
-                    *(["", "## Warnings", "", *(f"- {w}" for w in warnings)] if warnings else [])]) + "\n"
-    esc = html.escape
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>featx adapt</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}.warn{{color:#a40}}</style></head><body>
-<h1>featx adapt</h1><p>{esc(_summary(record))}</p>
-<table><tr>{''.join(f'<th>{esc(h)}</th>' for h in header)}</tr>
-{''.join('<tr>' + ''.join(f'<td>{esc(c)}</td>' for c in r) + '</tr>' for r in rows)}</table>
-{f'<h2>Warnings</h2><ul class="warn">{"".join(f"<li>{esc(w)}</li>" for w in warnings)}</ul>' if warnings else ''}
-<figure><img alt="target accuracy and proxy A-distance per method" src="data:image/png;base64,{_figure(record)}">
-<figcaption>Target top-1 per method (red: worse than no adaptation) and the proxy A-distance after each map.
-</figcaption></figure></body></html>
-"""
-    from ..report.render import write_files
-
-    paths = write_files(out_dir, {"adapt.json": json.dumps(record, indent=2, default=str) + "\n", "report.md": md,
-                              "report.html": page})
-    for w in warnings:
-        log.warning(f"warning: {w}")
+    source = open_features(record["source"]["cache"])
+    paths = []
+    for method, adapted in heads.items():
+        row = next(r for r in record["methods"] if r["method"] == method)
+        head_path, card = save_head(adapted, Path(out_dir) / f"{method}.skops", head_name=record["head"],
+                                    params=record["params"], metrics={"target": row.get("target", {})},
+                                    fit_seconds=row["seconds"], n_train=record["source"]["rows"], fs=source)
+        update_card(card, adaptation=adaptation_card(record, method, adapted))
+        paths.append(head_path)
     return paths
 
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import FeatxError, FeatxUsageError
 from ..data.sources import SplitItems
-from .store import PARTIAL_SUFFIX, FeatureWriter, open_features
+from .store import PARTIAL_SUFFIX, open_features
+from .writer import FeatureWriter
 
 __all__ = ["dist_env", "shard_items", "shard_path", "find_shards", "merge_shards", "init_distributed"]
 

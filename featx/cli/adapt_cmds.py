@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from ..errors import FeatxUsageError
 from .base import existing_file, out_option
 
 __all__ = ["adapt"]
@@ -37,31 +36,21 @@ def adapt(source_cache, target_cache, head_name, params, methods, target_shots, 
     """
     existing_file(source_cache, "source cache")
     existing_file(target_cache, "target cache")
-    from ..adapt.maps import METHODS
+    from ..adapt.maps import check_methods
     from ..heads.registry import check_head, make_head, parse_params
 
     check_head(head_name)
-    wanted = [m for v in methods for m in v.replace(",", " ").split()]
-    unknown = [m for m in wanted if m not in METHODS and m != "all"]
-    if unknown:
-        raise FeatxUsageError(f"unknown adaptation method {unknown[0]!r}; choose from {', '.join(METHODS)} or all")
+    wanted = check_methods([m for v in methods for m in v.replace(",", " ").split()])
     overrides = parse_params(params)
     make_head(head_name, overrides)  # bad parameters fail here, before the caches are read
-    from ..adapt.run import adaptation_card, run_adaptation, write_adapt_reports
-    from ..cache.store import open_features
-    from ..heads.persist import save_head, update_card
+    from ..adapt.report import write_adapt_reports
+    from ..adapt.run import run_adaptation, save_adapted_heads
 
     record, heads = run_adaptation(source_cache, target_cache, head=head_name, params=overrides, methods=wanted,
                                    target_shots=target_shots, components=components, seed=seed)
     out_dir = Path(out) if out else Path("reports") / f"adapt-{Path(source_cache).stem}-{Path(target_cache).stem}"
     paths = write_adapt_reports(out_dir, record)
-    source = open_features(source_cache)
-    for method, adapted in heads.items():
-        row = next(r for r in record["methods"] if r["method"] == method)
-        head_path, card = save_head(adapted, out_dir / f"{method}.skops", head_name=head_name,
-                                    params=record["params"], metrics={"target": row.get("target", {})},
-                                    fit_seconds=row["seconds"], n_train=record["source"]["rows"], fs=source)
-        update_card(card, adaptation=adaptation_card(record, method, adapted))
+    save_adapted_heads(record, heads, out_dir)
     for r in record["methods"]:
         t = r.get("target")
         click.echo(f"{r['method']:<12} target top-1 {t['top1']:.4f} ({r['gain_over_source_only']:+.4f} vs none); "

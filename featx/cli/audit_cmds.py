@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..options import DATASETS_ROOT
 from .base import existing_file, out_option, progress_renderer
 
 __all__ = ["audit"]
@@ -32,14 +33,16 @@ __all__ = ["audit"]
                    "image files are never deleted or edited).")
 @click.option("--relabel", is_flag=True, help="In the manifest, give likely label errors their suggested label "
                                               "instead of leaving them out.")
-@click.option("--root", default="cache/datasets", show_default=True,
+@click.option("--root", default=DATASETS_ROOT, show_default=True,
               help="Where torchvision datasets are kept (to read their images).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar (or, in a log file, the progress lines).")
 def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest, relabel, root, no_progress):
     """Audit a dataset through its cached embeddings: copies of one picture (and train/test leakage), look-alikes,
     likely label errors, outliers. Writes audit.json, report.md and report.html (with thumbnails of what it flags)."""
     existing_file(cache, "cache file")
-    from ..audit.run import DUPLICATE_THRESHOLD, run_audit, summary_lines, write_audit_reports, write_manifest
+    from ..audit.duplicates import DUPLICATE_THRESHOLD
+    from ..audit.report import summary_lines, write_audit_reports
+    from ..audit.run import run_audit, write_manifest
     from ..cache.store import open_features
 
     fs = open_features(cache)

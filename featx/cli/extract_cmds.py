@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-from ..errors import FeatxUsageError
 from ..pipeline import build_backbone, build_source, experiment
 from ..options import BackboneOptions, ExtractOptions, SourceOptions
 from ..util import OFFLINE_ENV
@@ -74,7 +73,7 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
         from ..extract import spec_for
 
         check_donor(exp.extract.reuse, spec_for(source, bb, exp.extract.precision, exp.extract.decoder))
-    from ..data.sources import layout_of
+    from ..data.layout import layout_of
 
     sizes = ", ".join(f"{s} {len(items)}" for s, items in source.splits().items())
     if rank == 0:

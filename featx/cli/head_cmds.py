@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import FeatxError, FeatxUsageError
-from ..options import METRICS, ExtractOptions, SourceOptions
+from ..options import DATASETS_ROOT, METRICS, ExtractOptions, SourceOptions
 from .base import existing_file, out_option, pipeline_option, progress_renderer, setting_option
 from ..pipeline import check_cache_exists, experiment, resolve_cache
 
@@ -90,14 +90,24 @@ def _baseline_places(path: Path, exp, fs=None) -> dict:
         return {"cache_dir": exp.extract.cache_dir, "root": exp.source.root}
     fs = fs or open_features(path)
     default_name = path.name == f"{fs.meta.get('backbone')}-{fs.cache_key}.h5"
-    return {"cache_dir": path.parent.parent if default_name else path.parent, "root": "cache/datasets"}
+    return {"cache_dir": path.parent.parent if default_name else path.parent, "root": DATASETS_ROOT}
+
+
+def _grid_baselines(path: Path, exp):
+    """``baselines(head, params)`` for ``featx grid``: the transfer family's baselines of this cache."""
+    from ..cache.store import open_features
+    from ..transfer.baselines import run_baselines
+
+    fs = open_features(path)
+    places = _baseline_places(path, exp, fs)
+    return lambda head, params: run_baselines(fs, head, params, **places)
 
 
 def _fit_baselines(head_name: str, params: dict, path: Path, exp, card_file) -> None:
     """Random-init and raw-pixel baselines of a fitted head, printed and added to its card."""
-    from ..transfer.baselines import baseline_warning, run_baselines
     from ..cache.store import open_features
     from ..heads.persist import update_card
+    from ..transfer.baselines import run_baselines
 
     try:
         fs = open_features(path)
@@ -109,9 +119,8 @@ def _fit_baselines(head_name: str, params: dict, path: Path, exp, card_file) -> 
     click.echo(f"baselines ({b['n_train']} train / {b['n_test']} test items): pretrained {b['pretrained']:.4f}, "
                f"random-init {b['random_init']:.4f}, raw pixels {b['raw_pixels']:.4f}; transfer gain "
                f"{b['transfer_gain']:+.4f} ± {b['transfer_gain_se']:.4f}")
-    warning = baseline_warning(b)
-    if warning:
-        click.echo(f"featx: {warning}", err=True)
+    if b["warning"]:
+        click.echo(f"featx: {b['warning']}", err=True)
     update_card(card_file, baselines=b)
 
 
@@ -211,7 +220,7 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
         t0 = time.perf_counter()
         results, paths = run_grid(path, grids, name=name, out_dir=out_dir, metric=metric, jobs=jobs, folds=folds,
                                   class_weight=class_weight, shots=shot_list, tries=tries,
-                                  baselines=_baseline_places(path, exp if pipeline else None) if baselines else None,
+                                  baselines=_grid_baselines(path, exp if pipeline else None) if baselines else None,
                                   progress=progress_renderer(enabled=not no_progress))
     best = max(results["heads"], key=lambda r: r["val_score"])
     click.echo(f"best head {best['head']}: test top1 {best['test'].get('top1', float('nan')):.4f}; "
@@ -246,7 +255,7 @@ def _dask(scheduler: str | None):
 @out_option("Write the table here instead of stdout.")
 def report(results, fmt, out):
     """Merge results.json files of several grid runs into one table (one row per pipeline and head)."""
-    from ..report.render import merge_results, render_rows
+    from ..probe.report import merge_results, render_rows
     from ..util import atomic_write
 
     text = render_rows(merge_results(results), fmt)
@@ -291,7 +300,8 @@ def rank(data, root, backbone_list, weights, sample, seed, folds, cache_dir, dev
     from ..pipeline import build_source
 
     source = build_source(exp)  # a wrong --data fails here, before torch loads
-    from ..transfer.rank import rank_backbones, write_rank_reports
+    from ..transfer.rank import rank_backbones
+    from ..transfer.report import write_rank_reports
     from ..extract import check_device
 
     check_device(exp.extract.device)

@@ -1,15 +1,18 @@
-"""Dataset adapters behind one small interface.
+"""The source interface every dataset adapter implements, and how splits are carved and sampled.
+
+The adapters: :mod:`featx.data.torchvision_data` (torchvision built-ins), :mod:`featx.data.files` (image folders,
+CSV manifests, Stanford Dogs); :mod:`featx.data.layout` turns a ``--data`` string or a cache's record into one.
 
 A :class:`Source` knows its class names, lists its items per split in a canonical,
 deterministic order (``ids``, ``labels`` and the ``keys`` it needs to open them), opens
 one item as a PIL image, and gives a fingerprint of its item list for the cache key.
 
-On the command line and in pipeline files a source is one string (see :func:`make_source`):
+On the command line and in pipeline files a source is one string (see :func:`featx.data.layout.make_source`):
 
 - ``torchvision:<Name>`` - a torchvision built-in dataset with ``train=True/False`` splits
   (FashionMNIST, MNIST, KMNIST, CIFAR10, CIFAR100). Fashion-MNIST and MNIST are found
   offline in Debian's ``dataset-fashion-mnist`` / ``dataset-mnist`` packages
-  (:data:`OFFLINE_DATA`); otherwise torchvision downloads them.
+  (:data:`featx.data.torchvision_data.OFFLINE_DATA`); otherwise torchvision downloads them.
 - ``torchvision:<Name>`` for built-ins with ``split=`` (STL10, SVHN, Flowers102, OxfordIIITPet, DTD,
   Food101, StanfordCars, FGVCAircraft, Country211, GTSRB, PCAM) or with no split at all (EuroSAT,
   Caltech101, Caltech256: val and test carved).
@@ -24,65 +27,24 @@ On the command line and in pipeline files a source is one string (see :func:`mak
 from __future__ import annotations
 
 import copy
-import csv
-import gzip
 import hashlib
 import json
 import logging
 import os
-import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from ..compat import dataset_labels
-from ..errors import FeatxError, FeatxUsageError
-from ..util import atomic_write, did_you_mean, first_line, offline
+from ..errors import FeatxUsageError
 from .decoding import open_image
 
 log = logging.getLogger("featx")
 
-__all__ = [
-    "OFFLINE_DATA",
-    "SplitItems",
-    "Source",
-    "TorchvisionSource",
-    "FileSource",
-    "ImageFolderSource",
-    "ManifestSource",
-    "StanfordDogsSource",
-    "make_source",
-    "layout_of",
-    "carve_splits", "split_hash", "CARVE_RULE",
-    "stratified_sample",
-]
+__all__ = ["SplitItems", "Source", "FileSource", "carve_splits", "split_hash", "CARVE_RULE", "stratified_sample",
+           "in_memory_fingerprint", "SPLIT_DIRS"]
 
-#: Where Debian packages put torchvision-format raw files: dataset -> (folder, package).
-OFFLINE_DATA = {
-    "FashionMNIST": ("/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist"),
-    "MNIST": ("/usr/share/datasets/mnist", "dataset-mnist"),
-}
-#: torchvision built-ins whose constructor takes ``train=True/False``.
-TRAIN_FLAG_DATASETS = ("FashionMNIST", "MNIST", "KMNIST", "QMNIST", "CIFAR10", "CIFAR100")
-#: torchvision built-ins with ``split=``: featx's split -> theirs (official splits only).
-SPLIT_ARG_DATASETS = {
-    "STL10": {"train": "train", "test": "test"},
-    "SVHN": {"train": "train", "test": "test"},
-    "Flowers102": {"train": "train", "val": "val", "test": "test"},
-    "OxfordIIITPet": {"train": "trainval", "test": "test"},
-    "DTD": {"train": "train", "val": "val", "test": "test"},
-    "Food101": {"train": "train", "test": "test"},
-    "StanfordCars": {"train": "train", "test": "test"},
-    "FGVCAircraft": {"train": "train", "val": "val", "test": "test"},
-    "Country211": {"train": "train", "val": "valid", "test": "test"},
-    "GTSRB": {"train": "train", "test": "test"},
-    "PCAM": {"train": "train", "val": "val", "test": "test"},
-}
-#: torchvision built-ins without official splits: val and test are carved, stratified.
-NO_SPLIT_DATASETS = ("EuroSAT", "Caltech101", "Caltech256")
 SPLIT_DIRS = ("train", "val", "test")
 
 
@@ -282,119 +244,6 @@ class Source(ABC):
         return {s: splits[s] for s in SPLIT_DIRS if s in splits}
 
 
-class TorchvisionSource(Source):
-    """A torchvision built-in dataset with its official splits; val carved from train when it has none.
-
-    Datasets with ``train=True/False`` (:data:`TRAIN_FLAG_DATASETS`), with ``split=...``
-    (:data:`SPLIT_ARG_DATASETS`), or with no split at all (:data:`NO_SPLIT_DATASETS`: val and
-    test are carved, stratified). Item ids are ``<official split>/<index>``.
-    """
-
-    def __init__(self, dataset: str, *, root: str | os.PathLike, download: bool = False,
-                 val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, limit: int = 0):
-        import torchvision.datasets as tvd
-
-        if dataset in TRAIN_FLAG_DATASETS:
-            self._layout = {"train": {"train": True}, "test": {"train": False}}
-        elif dataset in SPLIT_ARG_DATASETS:
-            self._layout = {ours: {"split": theirs} for ours, theirs in SPLIT_ARG_DATASETS[dataset].items()}
-        elif dataset in NO_SPLIT_DATASETS:
-            self._layout = {"train": {}}
-        else:
-            supported = sorted([*TRAIN_FLAG_DATASETS, *SPLIT_ARG_DATASETS, *NO_SPLIT_DATASETS])
-            raise FeatxUsageError(f"torchvision dataset {dataset!r} is not supported; "
-                                  f"{did_you_mean(dataset, supported, cutoff=0.6)}supported: {', '.join(supported)}")
-        self.dataset = dataset
-        self.root = Path(root)
-        self.download = download
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.seed = seed
-        self.limit = limit
-        self.name = dataset.lower()
-        self._cls = getattr(tvd, dataset)
-        self._data: dict[str, object] = {}
-
-    def _unpack_offline_copy(self) -> None:
-        """Put Debian's packaged raw files where torchvision looks, so its own code reads them.
-
-        Debian recompresses the ``.gz`` files (their md5 differs from torchvision's list, so
-        torchvision's download step would reject them); the decompressed idx files are the
-        originals, and torchvision's reader checks their headers and sizes.
-        """
-        folder, _ = OFFLINE_DATA.get(self.dataset, (None, None))
-        if folder is None or not Path(folder).is_dir():
-            return
-        raw = self.root / self.dataset / "raw"
-        for gz in sorted(Path(folder).glob("*.gz")):
-            target = raw / gz.stem
-            if target.exists():
-                continue
-            raw.mkdir(parents=True, exist_ok=True)
-            with atomic_write(target) as tmp, gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-
-    def _load(self, split: str):
-        if split not in self._data:
-            self._unpack_offline_copy()
-            download = self.download and not offline()
-            try:
-                self._data[split] = self._cls(str(self.root), download=download, **self._layout[split])
-            except Exception as exc:  # torchvision raises RuntimeError / URLError / OSError
-                where = self.root / self.dataset / "raw" if self.dataset in TRAIN_FLAG_DATASETS else self.root
-                hint = "" if download else " (or allow torchvision's download: --download / download = true)"
-                if self.dataset in OFFLINE_DATA:
-                    folder, pkg = OFFLINE_DATA[self.dataset]
-                    hint += f" (or `apt-get install {pkg}`, which puts them in {folder})"
-                raise FeatxError(
-                    f"dataset {self.dataset} is not available in {where} ({first_line(exc)}): "
-                    f"fetch its files as torchvision's {self.dataset} expects them and put them there{hint}"
-                ) from exc
-        return self._data[split]
-
-    def _find(self) -> dict[str, SplitItems]:
-        found = {}
-        for split, kwargs in self._layout.items():
-            ds = self._load(split)
-            labels = _labels_of(ds, self.dataset)
-            official = kwargs.get("split", split)
-            found[split] = SplitItems(
-                keys=[(split, i) for i in range(len(labels))],
-                ids=[f"{official}/{i}" for i in range(len(labels))],
-                labels=labels,
-            )
-        first = self._load("train")
-        names = getattr(first, "classes", None) or getattr(first, "categories", None)
-        n_classes = int(max(int(items.labels.max(initial=-1)) for items in found.values())) + 1
-        self.classes = [str(c) for c in names] if names else [str(i) for i in range(n_classes)]
-        return found
-
-    def open(self, key) -> Image.Image:
-        split, index = key
-        return self._load(split)[index][0]
-
-    def describe(self) -> dict:
-        record = {
-            "kind": "torchvision",
-            "dataset": self.dataset,
-            "val_fraction": self.val_fraction,
-            "val_from": "official" if "val" in self._layout else "train",
-            "seed": self.seed,
-            "limit": self.limit, "carve_rule": CARVE_RULE,
-        }
-        if "test" not in self._layout:
-            record["test_fraction"] = self.test_fraction
-        return record
-
-
-def _labels_of(ds, name: str) -> np.ndarray:
-    """A torchvision dataset's labels without decoding its images."""
-    labels = dataset_labels(ds)
-    if labels is None:
-        raise FeatxError(f"torchvision dataset {name}: cannot list its labels without decoding every image")
-    return labels
-
-
 class FileSource(Source):
     """A source whose items are image files (``keys`` are paths)."""
 
@@ -425,255 +274,3 @@ class FileSource(Source):
             except OSError:
                 out.append("missing")
         return out
-
-
-class ImageFolderSource(FileSource):
-    """``root/<class>/*`` (split here) or ``root/{train,val,test}/<class>/*`` (split given)."""
-
-    def __init__(self, root: str | os.PathLike, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                 seed: int = 0, limit: int = 0):
-        self.root = Path(root)
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.seed = seed
-        self.limit = limit
-        self.name = self.root.resolve().name.lower() or "images"
-        self.presplit = (self.root / "train").is_dir()
-
-    def _scan(self, folder: Path, class_to_idx: dict[str, int]) -> SplitItems:
-        samples = [(p, c) for name, c in class_to_idx.items() for p in image_files(folder / name)]
-        samples.sort(key=lambda s: (s[1], s[0]))
-        return SplitItems(
-            keys=[p for p, _ in samples],
-            ids=[safe_id(os.path.relpath(p, self.root)) for p, _ in samples],
-            labels=np.array([c for _, c in samples], dtype=np.int64),
-        )
-
-    def _find(self) -> dict[str, SplitItems]:
-        base = self.root / "train" if self.presplit else self.root
-        try:
-            self.classes = sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
-        except OSError as exc:
-            raise FeatxError(f"image folder {self.root}: {exc.strerror or exc}: {base}") from None
-        if not self.classes:
-            raise FeatxError(f"image folder {base} has no class folders")
-        class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        if self.presplit:
-            found = {s: self._scan(self.root / s, class_to_idx) for s in SPLIT_DIRS if (self.root / s).is_dir()}
-        else:
-            found = {"train": self._scan(base, class_to_idx)}
-        if not len(found["train"]):
-            raise FeatxError(f"image folder {self.root} holds no images")
-        return found
-
-    def describe(self) -> dict:
-        return {
-            "kind": "imagefolder",
-            "root": str(self.root.resolve()),
-            "layout": "split folders" if self.presplit else "class folders",
-            "val_fraction": self.val_fraction,
-            "test_fraction": self.test_fraction,
-            "seed": self.seed,
-            "limit": self.limit, "carve_rule": CARVE_RULE,
-        }
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
-
-
-def safe_id(path: str) -> str:
-    """A POSIX relative path as valid UTF-8 text: bytes of a non-UTF-8 file name become ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace").replace(os.sep, "/")
-
-
-def image_files(folder: Path) -> list[str]:
-    """Image files under ``folder`` (recursively, following links, each real folder once so a
-    symlink loop ends), skipping hidden files and folders (``.DS_Store``, ``._x.jpg``, ``.git``).
-    Files without an image extension (``Thumbs.db``, ``notes.txt``) are not images."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    extensions = (*IMG_EXTENSIONS, ".gif")  # torchvision's list, plus GIF (its first frame)
-    seen: set[str] = set()
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [os.path.join(dirpath, f) for f in sorted(filenames)
-                  if not f.startswith(".") and f.lower().endswith(extensions)]
-    return found
-
-
-def _require_files(where, paths) -> None:
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise FeatxError(f"{where}: {len(missing)} listed file(s) do not exist, e.g. {missing[0]}")
-
-
-class ManifestSource(FileSource):
-    """A CSV manifest: ``path,label[,split]`` per row, paths relative to the manifest's folder.
-
-    A header row ``path,label[,split]`` is optional. An empty label or ``-1`` marks an
-    unlabelled row (label -1). ``split`` is ``train``, ``val`` or ``test``; when no row has a
-    split, val and test are carved from all rows as for a flat image folder. Class names are
-    the distinct labels, sorted (numerically when all are integers).
-    """
-
-    def __init__(self, manifest: str | os.PathLike, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                 seed: int = 0, limit: int = 0, allow_outside: bool = False):
-        self.manifest = Path(manifest)
-        self.val_fraction, self.test_fraction, self.seed, self.limit = val_fraction, test_fraction, seed, limit
-        self.allow_outside = allow_outside
-        self.name = self.manifest.stem.lower()
-
-    def _rows(self) -> list[tuple[int, str, str, str]]:
-        try:
-            with open(self.manifest, newline="", encoding="utf-8") as f:
-                rows = [(n, row) for n, row in enumerate(csv.reader(f), 1) if row and any(c.strip() for c in row)]
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise FeatxError(f"manifest {self.manifest} cannot be read: {exc}") from None
-        if rows and [c.strip().lower() for c in rows[0][1]] in (["path", "label"], ["path", "label", "split"]):
-            rows = rows[1:]
-        out = []
-        for n, row in rows:
-            if len(row) not in (2, 3):
-                raise FeatxError(f"{self.manifest}:{n}: expected path,label[,split], got {len(row)} fields")
-            path, label = row[0].strip(), row[1].strip()
-            split = row[2].strip().lower() if len(row) == 3 else ""
-            if not path:
-                raise FeatxError(f"{self.manifest}:{n}: empty path")
-            if split not in ("", *SPLIT_DIRS):
-                raise FeatxError(f"{self.manifest}:{n}: unknown split {row[2]!r} (use train, val or test)")
-            out.append((n, path, "" if label in ("", "-1") else label, split))
-        if not out:
-            raise FeatxError(f"manifest {self.manifest} lists no images")
-        return out
-
-    def _find(self) -> dict[str, SplitItems]:
-        rows = self._rows()
-        base = self.manifest.parent.resolve()
-        names = sorted({label for _, _, label, _ in rows if label})
-        if names and all(_is_int(n) for n in names):
-            names.sort(key=int)
-        self.classes = names
-        index = {name: i for i, name in enumerate(names)}
-        with_split = {split for *_, split in rows}
-        if "" in with_split and len(with_split) > 1:
-            n = next(n for n, *_, split in rows if not split)
-            raise FeatxError(f"{self.manifest}:{n}: no split, but other rows have one; give every row a split or none")
-        grouped: dict[str, list] = {}
-        for n, path, label, split in rows:
-            try:
-                full = (base / path).resolve()
-            except (ValueError, OSError) as exc:  # a NUL byte, a link loop, a name too long
-                raise FeatxError(f"{self.manifest}:{n}: path {path!r} is not usable ({exc})") from None
-            if not self.allow_outside and not full.is_relative_to(base):
-                raise FeatxError(f"{self.manifest}:{n}: {path} is outside the manifest's folder {base}")
-            grouped.setdefault(split or "train", []).append((str(full), path, index.get(label, -1)))
-        _require_files(f"manifest {self.manifest}", [k for g in grouped.values() for k, _, _ in g])
-        found = {
-            split: SplitItems([k for k, _, _ in g], [i for _, i, _ in g], np.array([y for *_, y in g], dtype=np.int64))
-            for split, g in grouped.items()
-        }
-        if "train" not in found:
-            raise FeatxError(f"manifest {self.manifest} has no train rows")
-        return found
-
-    def describe(self) -> dict:
-        return {
-            "kind": "manifest",
-            "manifest": str(self.manifest.resolve()),
-            "val_fraction": self.val_fraction,
-            "test_fraction": self.test_fraction,
-            "seed": self.seed,
-            "limit": self.limit, "carve_rule": CARVE_RULE,
-        }
-
-
-class StanfordDogsSource(FileSource):
-    """Stanford Dogs in its official layout (Khosla et al. 2011).
-
-    ``Images/<wnid>-<breed>/*.jpg`` and ``lists/train_list.mat`` / ``lists/test_list.mat``
-    (``file_list`` relative to ``Images/``, ``labels`` 1..120 in the sorted order of the
-    breed folders). 12,000 train / 8,580 test images; val is carved from train. Class names are
-    the breeds (``Chihuahua``, ``Japanese_spaniel``, ...).
-    """
-
-    LISTS = {"train": "train_list.mat", "test": "test_list.mat"}
-
-    def __init__(self, root: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0, limit: int = 0):
-        self.root = Path(root)
-        self.val_fraction, self.seed, self.limit = val_fraction, seed, limit
-        self.name = "stanford_dogs"
-
-    @classmethod
-    def detect(cls, root: Path) -> bool:
-        return (root / "lists" / "train_list.mat").is_file() and (root / "Images").is_dir()
-
-    def _find(self) -> dict[str, SplitItems]:
-        from scipy.io import loadmat
-
-        folders = sorted(d.name for d in (self.root / "Images").iterdir() if d.is_dir())
-        self.classes = [f.split("-", 1)[1] if "-" in f else f for f in folders]
-        found = {}
-        for split, name in self.LISTS.items():
-            path = self.root / "lists" / name
-            try:
-                mat = loadmat(str(path))
-                files = [str(np.ravel(entry)[0]) if np.size(entry) else "" for entry in np.ravel(mat["file_list"])]
-                labels = np.ravel(mat["labels"]).astype(np.int64) - 1
-            except (OSError, KeyError, ValueError, TypeError, NotImplementedError) as exc:
-                raise FeatxError(f"Stanford Dogs list {path} cannot be read: {exc}") from None
-            if len(files) != len(labels):
-                raise FeatxError(f"Stanford Dogs list {path}: {len(files)} files but {len(labels)} labels")
-            for f, y in zip(files, labels):
-                if not 0 <= y < len(folders) or f.split("/", 1)[0] != folders[y]:
-                    raise FeatxError(f"Stanford Dogs list {path}: {f} is labelled {y + 1}, which is not its folder")
-            keys = [str(self.root / "Images" / f) for f in files]
-            _require_files(f"Stanford Dogs {split}", keys)
-            found[split] = SplitItems(keys, files, labels)
-        return found
-
-    def describe(self) -> dict:
-        return {"kind": "stanford_dogs", "root": str(self.root.resolve()), "val_fraction": self.val_fraction,
-                "val_from": "train", "seed": self.seed, "limit": self.limit, "carve_rule": CARVE_RULE}
-
-
-def make_source(data: str, *, root: str | os.PathLike = "cache/datasets", download: bool = False,
-                val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, limit: int = 0,
-                allow_outside: bool = False) -> Source:
-    """Turn a ``--data`` string into a source, detecting the layout.
-
-    ``torchvision:<Name>`` -> :class:`TorchvisionSource`; a ``.csv`` file -> :class:`ManifestSource`;
-    a directory with ``lists/train_list.mat`` and ``Images/`` -> :class:`StanfordDogsSource`;
-    any other directory -> :class:`ImageFolderSource`.
-    """
-    common = {"val_fraction": val_fraction, "seed": seed, "limit": limit}
-    if data.startswith("torchvision:"):
-        return TorchvisionSource(data.split(":", 1)[1], root=root, download=download, test_fraction=test_fraction,
-                                 **common)
-    path = Path(data)
-    if path.is_file() and path.suffix.lower() == ".csv":
-        return ManifestSource(path, test_fraction=test_fraction, allow_outside=allow_outside, **common)
-    if path.is_dir():
-        if StanfordDogsSource.detect(path):
-            return StanfordDogsSource(path, **common)
-        return ImageFolderSource(path, test_fraction=test_fraction, **common)
-    raise FeatxUsageError(f"data {data!r} is neither torchvision:<Name>, a .csv manifest nor an existing directory")
-
-
-def layout_of(source: Source) -> str:
-    """A short description of the detected layout, as ``featx extract`` reports it."""
-    kind = source.describe()["kind"]
-    if isinstance(source, ImageFolderSource):
-        return f"image folder ({source.describe()['layout']})"
-    return {"torchvision": f"torchvision built-in {getattr(source, 'dataset', '')}",
-            "manifest": "CSV manifest", "stanford_dogs": "Stanford Dogs (official layout)"}.get(kind, kind)

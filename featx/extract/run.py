@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from ..backbones.registry import Backbone
-from ..cache.store import FeatureWriter, open_features, partial_path
+from ..cache.store import open_features, partial_path
+from ..cache.writer import FeatureWriter
 from ..data.decoding import scaled_decoding_hint
 from ..data.sources import FileSource, Source, SplitItems
 from ..errors import FeatxError, FeatxUsageError

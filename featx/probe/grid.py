@@ -7,6 +7,7 @@ import logging
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from ..errors import FeatxError
 from ..heads.registry import HEADS, clip_to_rows
 from ..util import first_line, softmax
 from ..version import __version__
-from ..report.render import write_reports
+from .report import write_reports
 from .search import NYSTROEM_FEW_ROWS, few_shot, grid_points, search_head
 
 __all__ = ["check_grids", "run_grid"]
@@ -59,12 +60,12 @@ def check_grids(fs, grids: dict, folds: int) -> tuple[dict, int, list[str]]:
 
 def run_grid(cache, grids: dict, *, name: str, out_dir, metric: str = "top1", jobs: int = -1, folds: int = 5,
              class_weight: str | None = None, shots=(), tries: int = 5,
-             baselines: dict | None = None, progress=None) -> tuple[dict, list[Path]]:
+             baselines: Callable[[str, dict], dict] | None = None, progress=None) -> tuple[dict, list[Path]]:
     """Search ``grids`` (head -> checked grid, :func:`featx.probe.search.parse_grid`) on ``cache``; write
     ``report.md``, ``report.html`` and ``results.json`` into ``out_dir``. Returns (results, written paths).
 
-    ``baselines``: keyword arguments of :func:`featx.transfer.baselines.run_baselines` (``cache_dir``, ``root``)
-    to fit the best head on random-init features and raw pixels too; ``None`` skips them."""
+    ``baselines``: ``baselines(head, params)`` -> the best head's baseline record (the transfer family's
+    :func:`featx.transfer.baselines.run_baselines` on this cache, bound by the caller); ``None`` skips them."""
     path = Path(cache)
     fs = open_features(path)
     for split in ("train", "test"):
@@ -125,19 +126,16 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, metric: str = "top1", jo
     return results, paths
 
 
-def _baselines(fs, best, kwargs: dict) -> dict:
-    from ..transfer.baselines import baseline_warning, run_baselines
-
+def _baselines(fs, best, baselines) -> dict:
     try:
-        b = run_baselines(fs, best.head, best.best_params, **kwargs)
+        b = baselines(best.head, best.best_params)
     except FeatxError as exc:
         log.info(f"note: baselines skipped: {exc}")
         return {"skipped": str(exc)}
     log.info(f"baselines of {best.head}: pretrained {b['pretrained']:.4f}, random-init {b['random_init']:.4f}, "
              f"raw pixels {b['raw_pixels']:.4f}; transfer gain {b['transfer_gain']:+.4f} ± {b['transfer_gain_se']:.4f}")
-    warning = baseline_warning(b)
-    if warning:
-        log.warning(warning)
+    if b.get("warning"):
+        log.warning(b["warning"])
     return b
 
 

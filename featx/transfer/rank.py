@@ -12,18 +12,15 @@ Candidates are ranked by LogME, best first.
 from __future__ import annotations
 
 import datetime as _dt
-import html
-import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 
 from ..version import __version__
 from .estimators import gain_se, logme, probe_accuracy
 
-__all__ = ["RANK_SAMPLE", "RAW_PIXELS_SIZE", "rank_backbones", "raw_pixels", "write_rank_reports"]
+__all__ = ["RANK_SAMPLE", "RAW_PIXELS_SIZE", "rank_backbones", "raw_pixels"]
 
 log = logging.getLogger("featx")
 
@@ -112,89 +109,3 @@ def rank_backbones(source, candidates: list[tuple[str, str | None]], *, sample: 
         "featx_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "total_seconds": round(time.perf_counter() - t_all, 2),
     }
-
-
-def _table(record: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["rank", "backbone", "weights", "LogME", "probe top-1 (CV)", "transfer gain", "negative transfer"]
-    rows = [[str(i), r["backbone"], r["weights"], f"{r['scores']['logme']:.4f}", f"{r['probe_top1']:.4f}",
-             f"{r['transfer_gain']:+.4f} ± {r['transfer_gain_se']:.4f}", "yes" if r["negative_transfer"] else "no"]
-            for i, r in enumerate(record["candidates"], 1)]
-    return header, rows
-
-
-def _warnings(record: dict) -> list[str]:
-    b = record["baselines"]
-    return [f"{r['backbone']} {r['weights']}: these pretrained features do no better than random-init / raw pixels "
-            f"on this data (probe {r['probe_top1']:.4f} vs random-init {b['random_init']:.4f}, raw pixels "
-            f"{b['raw_pixels']:.4f})" for r in record["candidates"] if r["negative_transfer"]]
-
-
-def _markdown(record: dict) -> str:
-    header, rows = _table(record)
-    b = record["baselines"]
-    lines = ["# featx rank", "",
-             f"{record['n_sampled']} labelled train items sampled (stratified, seed {record['sample']['seed']}); "
-             f"{record['folds']}-fold CV of the logreg head; candidates ranked by LogME (higher is better).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-             *("| " + " | ".join(r) + " |" for r in rows), "",
-             f"Baselines on the same items: random-init {b['random_init_backbone']} {b['random_init']:.4f}, "
-             f"raw pixels ({b['raw_pixels_size']}x{b['raw_pixels_size']}) {b['raw_pixels']:.4f}.", "",
-             f"Predicted best: **{record['predicted_best']['backbone']} {record['predicted_best']['weights']}**.",
-             "", "Transfer gain = probe top-1 minus the best baseline, ± its standard error from the sample size."]
-    warnings = _warnings(record)
-    if warnings:
-        lines += ["", "## Warnings", "", *(f"- {w}" for w in warnings)]
-    return "\n".join(lines) + "\n"
-
-
-def _html(record: dict, figure: str) -> str:
-    esc = html.escape
-    header, rows = _table(record)
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-    warnings = "".join(f"<li>{esc(w)}</li>" for w in _warnings(record))
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>featx rank</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}.warn{{color:#a40}}</style></head><body>
-<h1>featx rank</h1>
-<p>{record['n_sampled']} labelled train items, stratified sample; {record['folds']}-fold CV of the logreg head;
-ranked by LogME. Predicted best: <b>{esc(record['predicted_best']['backbone'])} {esc(record['predicted_best']['weights'])}</b>.</p>
-<table><tr>{head}</tr>{body}</table>
-{f'<h2>Warnings</h2><ul class="warn">{warnings}</ul>' if warnings else ''}
-<figure><img alt="probe accuracy and LogME per candidate" src="data:image/png;base64,{figure}">
-<figcaption>Probe top-1 per candidate (bars) against the baselines (lines); LogME in the labels.</figcaption></figure>
-</body></html>
-"""
-
-
-def _figure(record: dict) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..report.render import _png
-
-    c = record["candidates"]
-    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(c) + 2), 3.2))
-    names = [f"{r['backbone']}\n{r['weights']}\nLogME {r['scores']['logme']:.3f}" for r in c]
-    ax.bar(names, [r["probe_top1"] for r in c], color=["#c44" if r["negative_transfer"] else "#48a" for r in c])
-    b = record["baselines"]
-    ax.axhline(b["random_init"], color="k", ls="--", label=f"random-init {b['random_init']:.3f}")
-    ax.axhline(b["raw_pixels"], color="gray", ls=":", label=f"raw pixels {b['raw_pixels']:.3f}")
-    ax.set_ylabel("probe top-1 (CV on the sample)")
-    ax.set_ylim(0, 1)
-    ax.legend(loc="lower right", fontsize=8)
-    return _png(fig)
-
-
-def write_rank_reports(out_dir, record: dict) -> list[Path]:
-    """``rank.json``, ``report.md`` and a self-contained ``report.html`` in ``out_dir``."""
-    from ..report.render import write_files
-
-    paths = write_files(out_dir, {"rank.json": json.dumps(record, indent=2, default=str) + "\n",
-                                  "report.md": _markdown(record), "report.html": _html(record, _figure(record))})
-    for w in _warnings(record):
-        log.warning(f"warning: {w}")
-    return paths

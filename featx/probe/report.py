@@ -1,13 +1,9 @@
-"""Grid-search reports: ``results.json`` for machines, ``report.md`` to read, ``report.html`` to share.
-
-The HTML file is self-contained: its plots (matplotlib, Agg backend) are embedded as base64 PNG.
-"""
+"""``featx grid``'s reports: the search results as one :class:`~featx.report.document.Document` (setup, summary
+table, baselines, calibration, every sweep, few-shot curves, plots), and ``featx report``'s merged table."""
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import itertools
 import json
@@ -17,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FeatxError
-from ..probe.calibration import expected_calibration_error
-from ..probe.evaluate import METRICS
+from ..options import METRICS
+from ..report.document import Bullets, Document, Figure, Paragraph, Section, Table, markdown_block, write_report
+from ..report.plots import png, pyplot
+from .calibration import expected_calibration_error
 
-__all__ = ["expected_calibration_error", "write_reports", "write_files", "merge_results", "render_rows"]
-
+__all__ = ["grid_document", "write_reports", "merge_results", "render_rows"]
 
 
 def _fmt(v) -> str:
@@ -46,12 +43,6 @@ def _summary_rows(results: dict) -> list[list[str]]:
 SUMMARY_HEADER = ["head", "best params", "val score", *(f"test {m}" for m in METRICS), "search s"]
 
 
-def _md_table(header, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _setup_lines(results: dict) -> list[str]:
     sizes = ", ".join(f"{k} {v}" for k, v in results["sizes"].items())
     return [
@@ -63,28 +54,6 @@ def _setup_lines(results: dict) -> list[str]:
         f"- selection: {results['selection']} on {results['metric']}; best point refitted on train+val; test once",
         f"- featx {results['featx_version']}, {results['created']}, total {results['total_seconds']:.1f} s",
     ]
-
-
-def _markdown(results: dict) -> str:
-    parts = [f"# featx grid report: {results['pipeline']}", "", *_setup_lines(results), "",
-             "## Summary", "", _md_table(SUMMARY_HEADER, _summary_rows(results)), ""]
-    parts += [*_failed_lines(results), ""] if _failed_lines(results) else []
-    if _transfer_line(results):
-        parts += ["## Does pretraining help?", "", _transfer_line(results), ""]
-    if _calibration_line(results):
-        parts += ["## Calibration", "", _calibration_line(results), ""]
-    for h in results["heads"]:
-        keys = list(h["grid"])
-        parts += [f"## {h['head']}: sweep ({len(h['sweep'])} points, {h['selection']})", ""]
-        rows = [[*(_fmt(r["params"].get(k)) for k in keys), f"{r['score']:.4f}", f"{r['fit_seconds']:.2f}"]
-                for r in h["sweep"]]
-        parts += [_md_table([*keys, results["metric"], "fit s"], rows), ""]
-    for head, curve in results.get("few_shot", {}).items():
-        parts += [f"## {head}: few-shot test top-1", "",
-                  _md_table(["shots per class", "mean", "std", "tries"],
-                            [[str(c["shots"]), f"{c['mean']:.4f}", f"{c['std']:.4f}", str(c["tries"])] for c in curve]),
-                  ""]
-    return "\n".join(parts)
 
 
 def _calibration_line(results: dict) -> str:
@@ -119,18 +88,8 @@ def _transfer_line(results: dict) -> str:
             f"transfer gain {b['transfer_gain']:+.4f} ± {b['transfer_gain_se']:.4f}: {verdict}.")
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _sweep_figures(results: dict) -> list[tuple[str, str]]:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out = []
     for h in results["heads"]:
         for key, values in h["grid"].items():
@@ -150,13 +109,14 @@ def _sweep_figures(results: dict) -> list[tuple[str, str]]:
             ax.set_ylabel(f"val {results['metric']} (best over other params)")
             ax.set_title(h["head"])
             ax.grid(alpha=0.3)
-            out.append((f"{h['head']}: score vs {key}", _png(fig)))
+            out.append((f"{h['head']}: score vs {key}", png(fig)))
     return out
 
 
 def _best_figures(results: dict, best: dict) -> list[tuple[str, str]]:
-    import matplotlib.pyplot as plt
     from sklearn.metrics import confusion_matrix
+
+    plt = pyplot()
 
     classes = np.asarray(best["classes"])
     names = results["classes"]
@@ -172,7 +132,7 @@ def _best_figures(results: dict, best: dict) -> list[tuple[str, str]]:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{best['head']}: test confusion matrix")
-    figs = [("confusion matrix", _png(fig))]
+    figs = [("confusion matrix", png(fig))]
 
     per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
     fig, ax = plt.subplots(figsize=(6, max(2.5, 0.22 * len(classes))))
@@ -180,7 +140,7 @@ def _best_figures(results: dict, best: dict) -> list[tuple[str, str]]:
     ax.set_xlim(0, 1)
     ax.set_xlabel("test accuracy")
     ax.set_title(f"{best['head']}: per-class accuracy")
-    figs.append(("per-class accuracy", _png(fig)))
+    figs.append(("per-class accuracy", png(fig)))
 
     ece, bins = expected_calibration_error(best["proba"], y, classes)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -201,35 +161,34 @@ def _best_figures(results: dict, best: dict) -> list[tuple[str, str]]:
     ax.set_ylabel("accuracy")
     ax.set_title(f"{best['head']}: {best['proba_kind'].split(' (')[0]}", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
-    figs.append((title, _png(fig)))
+    figs.append((title, png(fig)))
     return figs
 
 
-def _html(results: dict, figures: list[tuple[str, str]]) -> str:
-    esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in SUMMARY_HEADER)
-    rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in _summary_rows(results))
-    setup = "".join(f"<li>{esc(line[2:].replace('`', ''))}</li>" for line in _setup_lines(results))
-    figs = "".join(
-        f'<figure><img alt="{esc(title)}" src="data:image/png;base64,{data}"><figcaption>{esc(title)}</figcaption></figure>'
-        for title, data in figures
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>featx grid report: {esc(results['pipeline'])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:inline-block;margin:1em}}</style>
-</head><body>
-<h1>featx grid report: {esc(results['pipeline'])}</h1>
-<ul>{setup}</ul>
-<h2>Summary</h2><table><tr>{head}</tr>{rows}</table>
-{"<ul>" + "".join(f"<li>{esc(line[2:].replace('**', ''))}</li>" for line in _failed_lines(results)) + "</ul>"
- if _failed_lines(results) else ""}
-{f"<h2>Does pretraining help?</h2><p>{esc(_transfer_line(results)).replace('**', '')}</p>" if _transfer_line(results) else ""}
-{f"<h2>Calibration</h2><p>{esc(_calibration_line(results)).replace('`', '')}</p>" if _calibration_line(results) else ""}
-<h2>Plots</h2>{figs}
-<p>Full sweeps: see report.md and results.json next to this file.</p>
-</body></html>
-"""
+def grid_document(results: dict, figures: list[tuple[str, str]]) -> Document:
+    """The grid report: ``results`` (``results.json``) and its plots (``(caption, png)``)."""
+    summary = [Table(SUMMARY_HEADER, _summary_rows(results))]
+    if _failed_lines(results):
+        summary.append(Bullets([line[2:] for line in _failed_lines(results)]))
+    sections = [Section("Summary", summary)]
+    if _transfer_line(results):
+        sections.append(Section("Does pretraining help?", [Paragraph(_transfer_line(results))]))
+    if _calibration_line(results):
+        sections.append(Section("Calibration", [Paragraph(_calibration_line(results))]))
+    for h in results["heads"]:
+        keys = list(h["grid"])
+        rows = [[*(_fmt(r["params"].get(k)) for k in keys), f"{r['score']:.4f}", f"{r['fit_seconds']:.2f}"]
+                for r in h["sweep"]]
+        sections.append(Section(f"{h['head']}: sweep ({len(h['sweep'])} points, {h['selection']})",
+                                [Table([*keys, results["metric"], "fit s"], rows)]))
+    for head, curve in results.get("few_shot", {}).items():
+        sections.append(Section(f"{head}: few-shot test top-1", [Table(
+            ["shots per class", "mean", "std", "tries"],
+            [[str(c["shots"]), f"{c['mean']:.4f}", f"{c['std']:.4f}", str(c["tries"])] for c in curve])]))
+    if figures:
+        sections.append(Section("Plots", [Figure(data, caption) for caption, data in figures]))
+    return Document(f"featx grid report: {results['pipeline']}", [Bullets([line[2:] for line in _setup_lines(results)])],
+                    sections, results, "results.json")
 
 
 def write_reports(out_dir: str | Path, results: dict, best: dict) -> list[Path]:
@@ -239,30 +198,11 @@ def write_reports(out_dir: str | Path, results: dict, best: dict) -> list[Path]:
         results: the search results (see ``featx grid``).
         best: test-set arrays of the best head: ``head``, ``classes``, ``y``, ``pred``, ``proba``, ``proba_kind``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     figures = _sweep_figures(results) + _best_figures(results, best)
     results = dict(results, best_head=best["head"], best_head_ece=best["ece"],
                    **({"best_head_temperature": best["temperature"], "best_head_ece_calibrated": best["ece_calibrated"]}
                       if "ece_calibrated" in best else {}))
-    return write_files(out_dir, {"results.json": json.dumps(results, indent=2, default=str) + "\n",
-                             "report.md": _markdown(results) + "\n", "report.html": _html(results, figures)})
-
-
-def write_files(out_dir, texts: dict[str, str]) -> list[Path]:
-    """Each ``name -> text`` written into ``out_dir`` (created) through a temporary file and a rename, so that a
-    report is never half-written; returns the paths in order. Every command's report set goes through here."""
-    from ..util import atomic_write
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in texts.items():
-        with atomic_write(out / name) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-        paths.append(out / name)
-    return paths
+    return write_report(out_dir, grid_document(results, figures))
 
 
 MERGED_HEADER = ["pipeline", "backbone", "weights", "head", "best params", "val score", *(f"test {m}" for m in METRICS)]
@@ -291,4 +231,4 @@ def render_rows(rows, fmt: str) -> str:
         writer.writerow(MERGED_HEADER)
         writer.writerows(rows)
         return buf.getvalue()
-    return _md_table(MERGED_HEADER, rows) + "\n"
+    return markdown_block(Table(MERGED_HEADER, rows))

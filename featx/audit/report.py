@@ -1,0 +1,107 @@
+"""``featx audit``'s report: the audit record as one :class:`~featx.report.document.Document` with thumbnails of
+flagged items (``audit.json``, ``report.md``, ``report.html``)."""
+
+from __future__ import annotations
+
+import logging
+
+from ..options import DATASETS_ROOT
+from ..report.document import Bullets, Card, Document, Gallery, Only, Pair, Section, Table, write_report
+from ..report.plots import thumbnail
+from ..data.decoding import to_rgb
+from .duplicates import open_source
+
+__all__ = ["THUMBNAILS", "summary_lines", "audit_document", "write_audit_reports"]
+
+log = logging.getLogger("featx")
+
+#: Thumbnails shown per section of the HTML report; rows per table of the Markdown report.
+THUMBNAILS = 24
+TABLE_ROWS = 50
+
+
+def summary_lines(record: dict) -> list[str]:
+    d = record["duplicates"]
+    leak = d["leakage"]
+    px, alike = d["pixel_check"], d["look_alikes"]
+    how = (f"the same picture on pixels: registered correlation >= {px['sure']}, or >= {px['threshold']} and "
+           f"standing out from the runner-up, {px['pairs_checked']} candidate pairs checked" if px["done"] else f"identical embeddings only; no pixel check: {px['note']}")
+    lines = [f"{record['rows']} items ({', '.join(f'{k} {v}' for k, v in record['sizes'].items())}); "
+             f"{record['backbone']} {record['weights']} features.",
+             f"Copies ({how}): {len(d['pairs'])} pairs in {len(d['groups'])} groups, {d['exact_pairs']} exact; "
+             f"leakage: train/test {leak['train/test']}, train/val {leak['train/val']}, val/test {leak['val/test']} "
+             f"pairs.",
+             f"Look-alikes (embedding cosine >= {alike['threshold']}, not the same picture; for a person to judge): "
+             f"{len(alike['pairs'])} pairs, across train/test {alike['leakage']['train/test']}."]
+    if px["unreadable_count"]:
+        lines.append(f"{px['unreadable_count']} items could not be read for the pixel check (audit.json lists them).")
+    if record["label_issues"] is None:
+        lines.append("Label errors: not checked (cleanlab is not installed: pip install 'featx[audit]').")
+    else:
+        lines.append(f"Likely label errors: {len(record['label_issues'])} ({record['label_check']}).")
+    o = record["outliers"]
+    lines.append(f"Outliers: {len(o['items'])} items whose mean cosine distance to their {o['k']} nearest "
+                 f"neighbours is above {o['fence']:.4f} (Q3 + 3 IQR).")
+    lines.append(f"Search {record['seconds']['search']} s ({record['index']}), pixel check "
+                 f"{record['seconds']['pixels']} s, label check "
+                 f"{record['seconds']['labels']} s, total {record['seconds']['total']} s.")
+    return lines
+
+
+def _pair_row(p: dict) -> list[str]:
+    px = "-" if p["pixel_score"] is None else f"{p['pixel_score']:.4f}"
+    return [px, f"{p['similarity']:.4f}", f"{p['a']['split']}/{p['a']['id']} ({p['a']['label']})",
+            f"{p['b']['split']}/{p['b']['id']} ({p['b']['label']})", "yes" if p["leak"] else ""]
+
+
+def audit_document(record: dict, fs, *, root: str = DATASETS_ROOT) -> Document:
+    """The ``featx audit`` report of ``record``; thumbnails read from the cache's source when it is readable here."""
+    source, keys, why = open_source(fs, root)
+    if source is None:
+        log.info(f"note: no thumbnails: {why}")
+
+    def card(item: dict, caption: str) -> Card:
+        img = None
+        if source is not None:
+            try:
+                img = to_rgb(source.open(keys[item["id"]]))
+            except Exception:  # unreadable here: the card says so
+                img = None
+        return Card(thumbnail(img) if img is not None else "", caption, item["id"])
+
+    def named(i: dict) -> str:
+        return f"{i['split']} {i['id']} ({i['label']})"
+
+    def pairs(ps) -> Gallery:
+        return Gallery([Pair(card(p["a"], named(p["a"])), card(p["b"], named(p["b"])),
+                             ("" if p["pixel_score"] is None else f"pixels {p['pixel_score']:.4f}, ")
+                             + f"cos {p['similarity']:.4f}{' LEAK' if p['leak'] else ''}") for p in ps[:THUMBNAILS]])
+
+    d = record["duplicates"]
+    alike = d["look_alikes"]["pairs"]
+    issues = record["label_issues"] or []
+    odd = record["outliers"]["items"]
+    sections = [
+        Section("Copies (the same picture; most alike first)", [
+            Only("md", Table(["pixel score", "cosine", "a", "b", "leak"], [_pair_row(p) for p in d["pairs"][:TABLE_ROWS]])),
+            Only("html", pairs(d["pairs"]))]),
+        Section("Look-alikes (similar embeddings, distinct pictures)", [
+            Only("md", Table(["pixel score", "cosine", "a", "b", "across splits"],
+                             [_pair_row(p) for p in alike[:TABLE_ROWS]])),
+            Only("html", pairs(alike))]),
+        Section("Likely label errors (most likely first)", [
+            Only("md", Table(["item", "label", "suggested"],
+                             [[f"{i['split']}/{i['id']}", i["label"], i["suggested"]] for i in issues[:TABLE_ROWS]])),
+            Only("html", Gallery([card(i, f"{i['id']}: {i['label']} -> {i['suggested']}?")
+                                  for i in issues[:THUMBNAILS]]))]),
+        Section("Outliers (most isolated first)", [
+            Only("md", Table(["item", "label", "score"],
+                             [[f"{i['split']}/{i['id']}", i["label"], f"{i['score']:.4f}"] for i in odd[:TABLE_ROWS]])),
+            Only("html", Gallery([card(i, f"{i['id']} ({i['label']}) {i['score']:.3f}") for i in odd[:THUMBNAILS]]))]),
+    ]
+    return Document("featx audit", [Bullets(summary_lines(record))], sections, record, "audit.json")
+
+
+def write_audit_reports(out_dir, record: dict, fs, *, root: str = DATASETS_ROOT):
+    """``audit.json``, ``report.md`` and ``report.html`` (with thumbnails of flagged items) in ``out_dir``."""
+    return write_report(out_dir, audit_document(record, fs, root=root))

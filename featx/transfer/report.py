@@ -1,0 +1,72 @@
+"""``featx rank``'s report: the ranking as one :class:`~featx.report.document.Document` (``rank.json``,
+``report.md``, ``report.html``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..report.document import Bullets, Document, Figure, Paragraph, Section, Table, write_report
+from ..report.plots import png, pyplot
+
+__all__ = ["rank_document", "write_rank_reports"]
+
+log = logging.getLogger("featx")
+
+
+def _table(record: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["rank", "backbone", "weights", "LogME", "probe top-1 (CV)", "transfer gain", "negative transfer"]
+    rows = [[str(i), r["backbone"], r["weights"], f"{r['scores']['logme']:.4f}", f"{r['probe_top1']:.4f}",
+             f"{r['transfer_gain']:+.4f} ± {r['transfer_gain_se']:.4f}", "yes" if r["negative_transfer"] else "no"]
+            for i, r in enumerate(record["candidates"], 1)]
+    return header, rows
+
+
+def _warnings(record: dict) -> list[str]:
+    b = record["baselines"]
+    return [f"{r['backbone']} {r['weights']}: these pretrained features do no better than random-init / raw pixels "
+            f"on this data (probe {r['probe_top1']:.4f} vs random-init {b['random_init']:.4f}, raw pixels "
+            f"{b['raw_pixels']:.4f})" for r in record["candidates"] if r["negative_transfer"]]
+
+
+def _figure(record: dict) -> str:
+    plt = pyplot()
+    c = record["candidates"]
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(c) + 2), 3.2))
+    names = [f"{r['backbone']}\n{r['weights']}\nLogME {r['scores']['logme']:.3f}" for r in c]
+    ax.bar(names, [r["probe_top1"] for r in c], color=["#c44" if r["negative_transfer"] else "#48a" for r in c])
+    b = record["baselines"]
+    ax.axhline(b["random_init"], color="k", ls="--", label=f"random-init {b['random_init']:.3f}")
+    ax.axhline(b["raw_pixels"], color="gray", ls=":", label=f"raw pixels {b['raw_pixels']:.3f}")
+    ax.set_ylabel("probe top-1 (CV on the sample)")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right", fontsize=8)
+    return png(fig)
+
+
+def rank_document(record: dict) -> Document:
+    """The ``featx rank`` report of ``record`` (``rank.json``)."""
+    header, rows = _table(record)
+    b = record["baselines"]
+    best = record["predicted_best"]
+    intro = [Paragraph(f"{record['n_sampled']} labelled train items sampled (stratified, seed "
+                       f"{record['sample']['seed']}); {record['folds']}-fold CV of the logreg head; candidates ranked "
+                       "by LogME (higher is better)."),
+             Table(header, rows),
+             Paragraph(f"Baselines on the same items: random-init {b['random_init_backbone']} {b['random_init']:.4f}, "
+                       f"raw pixels ({b['raw_pixels_size']}x{b['raw_pixels_size']}) {b['raw_pixels']:.4f}."),
+             Paragraph(f"Predicted best: **{best['backbone']} {best['weights']}**."),
+             Paragraph("Transfer gain = probe top-1 minus the best baseline, ± its standard error from the sample size."),
+             Figure(_figure(record), "Probe top-1 per candidate (bars) against the baselines (lines); LogME in the "
+                                     "labels.")]
+    warnings = _warnings(record)
+    sections = [Section("Warnings", [Bullets(warnings, "warn")])] if warnings else []
+    return Document("featx rank", intro, sections, record, "rank.json")
+
+
+def write_rank_reports(out_dir, record: dict) -> list[Path]:
+    """``rank.json``, ``report.md`` and a self-contained ``report.html`` in ``out_dir``."""
+    paths = write_report(out_dir, rank_document(record))
+    for w in _warnings(record):
+        log.warning(f"warning: {w}")
+    return paths
