@@ -26,7 +26,8 @@ from typing import Any, Callable
 from .errors import FeatxUsageError
 
 __all__ = [
-    "Precision", "Decoder", "PRECISIONS", "DECODERS", "METRICS", "DEVICE_HELP", "DATASETS_ROOT",
+    "Precision", "Decoder", "PRECISIONS", "DECODERS", "METRICS", "DEVICE_HELP", "DATASETS_ROOT", "CV_FOLDS", "GRID_BACKENDS",
+    "CLASS_WEIGHTS", "REPORT_FORMATS", "INDEXES", "RANK_SAMPLE", "EXPORT_FORMATS",
     "SourceOptions", "BackboneOptions", "ExtractOptions", "setting", "settings_of", "check_device_name",
 ]
 
@@ -99,6 +100,24 @@ METRICS: dict[str, str] = {
 }
 
 DEVICE_HELP = "cpu, cuda or cuda:N"
+#: Folds of the stratified cross-validation used where a cache has no val split (grid, audit, rank, adapt).
+CV_FOLDS = 5
+#: Labelled train items ``featx rank`` scores every candidate on (a stratified sample).
+RANK_SAMPLE = 2000
+#: ``featx grid``'s joblib backends: local processes, or Dask (dask.distributed) for a cluster.
+GRID_BACKENDS = {"loky": "local processes", "dask": "Dask (dask.distributed): a cluster, or a LocalCluster"}
+#: Class weighting every head that supports it can use.
+CLASS_WEIGHTS = {"balanced": "classes weighted inversely to their frequency"}
+#: Formats of ``featx report``'s merged table.
+REPORT_FORMATS = {"md": "a Markdown table", "csv": "CSV"}
+#: ``featx export`` formats: format -> what it writes.
+EXPORT_FORMATS = {
+    "npz": "one file",
+    "npy": "a folder of <split>_X/_y/_ids.npy and classes.json",
+    "parquet": "one table (needs pyarrow)",
+}
+#: Nearest-neighbour search backends (``featx audit --index``).
+INDEXES = {"exact": "blocked exact cosine search (numpy)", "faiss": "a FAISS inner-product index (exact; faiss-cpu)"}
 #: Where torchvision datasets are kept (``--root``, ``[source] root``) unless a pipeline says otherwise.
 DATASETS_ROOT = "cache/datasets"
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -121,7 +140,8 @@ def _device_verdict(value: str) -> bool | str:
 def setting(default: Any, help: str, *, table: str, key: str | None = None,
             choices: Callable[[], dict] | None = None, check: Callable[[Any], bool] | None = None,
             what: str = "", kind: type | tuple = (), optional: bool = False, cli: str | None = None):
-    """A dataclass field that declares one setting.
+    """A dataclass field that declares one setting (one keyword per attribute of the declaration, like
+    ``dataclasses.field`` itself: a declaration reads best with every attribute named).
 
     Args:
         default: its default (the only place it is written).

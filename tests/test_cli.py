@@ -32,7 +32,7 @@ def test_every_command_explains_every_option(command):
     for p in params:
         if p.param_type_name == "option":
             assert p.help, f"{command} {p.opts} has no help"
-            assert p.opts[-1] in result.output
+            assert p.opts[-1] in result.output or p.hidden  # hidden: an old spelling kept working
 
 
 def test_bad_usage_exits_2():
@@ -163,10 +163,10 @@ BAD_USAGE = {
     "info": ["info", "{missing}/c.h5"],
     "backbones": ["backbones", "--no-such-option"],
     "heads": ["heads", "--no-such-option"],
-    "predict": ["predict", "--head", "{missing}/h.skops", "{missing}/x.jpg"],
+    "predict": ["predict", "--head-file", "{missing}/h.skops", "{missing}/x.jpg"],
     "neighbors": ["neighbors", "{missing}/c.h5", "{missing}/x.jpg"],
     "export": ["export", "{missing}/c.h5"],
-    "export-model": ["export-model", "--head", "{missing}/h.skops"],
+    "export-model": ["export-model", "--head-file", "{missing}/h.skops"],
 }
 
 
@@ -192,19 +192,31 @@ def test_failed_runs_exit_1(tmp_path):
 
 
 def test_same_flags_for_the_same_meaning():
-    """-o/--out, -k/--top-k and -H/--head(s) mean the same in every command that has them."""
+    """-o/--out, -k/--top-k, -H/--head(s) (a head kind) and -F/--head-file (a saved head) mean the same in every
+    command that has them; the old --head of predict and export-model (a file) is hidden."""
     flags = {}
     for name, command in main.commands.items():
         for p in command.params:
+            if getattr(p, "hidden", False):
+                continue
             for opt in p.opts + p.secondary_opts:
                 flags.setdefault(opt, set()).add(p.name)
     assert flags["-o"] == {"out"} and "--output" not in {o for o in flags if flags[o] != {"out"}}
     assert flags["-k"] == {"top_k"} and flags["--top-k"] == {"top_k"}
-    assert {"--head", "--heads"} <= {o for o, names in flags.items() if names & {"head_name", "head_names"}}
+    assert flags["-H"] == flags["--head"] == {"head_name", "head_names"}
+    assert flags["-F"] == flags["--head-file"] == {"head_path"}
+
+
+def test_a_head_file_is_named_once(tmp_path):
+    (tmp_path / "x.jpg").write_bytes(b"")
+    assert "does not exist" in one_line_error(run("predict", "--head", tmp_path / "h.skops", tmp_path / "x.jpg"), 2)
+    assert "name the saved head with --head-file" in one_line_error(run("predict", tmp_path / "x.jpg"), status=2)
+    both = run("predict", "-F", tmp_path / "a.skops", "-H", tmp_path / "b.skops", tmp_path / "x.jpg")
+    assert "give the head file once" in one_line_error(both, status=2)
 
 
 def test_predict_keeps_its_old_output_flag(tmp_path):
-    result = run("predict", "--head", tmp_path / "h.skops", "--output", tmp_path / "p.txt", tmp_path)
+    result = run("predict", "--head-file", tmp_path / "h.skops", "--output", tmp_path / "p.txt", tmp_path)
     assert "does not exist" in one_line_error(result, status=2)
 
 

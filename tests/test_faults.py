@@ -310,7 +310,7 @@ def test_a_head_that_would_run_code_is_refused_and_never_executed(image_folder, 
         evil.with_suffix(".json").write_text(json.dumps({**card, "head_sha256": file_sha256(evil)}))
         with pytest.raises(FeatxError, match="is a pickle"):
             load_head(evil)
-        one_line_error(run_cli("predict", "--head", evil, image_folder), "is a pickle")
+        one_line_error(run_cli("predict", "--head-file", evil, image_folder), "is a pickle")
         assert not marker.exists()
     load_head(tmp_path / "evil.joblib", trust=True)  # the user's explicit choice: it runs
     assert marker.exists()

@@ -57,7 +57,7 @@ def test_a_registered_head_works_everywhere(pca_ridge, cache, image_folder, tmp_
     card = json.loads((tmp_path / "h.json").read_text())
     # 500 components cannot come from the few training rows: lowered to them, and the card says so
     assert card["head"] == "pca-ridge" and card["params"]["alpha"] == 3 and card["params"]["pca__n_components"] < 500
-    predicted = run("predict", "-H", tmp_path / "h.skops", next(image_folder.rglob("*.png")))
+    predicted = run("predict", "-F", tmp_path / "h.skops", next(image_folder.rglob("*.png")))
     assert predicted.exit_code == 0, predicted.output
 
     grid = run("grid", cache, "--heads", "pca-ridge", "--no-baselines", "--out", tmp_path / "report", "--jobs", "1",

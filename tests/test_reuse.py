@@ -89,7 +89,7 @@ def test_predict_matches_the_head_on_cached_features_and_reports_unreadable(cach
     bad = tmp_path / "broken.jpg"
     bad.write_text("not an image")
     out = tmp_path / "pred.csv"
-    result = run("predict", "--head", heads["logreg"], *paths, bad, "-k", "2", "--output", out)
+    result = run("predict", "--head-file", heads["logreg"], *paths, bad, "-k", "2", "--output", out)
     assert result.exit_code == 0, result.output
     assert "skipped unreadable image" in result.stderr and "broken.jpg" in result.stderr
     head, _ = load_head(heads["logreg"])
@@ -101,13 +101,13 @@ def test_predict_matches_the_head_on_cached_features_and_reports_unreadable(cach
     assert all(0 < p <= 1 for p in probs)
     assert any(r.get("error") for r in rows), "the unreadable image is in the output too"
     # an SVM has no probabilities: its scores temperature-scaled (fitted on val), or, without that, decision scores
-    result = run("predict", "--head", heads["svm"], image_folder / "circle", "--output", tmp_path / "p.json")
+    result = run("predict", "--head-file", heads["svm"], image_folder / "circle", "--output", tmp_path / "p.json")
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "p.json").read_text())
     assert doc["kind"] == "calibrated probability" and len(doc["predictions"]) == 12
     card_file = heads["svm"].with_suffix(".json")
     card_file.write_text(json.dumps({k: v for k, v in json.loads(card_file.read_text()).items() if k != "calibration"}))
-    assert run("predict", "--head", heads["svm"], image_folder / "circle", "--output", tmp_path / "p.json").exit_code == 0
+    assert run("predict", "--head-file", heads["svm"], image_folder / "circle", "--output", tmp_path / "p.json").exit_code == 0
     assert json.loads((tmp_path / "p.json").read_text())["kind"] == "decision score"
 
 
@@ -118,10 +118,10 @@ def test_predict_refuses_a_changed_head_and_a_missing_backbone(cache_and_heads, 
     card["embedding"]["backbone"] = "resnet18"  # not the backbone the features came from
     card["embedding"]["transform"] = {"input_size": [3, 9, 9]}
     card_path.write_text(json.dumps(card))
-    result = run("predict", "--head", heads["logreg"], image_folder / "circle")
+    result = run("predict", "--head-file", heads["logreg"], image_folder / "circle")
     assert result.exit_code == 1 and "not the one the embeddings were made with: the transform differs" in result.stderr
     heads["svm"].write_bytes(heads["svm"].read_bytes() + b"tampered")
-    result = run("predict", "--head", heads["svm"], image_folder / "circle")
+    result = run("predict", "--head-file", heads["svm"], image_folder / "circle")
     assert result.exit_code == 1 and "does not match its card" in result.stderr and "Traceback" not in result.output
 
 
@@ -154,14 +154,14 @@ def test_exported_model_predicts_what_featx_predict_says(cache_and_heads, image_
     fs, ids, paths = _test_images(cache, image_folder)
     name = "svm" if fmt == "torchscript" else "logreg"
     if fmt == "onnx" and importlib.util.find_spec("onnxscript") is None:
-        result = run("export-model", "--head", heads[name], "--format", "onnx", "--out", tmp_path / "m.onnx")
+        result = run("export-model", "--head-file", heads[name], "--format", "onnx", "--out", tmp_path / "m.onnx")
         assert result.exit_code == 1 and "pip install 'featx[onnx]'" in result.stderr
         return
-    result = run("export-model", "--head", heads[name], "--format", fmt)
+    result = run("export-model", "--head-file", heads[name], "--format", fmt)
     assert result.exit_code == 0, result.output
     out = heads[name].with_suffix({"export": ".pt2", "onnx": ".onnx", "torchscript": ".pt"}[fmt])
     assert out.exists() and "load it with" in result.output
-    assert run("predict", "--head", heads[name], *paths, "--out", tmp_path / "p.json").exit_code == 0
+    assert run("predict", "--head-file", heads[name], *paths, "--out", tmp_path / "p.json").exit_code == 0
     featx_says = [p["labels"][0] for p in json.loads((tmp_path / "p.json").read_text())["predictions"]]
     x = torch.stack([tiny_backbone.transform(open_image(p)) for p in paths])  # any batch size: N = len(paths)
     scores = _run_exported(out, fmt, x)
@@ -173,7 +173,7 @@ def test_exported_model_predicts_what_featx_predict_says(cache_and_heads, image_
 
 def test_export_model_refuses_heads_that_are_not_linear(cache_and_heads, tmp_path):
     _, heads = cache_and_heads
-    knn = run("export-model", "--head", heads["knn"], "--out", tmp_path / "k.pt2")
+    knn = run("export-model", "--head-file", heads["knn"], "--out", tmp_path / "k.pt2")
     assert knn.exit_code == 1 and "only linear heads" in knn.stderr
 
 
@@ -192,7 +192,7 @@ def test_predict_with_a_head_trained_on_an_in_memory_dataset(fashion_cache, imag
 
     head = tmp_path / "h.skops"
     assert CliRunner().invoke(main, ["fit", str(fashion_cache), "--head", "logreg", "--out", str(head)]).exit_code == 0
-    result = CliRunner().invoke(main, ["predict", "--head", str(head), str(image_folder / "circle"), "-k", "2"])
+    result = CliRunner().invoke(main, ["predict", "--head-file", str(head), str(image_folder / "circle"), "-k", "2"])
     assert result.exit_code == 0, result.output
     assert "12 predicted, 0 unreadable" in result.stderr
 
@@ -206,14 +206,16 @@ def test_temperature_scaling_is_fitted_on_val_recorded_and_applied_by_predict(ca
     assert cal["fitted_on"] == "val" and cal["temperature"] > 0 and {"test_ece", "test_ece_calibrated"} <= set(cal)
     assert "calibration" not in json.loads(heads["knn"].with_suffix(".json").read_text())  # no scores to scale
     fs, ids, paths = _test_images(cache, image_folder)
-    assert run("predict", "--head", heads["svm"], *paths, "--out", tmp_path / "p.json").exit_code == 0
+    assert run("predict", "--head-file", heads["svm"], *paths, "--out", tmp_path / "p.json").exit_code == 0
     preds = json.loads((tmp_path / "p.json").read_text())
     assert preds["kind"] == "calibrated probability"
     head, _ = load_head(heads["svm"])
     expected = calibrate(decision_scores(head, fs["test"].X), cal["temperature"]).max(axis=1)
     got = [p["scores"][0] for p in preds["predictions"]]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-    assert run("predict", "--head", heads["svm"], *paths, "--out", tmp_path / "p.csv").exit_code == 0
+    assert run("predict", "--head-file", heads["svm"], *paths, "--out", tmp_path / "p.csv").exit_code == 0
+    old = run("predict", "-H", heads["svm"], *paths)  # the old spelling of --head-file: works, with a note
+    assert old.exit_code == 0 and "say --head-file/-F" in old.stderr
     assert "calibrated_probability" in (tmp_path / "p.csv").read_text().splitlines()[0]
 
 

@@ -96,40 +96,15 @@ def run_adaptation(source_path, target_path, *, head: str, params: dict | None =
         Xt_eval, yt_eval = target["test"].X, _target_labels(source, target, target["test"].y)
     else:
         Xt_eval, yt_eval = Xt_fit, yt_fit
-    shots_idx = np.zeros(0, np.int64)
-    if target_shots:
-        rng = np.random.default_rng(seed)
-        labelled = np.flatnonzero(yt_fit >= 0)
-        if not len(labelled):
-            raise FeatxUsageError(f"{target_shots}: {target.path} has no labelled rows to take them from",
-                                  param="target_shots")
-        shots_idx = np.concatenate([rng.permutation(labelled[yt_fit[labelled] == c])[:target_shots]
-                                    for c in np.unique(yt_fit[labelled])])
-        if not has_test:  # the shots are training rows: not scored
-            keep = np.setdiff1d(np.arange(len(yt_eval)), shots_idx)
-            Xt_eval, yt_eval = Xt_eval[keep], yt_eval[keep]
+    shots_idx, Xt_eval, yt_eval = _shots(target, yt_fit, Xt_eval, yt_eval, target_shots, seed, scored_apart=has_test)
     scored = yt_eval >= 0
     n_components = int(min(components, Xs.shape[1], len(Xs), len(Xt_fit)))
     pad_before = proxy_a_distance(Xs, Xt_fit, seed)
     results, heads = [], {}
     for method in methods:
-        t0 = time.perf_counter()
-        dmap = make_map(method, n_components=n_components)
-        Ms, Mt = dmap.fit_map(Xs, Xt_fit)
-        X_train, y_train = Ms, ys
-        if len(shots_idx):
-            X_train = np.vstack([Ms, Mt[shots_idx]])
-            y_train = np.concatenate([ys, yt_fit[shots_idx]])
-        est = fit_quietly(head, make_head(head, params), X_train, y_train)
-        adapted = AdaptedHead(dmap, est)
-        row = {"method": method, "description": METHODS[method], "seconds": round(time.perf_counter() - t0, 3),
-               "proxy_a_distance": round(proxy_a_distance(Ms, Mt, seed), 4)}
-        if scored.any():
-            row["target"] = evaluate(adapted, Xt_eval[scored], yt_eval[scored])
-        heads[method] = adapted
+        row, heads[method] = _fit_method(method, head, params, (Xs, ys), (Xt_fit, yt_fit, shots_idx),
+                                         (Xt_eval[scored], yt_eval[scored]), n_components=n_components, seed=seed)
         results.append(row)
-        log.info(f"{method}: {row.get('target', {}).get('top1', float('nan')):.4f} target top-1, "
-                 f"PAD {row['proxy_a_distance']:.3f} ({row['seconds']:.1f} s)")
     base = next(r for r in results if r["method"] == "none")
     for r in results:
         if "target" in r:
@@ -155,6 +130,47 @@ def run_adaptation(source_path, target_path, *, head: str, params: dict | None =
     if scored_rows:
         record["best_method"] = max(scored_rows, key=lambda r: r["target"]["top1"])["method"]
     return record, heads
+
+
+def _shots(target, yt_fit, Xt_eval, yt_eval, target_shots: int, seed: int, *, scored_apart: bool):
+    """``target_shots`` labelled target rows per class drawn for training (their indices in the rows for the map),
+    and the rows scored (without the shots when the target has no test split of its own)."""
+    shots_idx = np.zeros(0, np.int64)
+    if not target_shots:
+        return shots_idx, Xt_eval, yt_eval
+    rng = np.random.default_rng(seed)
+    labelled = np.flatnonzero(yt_fit >= 0)
+    if not len(labelled):
+        raise FeatxUsageError(f"{target_shots}: {target.path} has no labelled rows to take them from",
+                              param="target_shots")
+    shots_idx = np.concatenate([rng.permutation(labelled[yt_fit[labelled] == c])[:target_shots]
+                                for c in np.unique(yt_fit[labelled])])
+    if not scored_apart:  # the shots are training rows: not scored
+        keep = np.setdiff1d(np.arange(len(yt_eval)), shots_idx)
+        Xt_eval, yt_eval = Xt_eval[keep], yt_eval[keep]
+    return shots_idx, Xt_eval, yt_eval
+
+
+def _fit_method(method: str, head: str, params, source, target_fit, target_eval, *, n_components: int, seed: int):
+    """One method: its map fitted on source + target rows, the head on the mapped source (and the target rows
+    ``shots_idx`` of ``target_fit``); its row of the record (target accuracy when ``target_eval`` has rows, proxy
+    A-distance after the map) and the head."""
+    (Xs, ys), (Xt_fit, yt_fit, shots_idx), (Xe, ye) = source, target_fit, target_eval
+    t0 = time.perf_counter()
+    dmap = make_map(method, n_components=n_components)
+    Ms, Mt = dmap.fit_map(Xs, Xt_fit)
+    X_train, y_train = Ms, ys
+    if len(shots_idx):
+        X_train = np.vstack([Ms, Mt[shots_idx]])
+        y_train = np.concatenate([ys, yt_fit[shots_idx]])
+    adapted = AdaptedHead(dmap, fit_quietly(head, make_head(head, params), X_train, y_train))
+    row = {"method": method, "description": METHODS[method], "seconds": round(time.perf_counter() - t0, 3),
+           "proxy_a_distance": round(proxy_a_distance(Ms, Mt, seed), 4)}
+    if len(ye):
+        row["target"] = evaluate(adapted, Xe, ye)
+    log.info(f"{method}: {row.get('target', {}).get('top1', float('nan')):.4f} target top-1, "
+             f"PAD {row['proxy_a_distance']:.3f} ({row['seconds']:.1f} s)")
+    return row, adapted
 
 
 def save_adapted_heads(record: dict, heads: dict, out_dir) -> list:

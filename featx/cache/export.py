@@ -10,18 +10,12 @@ import numpy as np
 from ..errors import FeatxError, FeatxUsageError
 from ..util import atomic_write
 
-__all__ = ["EXPORT_FORMATS", "export_arrays"]
+__all__ = ["export_arrays"]
 
-#: format -> what it writes
-EXPORT_FORMATS = {
-    "npz": "one file",
-    "npy": "a folder of <split>_X/_y/_ids.npy and classes.json",
-    "parquet": "one table (needs pyarrow)",
-}
 
 
 def export_arrays(fs, out: Path, fmt: str) -> list[Path]:
-    """Write every split's features, labels and ids as ``npz`` (one file), ``npy`` (a folder) or ``parquet``."""
+    """Write every split's features, labels and ids in ``fmt``, one of :data:`featx.options.EXPORT_FORMATS`."""
     out = Path(out)
     written = []
     if fmt == "npz":

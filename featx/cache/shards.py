@@ -92,20 +92,9 @@ def check_world(path: str | os.PathLike, world: int) -> None:
         )
 
 
-def merge_shards(path: str | os.PathLike, *, world: int | None = None, key: str | None = None,
-                 log=lambda msg: None) -> Path:
-    """Merge the complete shards of cache ``path`` into ``path``; delete the shards after.
-
-    Args:
-        path: the final cache file.
-        world: the expected number of shards (default: whatever one world size is present).
-        key: the expected cache key (default: the shards' own, which must agree).
-
-    Raises:
-        FeatxError: no shards, shards of several world sizes, a missing or unfinished shard,
-            shards of different caches. Nothing is written then.
-    """
-    path = Path(path)
+def _complete_shards(path: Path, world: int | None) -> tuple[int, dict[int, Path]]:
+    """The world size and ``rank -> shard file`` of a run whose every shard is complete, or the error saying
+    which shards are missing or unfinished (and how to finish them)."""
     shards = find_shards(path)
     if not shards:
         raise FeatxUsageError(f"no shards of {path} found (expected {path.stem}.shard-<rank>-of-<world>.h5)")
@@ -125,6 +114,24 @@ def merge_shards(path: str | os.PathLike, *, world: int | None = None, key: str 
             f"shard(s) {', '.join(map(str, unfinished))} unfinished" if unfinished else "") if x)
         raise FeatxError(f"cannot merge {path.name}: {what} of {world}; rerun the extraction with {world} "
                          "processes (finished shards are kept, unfinished ones resume)")
+    return world, ranks
+
+
+def merge_shards(path: str | os.PathLike, *, world: int | None = None, key: str | None = None,
+                 log=lambda msg: None) -> Path:
+    """Merge the complete shards of cache ``path`` into ``path``; delete the shards after.
+
+    Args:
+        path: the final cache file.
+        world: the expected number of shards (default: whatever one world size is present).
+        key: the expected cache key (default: the shards' own, which must agree).
+
+    Raises:
+        FeatxError: no shards, shards of several world sizes, a missing or unfinished shard,
+            shards of different caches. Nothing is written then.
+    """
+    path = Path(path)
+    world, ranks = _complete_shards(path, world)
     sets = [open_features(ranks[r]) for r in range(world)]
     first = sets[0]
     for r, fs in enumerate(sets):

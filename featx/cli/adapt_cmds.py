@@ -27,7 +27,8 @@ __all__ = ["adapt"]
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the target shots and the PAD sample.")
 @out_option("Report folder (default reports/adapt-<source>-<target>); the adapted heads are saved there too.",
             file=False)
-def adapt(source_cache, target_cache, head_name, params, methods, target_shots, components, seed, out):
+def adapt(source_cache, target_cache, head_name, params, methods, target_shots, components, seed,
+          out):  # one parameter per option: click's convention
     """Adapt a head from SOURCE_CACHE (labelled) to TARGET_CACHE (its labels, if any, only score the result).
 
     Both caches must hold the same features (backbone, weights, transform). Writes adapt.json, report.md,

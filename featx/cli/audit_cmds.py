@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..options import DATASETS_ROOT
+from ..options import CV_FOLDS, DATASETS_ROOT, INDEXES
 from .base import existing_file, out_option, progress_renderer
 
 __all__ = ["audit"]
@@ -24,9 +24,9 @@ __all__ = ["audit"]
 @click.option("--pixels/--no-pixels", default=True, show_default=True,
               help="Check candidate pairs on the images themselves (read from the cache's source) to find copies; "
                    "without it only identical embeddings count as copies.")
-@click.option("--index", type=click.Choice(["exact", "faiss"]), default="exact", show_default=True,
-              help="Nearest-neighbour search: blocked exact search, or a FAISS index (needs faiss-cpu).")
-@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+@click.option("--index", type=click.Choice(list(INDEXES)), default="exact", show_default=True,
+              help="Nearest-neighbour search: " + "; ".join(f"{k}: {v}" for k, v in INDEXES.items()) + ".")
+@click.option("--folds", type=click.IntRange(min=2), default=CV_FOLDS, show_default=True,
               help="Folds of the out-of-fold probabilities the label check ranks.")
 @click.option("--write-manifest", "manifest", type=click.Path(dir_okay=False), default=None,
               help="Also write a CSV manifest of the items without the flagged ones (featx extract --data reads it; "
@@ -36,7 +36,8 @@ __all__ = ["audit"]
 @click.option("--root", default=DATASETS_ROOT, show_default=True,
               help="Where torchvision datasets are kept (to read their images).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar (or, in a log file, the progress lines).")
-def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest, relabel, root, no_progress):
+def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest, relabel, root,
+          no_progress):  # one parameter per option: click's convention
     """Audit a dataset through its cached embeddings: copies of one picture (and train/test leakage), look-alikes,
     likely label errors, outliers. Writes audit.json, report.md and report.html (with thumbnails of what it flags)."""
     existing_file(cache, "cache file")

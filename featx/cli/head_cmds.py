@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from ..errors import FeatxError, FeatxUsageError
-from ..options import DATASETS_ROOT, METRICS, ExtractOptions, SourceOptions
+from ..options import (CLASS_WEIGHTS, CV_FOLDS, DATASETS_ROOT, GRID_BACKENDS, METRICS, RANK_SAMPLE, REPORT_FORMATS,
+                       ExtractOptions, SourceOptions)
 from .base import existing_file, out_option, pipeline_option, progress_renderer, setting_option
 from ..pipeline import check_cache_exists, experiment, resolve_cache
 
@@ -166,17 +167,17 @@ def _shots(shots: str | None) -> list[int]:
               show_default=True, help="Score that selects the best grid point on the validation split.")
 @click.option("--jobs", "-j", type=int, default=-1, show_default=True,
               help="Parallel fits (joblib n_jobs; -1 = all cores).")
-@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+@click.option("--folds", type=click.IntRange(min=2), default=CV_FOLDS, show_default=True,
               help="k of the stratified k-fold CV used when the cache has no validation split.")
-@click.option("--class-weight", type=click.Choice(["balanced"]), default=None,
+@click.option("--class-weight", type=click.Choice(list(CLASS_WEIGHTS)), default=None,
               help="Weight classes inversely to their frequency in every head that supports it.")
 @click.option("--shots", default=None, metavar="K1,K2,...",
               help="Also draw few-shot curves: test top-1 when training the best point on K images per class.")
 @click.option("--tries", type=click.IntRange(min=1), default=5, show_default=True,
               help="Random draws per few-shot K (mean and std are reported).")
 @out_option("Report folder (default reports/<pipeline name or cache name>).", file=False)
-@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
-              help="joblib backend: local processes, or Dask (dask.distributed) for a cluster.")
+@click.option("--backend", type=click.Choice(list(GRID_BACKENDS)), default="loky", show_default=True,
+              help="joblib backend: " + "; ".join(f"{k}: {v}" for k, v in GRID_BACKENDS.items()) + ".")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Dask scheduler address (tcp://HOST:PORT); without it --backend dask starts a LocalCluster.")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
@@ -185,7 +186,7 @@ def _shots(shots: str | None) -> list[int]:
 @setting_option(SourceOptions, "limit")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar (or, in a log file, the progress lines).")
 def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_weight, shots, tries, out, backend,
-         scheduler, baselines, limit, no_progress):
+         scheduler, baselines, limit, no_progress):  # one parameter per option: click's convention
     """Search each head's hyper-parameters on a cache and write report.md, report.html and results.json.
 
     Protocol: fit on train, select on val (k-fold CV if there is none), refit the best point on
@@ -207,7 +208,7 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
         parse_grid(h, overrides[h])  # every grid checked before any work
     path = resolve_cache(cache, exp)
     from ..cache.store import open_features
-    from ..probe.grid import run_grid
+    from ..probe.grid import GridOptions, run_grid
 
     dim = open_features(path).feature_dim  # grids that scale with the features (the RBF kernel's widths)
     grids = {h: parse_grid(h, overrides[h], feature_dim=dim) for h in heads}
@@ -218,8 +219,9 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
         if backend == "dask":
             stack.enter_context(_dask(scheduler))
         t0 = time.perf_counter()
-        results, paths = run_grid(path, grids, name=name, out_dir=out_dir, metric=metric, jobs=jobs, folds=folds,
-                                  class_weight=class_weight, shots=shot_list, tries=tries,
+        options = GridOptions(metric=metric, jobs=jobs, folds=folds, class_weight=class_weight,
+                              shots=tuple(shot_list), tries=tries)
+        results, paths = run_grid(path, grids, name=name, out_dir=out_dir, options=options,
                                   baselines=_grid_baselines(path, exp if pipeline else None) if baselines else None,
                                   progress=progress_renderer(enabled=not no_progress))
     best = max(results["heads"], key=lambda r: r["val_score"])
@@ -250,7 +252,7 @@ def _dask(scheduler: str | None):
 
 @click.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
-@click.option("--format", "fmt", type=click.Choice(["md", "csv"]), default="md", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(list(REPORT_FORMATS)), default="md", show_default=True,
               help="Markdown table or CSV.")
 @out_option("Write the table here instead of stdout.")
 def report(results, fmt, out):
@@ -274,16 +276,17 @@ def report(results, fmt, out):
               help="Candidates, comma-separated, e.g. mobilenet_v2:IMAGENET1K_V1,efficientnet_lite0,efficientnet_lite2.")
 @click.option("--weights", "-w", default=None,
               help="Weights for every candidate that names none inline (default: each model's default weights).")
-@click.option("--sample", type=click.IntRange(min=10), default=2000, show_default=True,
+@click.option("--sample", type=click.IntRange(min=10), default=RANK_SAMPLE, show_default=True,
               help="Labelled train items in the stratified sample every candidate is scored on.")
 @setting_option(SourceOptions, "seed")
-@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+@click.option("--folds", type=click.IntRange(min=2), default=CV_FOLDS, show_default=True,
               help="k of the cross-validated probe accuracy on the sample.")
 @setting_option(ExtractOptions, "cache_dir")
 @setting_option(ExtractOptions, "device")
 @out_option("Report folder (default reports/rank-<dataset>).", file=False)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar (or, in a log file, the progress lines).")
-def rank(data, root, backbone_list, weights, sample, seed, folds, cache_dir, device, out, no_progress):
+def rank(data, root, backbone_list, weights, sample, seed, folds, cache_dir, device, out,
+         no_progress):  # one parameter per option: click's convention
     """Rank candidate backbones on a sample of a dataset before extracting it in full.
 
     Each candidate is scored on the same stratified sample by LogME and a cross-validated probe accuracy, next

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import click
 
 from ..errors import FeatxError, FeatxUsageError
-from ..options import DEVICE_HELP, check_device_name
+from ..options import DEVICE_HELP, EXPORT_FORMATS, ExtractOptions, check_device_name
 from ..heads.export import MODEL_FORMATS
 from .base import existing_file, out_option, progress_renderer, top_k_option, trust_option
 
+log = logging.getLogger("featx")
+
 __all__ = ["predict", "neighbors", "export", "export_model"]
 
-_device_option = click.option("--device", default="cpu", show_default=True, help=f"{DEVICE_HELP}.")
+_device_option = click.option("--device", default=ExtractOptions().device, show_default=True, help=f"{DEVICE_HELP}.")
 
 
 def _device(device: str) -> str:
@@ -41,22 +44,42 @@ def _head_and_embedding(head_path: str, trust: bool):
     return head, card, embedding
 
 
-_head_option = click.option("--head", "-H", "head_path", required=True, type=click.Path(dir_okay=False),
-                            help="A head saved by `featx fit` (.skops, with its .json card next to it).")
+def _head_file_option(command):
+    """``--head-file/-F FILE``: a saved head. ``--head/-H`` names a head *kind* in fit, grid and adapt; here it was
+    the file, and still works (hidden) with a note saying the new spelling."""
+    command = click.option("--head", "-H", "old_head", hidden=True, type=click.Path(dir_okay=False),
+                           help="The old spelling of --head-file.")(command)
+    return click.option("--head-file", "-F", "head_path", type=click.Path(dir_okay=False),
+                        help="A head saved by `featx fit` (.skops, with its .json card next to it).")(command)
+
+
+def _head_file(head_path: str | None, old_head: str | None) -> str:
+    """The head file named by ``--head-file`` (or, deprecated, ``--head``); checked before any work."""
+    if head_path and old_head:
+        raise FeatxUsageError("give the head file once, with --head-file")
+    path = head_path or old_head
+    if not path:
+        raise FeatxUsageError("name the saved head with --head-file FILE (.skops from `featx fit`)")
+    existing_file(path, "head")
+    if old_head:
+        log.info("note: --head/-H names a head file here, and a head kind in fit, grid and adapt; say --head-file/-F "
+                 "(--head keeps working)")
+    return path
 
 
 @click.command()
-@_head_option
+@_head_file_option
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @top_k_option(5, "Classes to show per image.")
 @out_option("Also write the predictions to this .csv or .json file (--output: its name before featx 0.2).",
             aliases=("--output",))
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=ExtractOptions().batch_size, show_default=True,
               help="Images per forward pass.")
 @_device_option
 @trust_option
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def predict(head_path, images, top_k, out, batch_size, device, trust, no_progress):
+def predict(head_path, old_head, images, top_k, out, batch_size, device, trust,
+            no_progress):  # one parameter per option: click's convention
     """Classify new images (files or folders) with a trained head.
 
     The backbone, weights, layer, transform and precision are the ones recorded for the head's
@@ -64,7 +87,7 @@ def predict(head_path, images, top_k, out, batch_size, device, trust, no_progres
     probabilities (or decision scores, for heads without probabilities). Unreadable images are
     reported and skipped.
     """
-    existing_file(head_path, "head")
+    head_path = _head_file(head_path, old_head)
     if out and Path(out).suffix.lower() not in (".csv", ".json"):
         raise FeatxUsageError(f"--out {out}: give a .csv or .json file name")
     for image in images:
@@ -156,9 +179,8 @@ def neighbors(cache, images, top_k, splits, device):
 
 @click.command()
 @click.argument("cache", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["npz", "npy", "parquet"]), default="npz", show_default=True,
-              help="npz: one file; npy: a folder of <split>_X/_y/_ids.npy and classes.json; parquet: one table "
-                   "(needs pyarrow).")
+@click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), default="npz", show_default=True,
+              help="; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items()) + ".")
 @out_option("Output file or folder (default next to the cache).", file=False)
 def export(cache, fmt, out):
     """Write a cache's features, labels, ids and class names for tools that do not read HDF5."""
@@ -173,20 +195,19 @@ def export(cache, fmt, out):
 
 
 @click.command("export-model")
-@click.option("--head", "-H", "head_path", required=True, type=click.Path(dir_okay=False),
-              help="A linear head saved by `featx fit` (logreg, svm, torch-linear).")
+@_head_file_option
 @click.option("--format", "fmt", type=click.Choice(list(MODEL_FORMATS)), default="export", show_default=True,
               help="export: a torch.export program (.pt2, load with torch.export.load); onnx: ONNX (.onnx, run "
                    "with onnxruntime; the onnx extra); torchscript: TorchScript (.pt; deprecated by torch).")
 @out_option("Output file (default <head>.pt2 / .onnx / .pt).")
 @trust_option
-def export_model(head_path, fmt, out, trust):
+def export_model(head_path, old_head, fmt, out, trust):
     """One deployable module: preprocessed images (N, 3, H, W) -> backbone -> the head's class scores.
 
     Feed it what the recorded transform produces (resize, crop, normalise); its argmax is featx's
     prediction. Linear heads only (their scaling is folded into the last layer).
     """
-    existing_file(head_path, "head")
+    head_path = _head_file(head_path, old_head)
     from ..heads.export import export_model as run_export
     from ..inference import backbone_for
 

@@ -163,16 +163,7 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
                 if bad and options.strict:
                     raise FeatxError(f"{items.ids[bad[0][0]]} is unreadable ({bad[0][1]}); "
                                      "stopped before the cache was marked complete", param="strict")
-                t0 = time.perf_counter()
-                try:
-                    writer.append(split, feats, items.labels[idx], [items.ids[j] for j in idx],
-                                  skipped=[(items.ids[j], err) for j, err in bad],
-                                  fingerprints=[fingerprints[split][j] for j in idx])
-                except OSError as exc:  # disk full, quota, I/O error
-                    done = sum(writer.position(s) for s in plan.splits)
-                    raise FeatxError(f"could not write {writer.partial} ({_reason(exc)}) after {done}/{plan.total} "
-                                     "items; free space and run again: it resumes from there") from None
-                write_s += time.perf_counter() - t0
+                write_s += _append(writer, plan, split, items, feats, idx, bad, fingerprints[split])
                 n_new += len(idx) - copied
                 n_skipped += len(bad)
                 done += len(idx) + len(bad)
@@ -184,6 +175,20 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
     finally:
         torch.set_num_threads(threads)
     return n_new, n_skipped, time.perf_counter() - start_time, balance, write_s
+
+
+def _append(writer: FeatureWriter, plan: ExtractPlan, split: str, items: SplitItems, feats, idx, bad,
+            fingerprints: list) -> float:
+    """One batch appended and committed; the seconds it took. A full disk is one line saying how to go on."""
+    t0 = time.perf_counter()
+    try:
+        writer.append(split, feats, items.labels[idx], [items.ids[j] for j in idx],
+                      skipped=[(items.ids[j], err) for j, err in bad], fingerprints=[fingerprints[j] for j in idx])
+    except OSError as exc:  # disk full, quota, I/O error
+        done = sum(writer.position(s) for s in plan.splits)
+        raise FeatxError(f"could not write {writer.partial} ({_reason(exc)}) after {done}/{plan.total} "
+                         "items; free space and run again: it resumes from there") from None
+    return time.perf_counter() - t0
 
 
 def _work(source: Source, items: SplitItems, start: int, backbone: Backbone, decoder: str, index,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -13,13 +15,14 @@ import numpy as np
 
 from ..cache.store import open_features
 from ..errors import FeatxError
+from ..options import CV_FOLDS
 from ..heads.registry import HEADS, clip_to_rows
 from ..util import first_line, softmax
 from ..version import __version__
 from .report import write_reports
 from .search import NYSTROEM_FEW_ROWS, few_shot, grid_points, search_head
 
-__all__ = ["check_grids", "run_grid"]
+__all__ = ["GridOptions", "check_grids", "run_grid"]
 
 log = logging.getLogger("featx")
 
@@ -58,8 +61,28 @@ def check_grids(fs, grids: dict, folds: int) -> tuple[dict, int, list[str]]:
     return out, folds, notes
 
 
-def run_grid(cache, grids: dict, *, name: str, out_dir, metric: str = "top1", jobs: int = -1, folds: int = 5,
-             class_weight: str | None = None, shots=(), tries: int = 5,
+@dataclass(frozen=True)
+class GridOptions:
+    """How ``featx grid`` searches (the protocol's settings; each has its ``featx grid`` flag of the same name).
+
+    Attributes:
+        metric: the selection score on val, a key of :data:`featx.options.METRICS`.
+        jobs: parallel fits (joblib ``n_jobs``; -1 = all cores).
+        folds: k of the stratified k-fold CV when the cache has no val split.
+        class_weight: ``"balanced"`` for every head that supports it, or ``None``.
+        shots: images per class of the best head's few-shot curve (empty: no curve).
+        tries: random draws per few-shot point.
+    """
+
+    metric: str = "top1"
+    jobs: int = -1
+    folds: int = CV_FOLDS
+    class_weight: str | None = None
+    shots: tuple = ()
+    tries: int = 5
+
+
+def run_grid(cache, grids: dict, *, name: str, out_dir, options: GridOptions = GridOptions(),
              baselines: Callable[[str, dict], dict] | None = None, progress=None) -> tuple[dict, list[Path]]:
     """Search ``grids`` (head -> checked grid, :func:`featx.probe.search.parse_grid`) on ``cache``; write
     ``report.md``, ``report.html`` and ``results.json`` into ``out_dir``. Returns (results, written paths).
@@ -72,51 +95,28 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, metric: str = "top1", jo
         if split not in fs:
             raise FeatxError(f"{path} has no {split} split")
     t_all = time.perf_counter()
-    grids, folds, notes = check_grids(fs, grids, folds)  # before any fit: clip what the data cannot hold
+    grids, folds, notes = check_grids(fs, grids, options.folds)  # before any fit: clip what the data cannot hold
     for note in notes:
         log.info(f"note: {note}")
-    total_fits = sum(len(grid_points(g)) * (1 if "val" in fs else folds) for g in grids.values())
-    done_fits = 0
-    searched, failed = [], []
+    options = dataclasses.replace(options, folds=folds)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=NYSTROEM_FEW_ROWS)
-        for h, grid in grids.items():
-            t0 = time.perf_counter()
-            log.info(f"searching {h}: {len(grid_points(grid))} points ...")
-            if progress:
-                progress(done_fits, total_fits, f"grid {h}")
-            try:
-                result = search_head(h, fs, grid=grid, metric=metric, jobs=jobs, folds=folds,
-                                     class_weight=class_weight)
-            except (FeatxError, ValueError, RuntimeError, MemoryError) as exc:  # one head's failure loses no other
-                failed.append({"head": h, "error": f"{type(exc).__name__}: {first_line(exc)}"
-                               if not isinstance(exc, FeatxError) else first_line(exc)})
-                log.warning(f"warning: {h} failed ({failed[-1]['error']}); the report marks it failed")
-                continue
-            finally:
-                done_fits += len(grid_points(grid)) * (1 if "val" in fs else folds)
-                if progress:
-                    progress(done_fits, total_fits, f"grid {h}")
-            searched.append((result, time.perf_counter() - t0))
-            log.info(f"{h}: best {result.best_params} val {metric} {result.best_score:.4f}; "
-                     f"test top1 {result.test.get('top1', float('nan')):.4f} ({searched[-1][1]:.1f} s)")
-        if not searched:
-            raise FeatxError(f"every head failed; first: {failed[0]['head']}: {failed[0]['error']}")
+        searched, failed = _search_all(fs, grids, options, progress)
         best_result = max(searched, key=lambda r: r[0].best_score)[0]
         curves = {}
-        if shots:
-            curves[best_result.head] = few_shot(best_result.head, best_result.best_params, fs, shots=list(shots),
-                                                tries=tries)
+        if options.shots:
+            curves[best_result.head] = few_shot(best_result.head, best_result.best_params, fs,
+                                                shots=list(options.shots), tries=options.tries)
     baseline = _baselines(fs, best_result, baselines) if baselines is not None else None
     total = time.perf_counter() - t_all
     results = {
         "pipeline": name, "cache": str(path), "cache_key": fs.cache_key, "backbone": fs.meta.get("backbone"),
         "weights": fs.meta.get("weights"), "precision": fs.meta.get("precision"),
         "feature_dim": fs.meta.get("feature_dim"), "classes": list(fs.classes),
-        "sizes": {s: len(fs[s]) for s in fs.splits}, "metric": metric,
+        "sizes": {s: len(fs[s]) for s in fs.splits}, "metric": options.metric,
         "selection": searched[0][0].selection, "featx_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "total_seconds": round(total, 2), "class_weight": class_weight,
+        "total_seconds": round(total, 2), "class_weight": options.class_weight,
         "heads": [dict(r.as_dict(), search_seconds=round(sec, 2)) for r, sec in searched],
         "failed": failed, "notes": notes,
         "few_shot": curves,
@@ -124,6 +124,38 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, metric: str = "top1", jo
     }
     paths = write_reports(out_dir, results, _best_arrays(best_result, fs))
     return results, paths
+
+
+def _search_all(fs, grids: dict, options: GridOptions, progress) -> tuple[list, list]:
+    """Every head's search, in order: ``[(HeadSearch, seconds)]`` and ``[{"head", "error"}]`` for the heads that
+    failed (one head's failure loses no other; all failing is an error)."""
+    per_point = 1 if "val" in fs else options.folds
+    total_fits = sum(len(grid_points(g)) * per_point for g in grids.values())
+    done_fits = 0
+    searched, failed = [], []
+    for h, grid in grids.items():
+        t0 = time.perf_counter()
+        log.info(f"searching {h}: {len(grid_points(grid))} points ...")
+        if progress:
+            progress(done_fits, total_fits, f"grid {h}")
+        try:
+            result = search_head(h, fs, grid=grid, metric=options.metric, jobs=options.jobs, folds=options.folds,
+                                 class_weight=options.class_weight)
+        except (FeatxError, ValueError, RuntimeError, MemoryError) as exc:
+            failed.append({"head": h, "error": f"{type(exc).__name__}: {first_line(exc)}"
+                           if not isinstance(exc, FeatxError) else first_line(exc)})
+            log.warning(f"warning: {h} failed ({failed[-1]['error']}); the report marks it failed")
+            continue
+        finally:
+            done_fits += len(grid_points(grid)) * per_point
+            if progress:
+                progress(done_fits, total_fits, f"grid {h}")
+        searched.append((result, time.perf_counter() - t0))
+        log.info(f"{h}: best {result.best_params} val {options.metric} {result.best_score:.4f}; "
+                 f"test top1 {result.test.get('top1', float('nan')):.4f} ({searched[-1][1]:.1f} s)")
+    if not searched:
+        raise FeatxError(f"every head failed; first: {failed[0]['head']}: {failed[0]['error']}")
+    return searched, failed
 
 
 def _baselines(fs, best, baselines) -> dict:

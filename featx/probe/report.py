@@ -175,18 +175,18 @@ def grid_document(results: dict, figures: list[tuple[str, str]]) -> Document:
         sections.append(Section("Does pretraining help?", [Paragraph(_transfer_line(results))]))
     if _calibration_line(results):
         sections.append(Section("Calibration", [Paragraph(_calibration_line(results))]))
+    if figures:
+        sections.append(Section("Plots", [Figure(data, caption) for caption, data in figures]))
+    for head, curve in results.get("few_shot", {}).items():
+        sections.append(Section(f"{head}: few-shot test top-1", [Table(
+            ["shots per class", "mean", "std", "tries"],
+            [[str(c["shots"]), f"{c['mean']:.4f}", f"{c['std']:.4f}", str(c["tries"])] for c in curve])]))
     for h in results["heads"]:
         keys = list(h["grid"])
         rows = [[*(_fmt(r["params"].get(k)) for k in keys), f"{r['score']:.4f}", f"{r['fit_seconds']:.2f}"]
                 for r in h["sweep"]]
         sections.append(Section(f"{h['head']}: sweep ({len(h['sweep'])} points, {h['selection']})",
                                 [Table([*keys, results["metric"], "fit s"], rows)]))
-    for head, curve in results.get("few_shot", {}).items():
-        sections.append(Section(f"{head}: few-shot test top-1", [Table(
-            ["shots per class", "mean", "std", "tries"],
-            [[str(c["shots"]), f"{c['mean']:.4f}", f"{c['std']:.4f}", str(c["tries"])] for c in curve])]))
-    if figures:
-        sections.append(Section("Plots", [Figure(data, caption) for caption, data in figures]))
     return Document(f"featx grid report: {results['pipeline']}", [Bullets([line[2:] for line in _setup_lines(results)])],
                     sections, results, "results.json")
 

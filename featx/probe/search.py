@@ -84,8 +84,11 @@ def grid_points(grid: dict) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
-def _fit_path(head: str, fixed: dict, path_key: str | None, path_values, X, y, Xv, yv, metric: str):
-    """Fit the points of one path (warm-started along ``path_key``) and score each on (Xv, yv)."""
+def _fit_path(head: str, fixed: dict, path: tuple, X, y, Xv, yv, metric: str):
+    """Fit the points of one path ``(key, values)``, warm-started along ``key`` (``(None, None)``: the one point
+    ``fixed``), on (X, y) and score each on (Xv, yv). The arrays are arguments of their own so that joblib's Dask
+    backend can replace them with the features it scattered once."""
+    path_key, path_values = path
     rows = []
     est = make_head(head, fixed)
     warm = path_key is not None and "warm_start" in est.named_steps["clf"].get_params()
@@ -116,10 +119,10 @@ def _sweep(head: str, grid: dict, X, y, Xv, yv, *, metric: str, jobs: int) -> li
         n = max(1, min(effective_n_jobs(jobs), len(values)))
         segments = [list(seg) for seg in np.array_split(np.array(values, dtype=object), n) if len(seg)]
         rest = {k: v for k, v in grid.items() if k != path_key}
-        tasks = [delayed(_fit_path)(head, fixed, path_key, seg, X, y, Xv, yv, metric)
+        tasks = [delayed(_fit_path)(head, fixed, (path_key, seg), X, y, Xv, yv, metric)
                  for fixed in grid_points(rest) for seg in segments]
     else:
-        tasks = [delayed(_fit_path)(head, point, None, None, X, y, Xv, yv, metric) for point in grid_points(grid)]
+        tasks = [delayed(_fit_path)(head, point, (None, None), X, y, Xv, yv, metric) for point in grid_points(grid)]
     with _scattered(X, y, Xv, yv):
         return [row for rows in Parallel(n_jobs=jobs)(tasks) for row in rows]
 

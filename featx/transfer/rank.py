@@ -17,15 +17,14 @@ import time
 
 import numpy as np
 
+from ..options import CV_FOLDS, RANK_SAMPLE
 from ..version import __version__
 from .estimators import gain_se, logme, probe_accuracy
 
-__all__ = ["RANK_SAMPLE", "RAW_PIXELS_SIZE", "rank_backbones", "raw_pixels"]
+__all__ = ["RAW_PIXELS_SIZE", "rank_backbones", "raw_pixels"]
 
 log = logging.getLogger("featx")
 
-#: Labelled train items scored per candidate (stratified).
-RANK_SAMPLE = 2000
 #: Side of the raw-pixel baseline's images.
 RAW_PIXELS_SIZE = 32
 
@@ -57,7 +56,7 @@ def _scores(X: np.ndarray, y: np.ndarray, folds: int) -> dict:
 
 
 def rank_backbones(source, candidates: list[tuple[str, str | None]], *, sample: int = RANK_SAMPLE, seed: int = 0,
-                   folds: int = 5, cache_dir="cache", device: str = "cpu", progress=None) -> dict:
+                   folds: int = CV_FOLDS, cache_dir="cache", device: str = "cpu", progress=None) -> dict:
     """Score every ``(backbone, weights)`` candidate and the two baselines on one sample of ``source``.
 
     Returns the ``rank.json`` record: ``candidates`` (ranked by LogME, best first; each with ``backbone``,
