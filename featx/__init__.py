@@ -2,7 +2,8 @@
 
 The public API for other projects: :func:`open_features` (read a cache), :func:`load_head`
 (a head saved by ``featx fit``) and :class:`FeatxError`. Importing featx prints nothing; its
-messages go to the ``featx`` logger (see :mod:`featx.progress`).
+messages go to the ``featx`` logger, and long steps report progress through a ``progress(done, total, label)``
+callback (:data:`featx.extract.ProgressFn`), which the command line renders as a bar or as log lines.
 """
 
 import logging

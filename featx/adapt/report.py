@@ -3,16 +3,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from ..report.document import Bullets, Document, Figure, Paragraph, Section, Table, write_report
+from ..report.document import Document, Figure, Paragraph, Table, write_report
 from ..report.plots import png, pyplot
 
 __all__ = ["adapt_document", "write_adapt_reports"]
-
-log = logging.getLogger("featx")
-
 
 def _table(record: dict) -> tuple[list[str], list[list[str]]]:
     header = ["method", "target top-1", "vs source-only", "proxy A-distance", "fit s", "what"]
@@ -72,14 +68,9 @@ def adapt_document(record: dict) -> Document:
     intro = [Paragraph(_summary(record)), Table(header, rows),
              Figure(_figure(record), "Target top-1 per method (red: worse than no adaptation) and the proxy "
                                      "A-distance after each map.")]
-    warnings = _warnings(record)
-    sections = [Section("Warnings", [Bullets(warnings, "warn")])] if warnings else []
-    return Document("featx adapt", intro, sections, record, "adapt.json")
+    return Document("featx adapt", intro, [], record, "adapt.json", warnings=_warnings(record))
 
 
 def write_adapt_reports(out_dir, record: dict) -> list[Path]:
     """``adapt.json``, ``report.md`` and a self-contained ``report.html`` in ``out_dir``."""
-    paths = write_report(out_dir, adapt_document(record))
-    for w in _warnings(record):
-        log.warning(f"warning: {w}")
-    return paths
+    return write_report(out_dir, adapt_document(record))

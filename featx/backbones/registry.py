@@ -2,7 +2,7 @@
 
 The registry in front of the backbone families: torchvision classification models
 (:mod:`featx.backbones.torchvision_models`, every model through torchvision's weights API) and timm
-models (:mod:`featx.backbones.timm_models`: the embedded EfficientNet-Lite0 and ``timm:<name>``).
+models (:mod:`featx.backbones.timm_models`: the embedded EfficientNet-Lite0/1/2 and ``timm:<name>``).
 Both families share :mod:`featx.backbones.loading` and return a
 :class:`~featx.backbones.loading.LoadedModel`; :func:`load_backbone` freezes it, optionally cuts it
 at an intermediate layer, and wraps it as a :class:`Backbone`.

@@ -1,20 +1,23 @@
-"""The HDF5 embedding cache: its schema, a resumable writer and a lazy reader.
+"""The HDF5 embedding cache: its schema and a lazy reader (the writer: :mod:`featx.cache.writer`).
 
 The layout (documented for other projects in ``docs/cache-format.md``)::
 
-    /                  attrs: schema_version, featx_version, created, backbone, weights,
-                              weights_sha256, transform (JSON), feature_dim, source (JSON),
-                              cache_key, complete, precision
-    /classes           (C,)   utf-8 class names, index = label
-    /<split>/features  (N, D) float32, chunked by rows, resizable
-    /<split>/labels    (N,)   int64, -1 where unlabelled
-    /<split>/ids       (N,)   utf-8 sample id
-    /<split>           attrs: n_committed, n_items, skipped (JSON list of {id, reason})
+    /                      attrs: schema_version, featx_version, created, cache_key, complete,
+                                  the EmbeddingSpec (backbone, weights, weights_sha256, layer,
+                                  transform (JSON), precision, decoder; feature_dim),
+                                  source (JSON), memory_format, compiled,
+                                  reused_from (JSON; rows copied from other caches), shard (shard files only)
+    /classes               (C,)   utf-8 class names, index = label
+    /<split>/features      (N, D) float32, chunked by rows, resizable, fletcher32
+    /<split>/labels        (N,)   int64, -1 where unlabelled, fletcher32
+    /<split>/ids           (N,)   utf-8 sample id
+    /<split>/fingerprints  (N,)   utf-8 content fingerprint per row (optional: caches before row reuse lack it)
+    /<split>               attrs: n_committed, n_items, skipped (JSON list of {id, reason})
 
 Writing protocol: everything goes to ``<name>.h5.partial``. After each batch the rows are
 written, the file is flushed, and only then ``n_committed`` is raised and flushed again, so
-rows past ``n_committed`` are never trusted. :meth:`FeatureWriter.finalize` checks that every
-split holds all of its items, sets ``complete`` and renames the file to ``<name>.h5``. A file
+rows past ``n_committed`` are never trusted. :meth:`~featx.cache.writer.FeatureWriter.finalize` checks that
+every split holds all of its items, sets ``complete`` and renames the file to ``<name>.h5``. A file
 without the ``.partial`` suffix is therefore always complete; a killed run resumes from
 ``n_committed``.
 """

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
+
+log = logging.getLogger("featx")
 
 __all__ = ["Paragraph", "Bullets", "Table", "Figure", "Card", "Pair", "Gallery", "Only", "Section", "Document",
            "markdown", "markdown_block", "to_html", "write_report", "write_files"]
@@ -87,13 +90,19 @@ class Section:
 
 @dataclass
 class Document:
-    """A report: its title, opening blocks, sections, and the JSON record written beside it (``record_name``)."""
+    """A report: its title, opening blocks, sections, the JSON record written beside it (``record_name``), and its
+    warnings (a last "Warnings" section; :func:`write_report` also logs each one)."""
 
     title: str
     intro: list = field(default_factory=list)
     sections: list[Section] = field(default_factory=list)
     record: dict = field(default_factory=dict)
     record_name: str = "results.json"
+    warnings: list[str] = field(default_factory=list)
+
+    def all_sections(self) -> list[Section]:
+        """The sections, then the warnings' section when there are warnings."""
+        return [*self.sections, *([Section("Warnings", [Bullets(self.warnings, "warn")])] if self.warnings else [])]
 
 
 # -- Markdown ---------------------------------------------------------------------------------------------------
@@ -134,7 +143,7 @@ def markdown(doc: Document) -> str:
     out = [f"# {doc.title}", ""]
     for block in doc.intro:
         _md_block(block, out)
-    for section in doc.sections:
+    for section in doc.all_sections():
         out += [f"## {section.title}", ""]
         for block in section.blocks:
             _md_block(block, out)
@@ -192,7 +201,7 @@ def _html_block(block) -> str:
 def to_html(doc: Document) -> str:
     """The document as one self-contained HTML page."""
     parts = [f"<h1>{html.escape(doc.title)}</h1>", *(_html_block(b) for b in doc.intro)]
-    for section in doc.sections:
+    for section in doc.all_sections():
         parts += [f"<h2>{html.escape(section.title)}</h2>", *(_html_block(b) for b in section.blocks)]
     body = "\n".join(p for p in parts if p)
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(doc.title)}</title>\n'
@@ -202,9 +211,13 @@ def to_html(doc: Document) -> str:
 # -- files ------------------------------------------------------------------------------------------------------
 
 def write_report(out_dir, doc: Document) -> list[Path]:
-    """``<record_name>``, ``report.md`` and ``report.html`` in ``out_dir``; returns their paths."""
-    return write_files(out_dir, {doc.record_name: json.dumps(doc.record, indent=2, default=str) + "\n",
-                                 "report.md": markdown(doc), "report.html": to_html(doc)})
+    """``<record_name>``, ``report.md`` and ``report.html`` in ``out_dir``; each of the document's warnings is
+    also logged (``featx`` logger). Returns the paths."""
+    paths = write_files(out_dir, {doc.record_name: json.dumps(doc.record, indent=2, default=str) + "\n",
+                                  "report.md": markdown(doc), "report.html": to_html(doc)})
+    for warning in doc.warnings:
+        log.warning(f"warning: {warning}")
+    return paths
 
 
 def write_files(out_dir, texts: dict[str, str]) -> list[Path]:

@@ -3,16 +3,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from ..report.document import Bullets, Document, Figure, Paragraph, Section, Table, write_report
+from ..report.document import Document, Figure, Paragraph, Table, write_report
 from ..report.plots import png, pyplot
 
 __all__ = ["rank_document", "write_rank_reports"]
-
-log = logging.getLogger("featx")
-
 
 def _table(record: dict) -> tuple[list[str], list[list[str]]]:
     header = ["rank", "backbone", "weights", "LogME", "probe top-1 (CV)", "transfer gain", "negative transfer"]
@@ -59,14 +55,9 @@ def rank_document(record: dict) -> Document:
              Paragraph("Transfer gain = probe top-1 minus the best baseline, ± its standard error from the sample size."),
              Figure(_figure(record), "Probe top-1 per candidate (bars) against the baselines (lines); LogME in the "
                                      "labels.")]
-    warnings = _warnings(record)
-    sections = [Section("Warnings", [Bullets(warnings, "warn")])] if warnings else []
-    return Document("featx rank", intro, sections, record, "rank.json")
+    return Document("featx rank", intro, [], record, "rank.json", warnings=_warnings(record))
 
 
 def write_rank_reports(out_dir, record: dict) -> list[Path]:
     """``rank.json``, ``report.md`` and a self-contained ``report.html`` in ``out_dir``."""
-    paths = write_report(out_dir, rank_document(record))
-    for w in _warnings(record):
-        log.warning(f"warning: {w}")
-    return paths
+    return write_report(out_dir, rank_document(record))
