@@ -36,6 +36,7 @@ HEAD_SUFFIX = ".skops"
 TRUSTED_TYPES = ("featx.heads.solvers.LBFGSLinearClassifier", "featx.heads.solvers.TorchLinearClassifier",
                  "featx.adapt.maps.AdaptedHead", "featx.adapt.maps.DomainStandardizer",
                  "featx.adapt.maps.IdentityMap", "featx.adapt.maps.SkadaMap")
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def trusted_types() -> tuple[str, ...]:
@@ -43,12 +44,10 @@ def trusted_types() -> tuple[str, ...]:
     from ..compat import skada_trusted_types
 
     return TRUSTED_TYPES + skada_trusted_types()
-_ZIP_MAGIC = b"PK\x03\x04"
-
 
 
 def card_path(head_path) -> Path:
-    """The JSON card saved next to a head: ``x.svm.joblib`` -> ``x.svm.json``."""
+    """The JSON card saved next to a head: ``x.svm.skops`` -> ``x.svm.json``."""
     return Path(head_path).with_suffix(".json")
 
 
