@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 __all__ = ["OFFLINE_ENV", "offline", "first_line", "did_you_mean", "atomic_write", "file_sha256", "softmax",
-           "l2_normalise"]
+           "l2_normalise", "existing_file", "FILE_KINDS", "file_kind", "companions", "check_output"]
 
 #: Environment variable that forbids any download of weights or data (also set by ``--offline``).
 OFFLINE_ENV = "FEATX_OFFLINE"
@@ -94,3 +94,75 @@ def existing_file(path: str | None, what: str, hint: str = "") -> Path | None:
     if p.is_dir():
         raise FeatxUsageError(f"{what} {path} is a folder, not a file")
     return p
+
+
+#: The first bytes of files featx must never overwrite by accident, and what they are (:func:`file_kind`).
+_MAGIC = ((b"\x89HDF", "hdf5"), (b"\x89PNG", "image"), (b"\xff\xd8\xff", "image"), (b"GIF8", "image"), (b"BM", "image"),
+          (b"II*\x00", "image"), (b"MM\x00*", "image"), (b"PK\x03\x04", "zip"))
+#: :func:`file_kind` -> how an error names it.
+FILE_KINDS = {"hdf5": "an HDF5 file (a featx cache?)", "image": "an image", "zip": "a zip archive (a head, an .npz, "
+              "a .pt2)", "text": "a text file", "data": "a binary file", "folder": "a folder"}
+
+
+def file_kind(path) -> str:
+    """What an existing path is, from a file's first bytes: a key of :data:`FILE_KINDS`."""
+    p = Path(path)
+    if p.is_dir():
+        return "folder"
+    with open(p, "rb") as f:
+        head = f.read(4096)
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head[8:12] == b"WEBP":
+        return "image"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "data"
+    return "text"
+
+
+def companions(path) -> dict[Path, str]:
+    """The files that belong to an input file: itself, its JSON card (a head's), its unfinished ``.partial``
+    version and that one's lock (a cache's), its stored baseline features (a cache's)."""
+    p = Path(path)
+    return {p: "", p.with_suffix(".json"): "its card", Path(f"{p}.partial"): "its unfinished version",
+            Path(f"{p}.partial.lock"): "its lock", p.with_name(p.stem + ".baselines.npz"): "its baseline features"}
+
+
+def check_output(target, inputs: dict, *, replaces: tuple[str, ...] = (), force: bool = False) -> Path:
+    """``target`` as an output path, or a usage error before any work when writing there would destroy an input.
+
+    Args:
+        target: where the command will write.
+        inputs: what the command reads, ``{"the cache": path, "the images": [paths], ...}`` (``None`` skipped); an
+            output is never an input nor one of its :func:`companions`.
+        replaces: the :func:`file_kind` s an existing ``target`` may have (``"text"``, ``"zip"`` ...): the same kind
+            of artifact, replaced atomically. Another kind (an image, a cache, a folder) is refused unless
+            ``force``.
+    """
+    from .errors import FeatxUsageError
+
+    t = Path(target)
+    for what, paths in inputs.items():
+        for p in paths if isinstance(paths, (list, tuple)) else [paths]:
+            if p is None:
+                continue
+            for c, role in companions(p).items():
+                if _same_file(t, c):
+                    detail = f" ({role})" if role else ""
+                    raise FeatxUsageError(f"{target} is {what} {p}{detail}: writing there would destroy it; "
+                                          "choose another output", param="out")
+    if t.exists() and not force:
+        kind = file_kind(t)
+        if kind not in replaces:
+            raise FeatxUsageError(f"{target} exists and is {FILE_KINDS[kind]}, not what this command writes: choose "
+                                  "another output (or force the replacement)", param="out")
+    return t
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()

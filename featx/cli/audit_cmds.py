@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from ..options import CV_FOLDS, DATASETS_ROOT, INDEXES
-from .base import existing_file, out_option, progress_renderer
+from ..util import check_output
+from .base import existing_file, force_option, out_option, progress_renderer
 
 __all__ = ["audit"]
 
@@ -36,8 +37,9 @@ __all__ = ["audit"]
 @click.option("--root", default=DATASETS_ROOT, show_default=True,
               help="Where torchvision datasets are kept (to read their images).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar (or, in a log file, the progress lines).")
-def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest, relabel, root,
-          no_progress):  # one parameter per option: click's convention
+@force_option
+def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest, relabel, root, no_progress,
+          force):  # one parameter per option: click's convention
     """Audit a dataset through its cached embeddings: copies of one picture (and train/test leakage), look-alikes,
     likely label errors, outliers. Writes audit.json, report.md and report.html (with thumbnails of what it flags)."""
     existing_file(cache, "cache file")
@@ -47,6 +49,10 @@ def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest,
     from ..cache.store import open_features
 
     fs = open_features(cache)
+    if manifest:  # the manifest never replaces the cache, the manifest the data came from, or an image
+        data_manifest = (fs.meta.get("source") or {}).get("manifest")
+        check_output(manifest, {"the cache": cache, "the manifest of its data": data_manifest}, replaces=("text",),
+                     force=force)
     record = run_audit(fs, threshold=DUPLICATE_THRESHOLD if threshold is None else threshold, index=index,
                        folds=folds, pixels=pixels, copy_threshold=copy_threshold, root=root,
                        progress=progress_renderer(enabled=not no_progress))

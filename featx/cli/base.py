@@ -25,12 +25,12 @@ from pathlib import Path
 
 import click
 
-from ..errors import FeatxError, FeatxUsageError
+from ..errors import FeatxError
 from ..options import settings_of
 from ..util import existing_file, first_line
 
 __all__ = ["FeatxGroup", "setting_option", "existing_file", "configure_output", "progress_renderer",
-           "pipeline_option", "trust_option", "out_option", "top_k_option"]
+           "pipeline_option", "trust_option", "out_option", "top_k_option", "force_option"]
 
 log = logging.getLogger("featx")
 
@@ -227,9 +227,16 @@ trust_option = click.option(
          "made yourself.")
 
 
-def out_option(help: str, *, file: bool = True, aliases: tuple[str, ...] = ()):
-    """``-o/--out``: the same name and short flag in every command (``aliases``: older names kept working)."""
-    return click.option("--out", *aliases, "-o", "out", type=click.Path(dir_okay=not file, file_okay=file), help=help)
+def out_option(help: str, *, file: bool | None = True, aliases: tuple[str, ...] = ()):
+    """``-o/--out``: the same name and short flag in every command (``aliases``: older names kept working).
+    ``file``: a file (True), a folder (False) or either (None)."""
+    kind = click.Path() if file is None else click.Path(dir_okay=not file, file_okay=file)
+    return click.option("--out", *aliases, "-o", "out", type=kind, help=help)
+
+
+force_option = click.option(
+    "--force", is_flag=True,
+    help="Replace an existing output even when it is another kind of file (never one of the command's inputs).")
 
 
 def top_k_option(default: int, help: str):

@@ -11,7 +11,7 @@ import click
 
 from ..pipeline import build_backbone, build_source, experiment
 from ..options import BackboneOptions, ExtractOptions, SourceOptions
-from ..util import OFFLINE_ENV
+from ..util import OFFLINE_ENV, check_output
 from .base import existing_file, out_option, pipeline_option, progress_renderer, setting_option
 
 log = logging.getLogger("featx")
@@ -58,6 +58,9 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
     exp = experiment(pipeline, name=name, **settings)
     if name and not settings.get("weights"):  # another backbone than the pipeline's: not its weights either
         exp = dataclasses.replace(exp, backbone=dataclasses.replace(exp.backbone, weights=None))
+    if out:  # a cache file (this run's, to reuse or resume), never the data or another kind of file
+        check_output(out, {"the data": exp.source.data if Path(exp.source.data).is_file() else None},
+                     replaces=("hdf5",))
     source = build_source(exp, allow_outside=allow_outside)  # a wrong --data fails here, before torch loads
     from ..cache.shards import dist_env
     from ..extract import check_device

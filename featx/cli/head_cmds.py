@@ -12,7 +12,8 @@ import click
 from ..errors import FeatxError, FeatxUsageError
 from ..options import (CLASS_WEIGHTS, CV_FOLDS, DATASETS_ROOT, GRID_BACKENDS, METRICS, RANK_SAMPLE, REPORT_FORMATS,
                        ExtractOptions, SourceOptions)
-from .base import existing_file, out_option, pipeline_option, progress_renderer, setting_option
+from ..util import check_output
+from .base import existing_file, force_option, out_option, pipeline_option, progress_renderer, setting_option
 from ..pipeline import check_cache_exists, experiment, resolve_cache
 
 __all__ = ["fit", "grid", "report", "rank"]
@@ -45,7 +46,8 @@ def _head_names(values) -> list[str]:
               help="Also fit the head on random-init features of the same architecture and on raw pixels (same "
                    "items, a sample of at most 2,000 train / 2,000 test rows; cached) and report the transfer gain.")
 @setting_option(SourceOptions, "limit")
-def fit(cache, pipeline, head_name, params, out, baselines, limit):
+@force_option
+def fit(cache, pipeline, head_name, params, out, baselines, limit, force):
     """Train a head on the cached train split; report val and test metrics; save it.
 
     CACHE is a cache file; without it, the cache of --pipeline (default settings if none) is used.
@@ -58,11 +60,15 @@ def fit(cache, pipeline, head_name, params, out, baselines, limit):
     user_params = parse_params(params)
     exp = _experiment_with_cache(cache, pipeline, limit)
     overrides = {**exp.heads.get(head_name, {}), **user_params}
-    from ..probe.fitting import fit_head
+    from ..heads.persist import card_path
     from ..heads.registry import HEADS, make_head
+    from ..probe.fitting import fit_head
 
     head = make_head(head_name, overrides)  # bad parameters are refused here, before the cache is read
     path = resolve_cache(cache, exp)
+    if out:  # the head and its card: never the cache (nor its companions), never another kind of file
+        check_output(out, {"the cache": path}, replaces=("zip",), force=force)
+        check_output(card_path(out), {"the cache": path}, replaces=("text",), force=force)
     result = fit_head(head_name, head, path, out=out)
     shown = {k: v for k, v in result.params.items() if k in HEADS[head_name].key_params}
     click.echo(f"{head_name}: fit {result.fit_seconds:.1f} s on {result.n_train} x {result.n_features} "

@@ -11,12 +11,15 @@ import click
 from ..errors import FeatxError, FeatxUsageError
 from ..options import DEVICE_HELP, EXPORT_FORMATS, ExtractOptions, check_device_name
 from ..heads.export import MODEL_FORMATS
-from .base import existing_file, out_option, progress_renderer, top_k_option, trust_option
+from ..util import check_output
+from .base import existing_file, force_option, out_option, progress_renderer, top_k_option, trust_option
 
 log = logging.getLogger("featx")
 
 __all__ = ["predict", "neighbors", "export", "export_model"]
 
+#: export format -> the file kinds (featx.util.file_kind) an existing output of that format has
+EXPORT_KINDS = {"npz": ("zip",), "npy": ("folder",), "parquet": ("data",)}
 _device_option = click.option("--device", default=ExtractOptions().device, show_default=True, help=f"{DEVICE_HELP}.")
 
 
@@ -78,8 +81,9 @@ def _head_file(head_path: str | None, old_head: str | None) -> str:
 @_device_option
 @trust_option
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def predict(head_path, old_head, images, top_k, out, batch_size, device, trust,
-            no_progress):  # one parameter per option: click's convention
+@force_option
+def predict(head_path, old_head, images, top_k, out, batch_size, device, trust, no_progress,
+            force):  # one parameter per option: click's convention
     """Classify new images (files or folders) with a trained head.
 
     The backbone, weights, layer, transform and precision are the ones recorded for the head's
@@ -93,6 +97,8 @@ def predict(head_path, old_head, images, top_k, out, batch_size, device, trust,
     for image in images:
         if not Path(image).exists():
             raise FeatxUsageError(f"{image} does not exist")
+    if out:
+        check_output(out, {"the head": head_path, "an image named": list(images)}, replaces=("text",), force=force)
     _device(device)
     from ..inference import backbone_for, embed_images, image_paths, predict_images
 
@@ -181,15 +187,19 @@ def neighbors(cache, images, top_k, splits, device):
 @click.argument("cache", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), default="npz", show_default=True,
               help="; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items()) + ".")
-@out_option("Output file or folder (default next to the cache).", file=False)
-def export(cache, fmt, out):
-    """Write a cache's features, labels, ids and class names for tools that do not read HDF5."""
+@out_option("Output file (npz, parquet) or folder (npy); default next to the cache.", file=None)
+@force_option
+def export(cache, fmt, out, force):
+    """Write a cache's features, labels, ids and class names for tools that do not read HDF5.
+
+    An existing output of the same kind is replaced (atomically for a file)."""
     existing_file(cache, "cache file")
+    target = Path(out) if out else Path(cache).with_suffix("" if fmt == "npy" else f".{fmt}")
+    check_output(target, {"the cache": cache}, replaces=EXPORT_KINDS[fmt], force=force)
     from ..cache.export import export_arrays
     from ..cache.store import open_features
 
     fs = open_features(cache)
-    target = Path(out) if out else Path(cache).with_suffix("" if fmt == "npy" else f".{fmt}")
     for p in export_arrays(fs, target, fmt):
         click.echo(f"wrote {p}")
 
@@ -201,19 +211,21 @@ def export(cache, fmt, out):
                    "with onnxruntime; the onnx extra); torchscript: TorchScript (.pt; deprecated by torch).")
 @out_option("Output file (default <head>.pt2 / .onnx / .pt).")
 @trust_option
-def export_model(head_path, old_head, fmt, out, trust):
+@force_option
+def export_model(head_path, old_head, fmt, out, trust, force):
     """One deployable module: preprocessed images (N, 3, H, W) -> backbone -> the head's class scores.
 
     Feed it what the recorded transform produces (resize, crop, normalise); its argmax is featx's
     prediction. Linear heads only (their scaling is folded into the last layer).
     """
     head_path = _head_file(head_path, old_head)
+    target = Path(out) if out else Path(head_path).with_suffix(MODEL_FORMATS[fmt][0])
+    check_output(target, {"the head": head_path}, replaces=("zip", "data"), force=force)
     from ..heads.export import export_model as run_export
     from ..inference import backbone_for
 
     head, card, emb = _head_and_embedding(head_path, trust)
     bb = backbone_for(emb)
-    target = Path(out) if out else Path(head_path).with_suffix(MODEL_FORMATS[fmt][0])
     run_export(head, bb, target, fmt)
     click.echo(f"wrote {target}: input (N, {', '.join(map(str, bb.preprocess.get('input_size', [])))}) "
                f"preprocessed images, output (N, {len(head.classes_)}) scores for {card.get('classes')}; "

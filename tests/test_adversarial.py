@@ -1,0 +1,102 @@
+"""Adversarial inputs and outputs: each test is something a user (or an attacker) did that used to destroy an
+input, run code or give a silently wrong result; each now gets one clear line (exit 2 before any work, or 1) or a
+correct result. Add a case here for every new way found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import TINY
+from featx.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line(result, status: int) -> str:
+    assert result.exit_code == status, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("featx: error: "), result.stderr
+    return lines[0]
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A folder of real pictures, its cache and a fitted logreg head with its card (made once for the module)."""
+    from conftest import make_folder
+
+    root = tmp_path_factory.mktemp("adv")
+    data = make_folder(root / "shapes")
+    cache = root / "c.h5"
+    assert run("-q", "extract", "--data", data, "--backbone", TINY, "--weights", "none", "--out", cache,
+               "--no-progress").exit_code == 0
+    head = root / "lr.skops"
+    assert run("-q", "fit", cache, "--head", "logreg", "--no-baselines", "--out", head).exit_code == 0
+    return root, data, cache, head
+
+
+# -- outputs never destroy inputs --------------------------------------------------------------------------------
+
+def test_fit_never_writes_over_its_cache(fitted):
+    root, _, cache, _ = fitted
+    before = digest(cache)
+    msg = one_line(run("fit", cache, "--head", "logreg", "--no-baselines", "-o", cache), 2)
+    assert f"{cache} is the cache {cache}: writing there would destroy it" in msg and msg.startswith("featx: error: --out")
+    # nor over the cache's stored baseline features
+    assert "its baseline features" in one_line(run("fit", cache, "--head", "logreg", "--no-baselines", "-o",
+                                                   root / "c.baselines.npz"), 2)
+    assert digest(cache) == before
+
+
+def test_audit_manifest_never_replaces_the_cache_or_an_image(fitted):
+    root, data, cache, _ = fitted
+    image = next(data.rglob("*.png"))
+    before = {p: digest(p) for p in (cache, image)}
+    assert "is the cache" in one_line(run("audit", cache, "-o", root / "a", "--write-manifest", cache), 2)
+    msg = one_line(run("audit", cache, "-o", root / "a", "--write-manifest", image, "--no-pixels"), 2)
+    assert "exists and is an image" in msg
+    assert {p: digest(p) for p in before} == before
+    assert not (root / "a").exists(), "refused before any work: no report written"
+
+
+def test_predict_and_export_model_never_replace_the_head_or_its_card(fitted):
+    root, data, _, head = fitted
+    card = head.with_suffix(".json")
+    before = {p: digest(p) for p in (head, card)}
+    image = next(data.rglob("*.png"))
+    assert "(its card)" in one_line(run("predict", "-F", head, image, "-o", card), 2)
+    assert f"{head} is the head {head}" in one_line(run("export-model", "-F", head, "-o", head), 2)
+    assert {p: digest(p) for p in before} == before
+
+
+def test_extract_out_never_replaces_another_kind_of_file(fitted, tmp_path):
+    _, data, _, _ = fitted
+    copy = shutil.copytree(data, tmp_path / "shapes")
+    image = next(copy.rglob("*.jpg"))
+    before = digest(image)
+    msg = one_line(run("extract", "--data", copy, "--backbone", TINY, "--weights", "none", "--out", image), 2)
+    assert "exists and is an image" in msg and digest(image) == before
+
+
+def test_export_replaces_its_own_output_and_nothing_else(fitted):
+    root, _, cache, _ = fitted
+    out = root / "x.npz"
+    assert run("export", cache, "-o", out).exit_code == 0
+    again = run("export", cache, "-o", out)  # used to fail: "Directory ... is a file"
+    assert again.exit_code == 0, again.output
+    notes = root / "notes.txt"
+    notes.write_text("mine\n")
+    assert "exists and is a text file" in one_line(run("export", cache, "-o", notes), 2)
+    assert notes.read_text() == "mine\n"
+    assert run("export", cache, "-o", notes, "--force").exit_code == 0, "--force: the user asked for it"
+    assert open(notes, "rb").read(4) == b"PK\x03\x04", "the export replaced the text file"
