@@ -6,6 +6,7 @@ correct result. Add a case here for every new way found.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 
 import pytest
@@ -100,3 +101,41 @@ def test_export_replaces_its_own_output_and_nothing_else(fitted):
     assert notes.read_text() == "mine\n"
     assert run("export", cache, "-o", notes, "--force").exit_code == 0, "--force: the user asked for it"
     assert open(notes, "rb").read(4) == b"PK\x03\x04", "the export replaced the text file"
+
+
+# -- saved heads are checked before anything is inflated ----------------------------------------------------------
+
+def _bomb(head, target, megabytes: int):
+    """``head``'s skops archive plus one entry of ``megabytes`` MB of zeros (deflated to a few hundred KB), with a
+    card whose sha256 matches: what an attacker would ship."""
+    import zipfile
+
+    with zipfile.ZipFile(head) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        with dst.open("bomb.npy", "w", force_zip64=True) as f:
+            block = bytes(1 << 20)
+            for _ in range(megabytes):
+                f.write(block)
+    card = json.loads(head.with_suffix(".json").read_text())
+    card["head_sha256"] = digest(target)
+    target.with_suffix(".json").write_text(json.dumps(card))
+    return target
+
+
+def test_a_decompression_bomb_is_refused_before_it_inflates(fitted, tmp_path):
+    import time
+
+    from featx import FeatxError, load_head
+
+    _, data, _, head = fitted
+    bomb = _bomb(head, tmp_path / "bomb.skops", 300)
+    assert bomb.stat().st_size < 2 << 20
+    t0 = time.perf_counter()
+    with pytest.raises(FeatxError, match="decompression bomb"):
+        load_head(bomb)
+    assert time.perf_counter() - t0 < 1.0
+    msg = one_line(run("predict", "-F", bomb, next(data.rglob("*.png"))), 1)
+    assert "inflates" in msg and "not loaded" in msg
+    est, card = load_head(head)  # the real head still loads
+    assert card["head"] == "logreg" and hasattr(est, "predict")

@@ -24,7 +24,7 @@ from ..util import atomic_write, file_sha256, first_line
 from ..version import __version__
 
 __all__ = ["HEAD_SUFFIX", "TRUSTED_TYPES", "card_path", "default_head_path", "save_head",
-           "update_card", "load_head"]
+           "update_card", "load_head", "check_archive"]
 
 log = logging.getLogger("featx")
 
@@ -116,6 +116,52 @@ def update_card(card_file, **fields) -> None:
         tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 
 
+#: The most a head file's entries may inflate to, relative to their compressed size, once above
+#: :data:`RATIO_FLOOR` bytes: fitted float arrays compress barely (1.0-1.2x; a k-NN head's ReLU features 2-4x); a
+#: decompression bomb (long runs of one byte) compresses 1000x and more.
+MAX_RATIO = 100
+RATIO_FLOOR = 1 << 20
+#: The most entries a head file may hold (a head has tens).
+MAX_ENTRIES = 10_000
+
+
+def head_budget(card: dict | None) -> int | None:
+    """The most bytes a head of its card's shape can need once inflated: every training row and a few thousand more
+    rows of the feature dimension, in float64, twice over (a k-NN head keeps its training rows), plus 64 MiB;
+    ``None`` without a card that says the shape."""
+    if not card:
+        return None
+    try:
+        rows = int(card.get("n_train") or 0) + 4096
+        dim = int((card.get("embedding") or {}).get("feature_dim") or 0) + 16
+    except (TypeError, ValueError):
+        return None
+    return 2 * rows * dim * 8 + (64 << 20) if dim > 16 else None
+
+
+def check_archive(path, card: dict | None = None) -> None:
+    """Refuse a head file whose zip directory says it inflates to more than a head needs (:func:`head_budget`),
+    or an entry that inflates more than :data:`MAX_RATIO` times: read from the directory alone, before anything
+    is decompressed (zipfile stops an entry at its declared size)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise FeatxError(f"head {path} is not a readable skops file ({first_line(exc)})") from None
+    if len(infos) > MAX_ENTRIES:
+        raise FeatxError(f"head {path} holds {len(infos)} entries, more than a head has: not loaded")
+    for info in infos:
+        if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise FeatxError(f"head {path}: entry {info.filename!r} inflates {info.compress_size} bytes to "
+                             f"{info.file_size} (over {MAX_RATIO}x: a decompression bomb?): not loaded")
+    total, budget = sum(i.file_size for i in infos), head_budget(card)
+    if budget is not None and total > budget:
+        raise FeatxError(f"head {path} inflates to {total} bytes, more than a head of {card.get('n_train')} rows x "
+                         f"{card['embedding'].get('feature_dim')} features can need ({budget}): not loaded")
+
+
 def load_head(path, *, trust: bool = False):
     """Load a head saved by ``featx fit``, and its card. Returns ``(estimator, card)``.
 
@@ -140,6 +186,7 @@ def load_head(path, *, trust: bool = False):
         raise FeatxError(f"head {path} has a card {cp} that cannot be read ({exc})") from None
     if magic != _ZIP_MAGIC:
         return _load_pickle(path, trust), card or {}
+    check_archive(path, card)  # sizes from the zip's directory: a decompression bomb is refused before inflating
     if card is not None and not trust and file_sha256(path) != card.get("head_sha256"):
         raise FeatxError(f"head {path} does not match its card {cp.name} (sha256): it was changed after "
                          "`featx fit`; refit it, or pass --trust to load it anyway")
