@@ -93,6 +93,8 @@ def existing_file(path: str | None, what: str, hint: str = "") -> Path | None:
         raise FeatxUsageError(f"{what} {path} does not exist{hint}")
     if p.is_dir():
         raise FeatxUsageError(f"{what} {path} is a folder, not a file")
+    if not p.is_file():  # a FIFO would block the reader forever; a device is no input
+        raise FeatxUsageError(f"{what} {path} is not a regular file")
     return p
 
 

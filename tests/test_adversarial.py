@@ -139,3 +139,75 @@ def test_a_decompression_bomb_is_refused_before_it_inflates(fitted, tmp_path):
     assert "inflates" in msg and "not loaded" in msg
     est, card = load_head(head)  # the real head still loads
     assert card["head"] == "logreg" and hasattr(est, "predict")
+
+
+# -- caches are validated when opened ------------------------------------------------------------------------------
+
+def _tampered(cache, tmp_path, change):
+    import h5py
+
+    out = tmp_path / "t.h5"
+    shutil.copy(cache, out)
+    with h5py.File(out, "r+") as f:
+        change(f)
+    return out
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda f: f["train"].attrs.__setitem__("n_committed", 10**12), "committed rows but arrays"),
+    (lambda f: f["train"]["labels"].resize((5,)), "committed rows but arrays"),
+    (lambda f: f["train"]["labels"].__setitem__(0, 99), "labels outside -1..2"),
+    (lambda f: f.attrs.__delitem__("feature_dim"), "'feature_dim' is missing"),
+    (lambda f: f.attrs.__setitem__("cache_key", 7), "'cache_key' is not str"),
+], ids=["huge-count", "short-labels", "label-99", "no-dim", "key-type"])
+def test_a_tampered_cache_is_one_line_in_every_command(fitted, tmp_path, change, words):
+    _, _, cache, _ = fitted
+    bad = _tampered(cache, tmp_path, change)
+    for args in (["info", bad], ["fit", bad, "--head", "knn", "--no-baselines", "-o", tmp_path / "h.skops"],
+                 ["export", bad, "-o", tmp_path / "x.npz"], ["audit", bad, "-o", tmp_path / "a", "--no-pixels"],
+                 ["adapt", bad, bad, "-o", tmp_path / "ad"]):
+        msg = one_line(run(*args), 1)
+        assert "damaged or not a featx cache" in msg and words in msg, (args[0], msg)
+    assert not (tmp_path / "x.npz").exists() and not (tmp_path / "h.skops").exists()
+
+
+def test_a_sparse_feature_dataset_is_refused_without_reading_it(tmp_path):
+    import time
+
+    import h5py
+    import numpy as np
+
+    from featx import FeatxError, open_features
+    from featx.cache.writer import FeatureWriter
+
+    path = tmp_path / "s.h5"
+    with FeatureWriter(path, attrs={"cache_key": "k", "backbone": "b"}, classes=["a", "b"],
+                       split_sizes={"train": 2}, feature_dim=4) as w:
+        w.append("train", np.ones((2, 4), np.float32), np.array([0, 1]), ["x", "y"])
+        w.finalize()
+    with h5py.File(path, "r+") as f:  # claim 10^8 rows that were never written
+        for name in ("features", "labels", "ids", "fingerprints"):
+            f["train"][name].resize((10**8, *f["train"][name].shape[1:]))
+        f["train"].attrs["n_committed"] = 10**8
+    t0 = time.perf_counter()
+    with pytest.raises(FeatxError, match="bytes were ever written"):
+        open_features(path)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_a_nan_row_is_reported_not_dropped(fitted, tmp_path, monkeypatch):
+    import numpy as np
+
+    _, data, cache, _ = fitted
+    bad = _tampered(cache, tmp_path, lambda f: f["train"]["features"].__setitem__(0, np.full(
+        f["train"]["features"].shape[1], np.nan, np.float32)))
+    msg = one_line(run("neighbors", bad, next(data.rglob("*.png"))), 1)
+    assert "1 row(s) of train have NaN or infinite features" in msg
+
+
+def test_a_fifo_is_not_opened(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.h5"
+    os.mkfifo(fifo)
+    assert "is not a regular file" in one_line(run("info", fifo), 2)

@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from ..errors import FeatxError, FeatxUsageError
+from ..util import first_line
 from .spec import SCHEMA_VERSION
 
 __all__ = [
@@ -81,10 +82,15 @@ class SplitView:
     def _read(self, key: str, sel=slice(None)):
         try:
             with _open_read(self.path) as f:
-                return f[self.name][key][sel]
+                out = f[self.name][key][sel]
         except (OSError, KeyError, ValueError) as exc:
             raise FeatxError(f"cache {self.path} is damaged: {self.name}/{key} cannot be read "
                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); extract it again") from None
+        if key == "features" and out.size and not np.isfinite(out).all():  # a NaN row would vanish from a search
+            bad = int((~np.isfinite(out).all(axis=1)).sum())
+            raise FeatxError(f"cache {self.path} is damaged: {bad} row(s) of {self.name} have NaN or infinite features; "
+                             "extract it again")
+        return out
 
     def __len__(self) -> int:
         with _open_read(self.path) as f:
@@ -237,6 +243,41 @@ def read_meta(f: h5py.File) -> dict:
     return meta
 
 
+#: Root attributes every featx cache has, and their types.
+REQUIRED_ATTRS = {"schema_version": int, "cache_key": str, "backbone": str, "feature_dim": int}
+
+
+def _layout_problem(f: h5py.File, meta: dict, classes: tuple, splits: tuple, *, complete: bool) -> str:
+    """What is wrong with an open cache's layout, in a few words ("" when nothing is): attributes missing or of the
+    wrong type, arrays of different lengths or shapes, counts beyond the arrays, labels outside the classes,
+    features never written (a sparse dataset). Reads the labels; never the features."""
+    for key, kind in REQUIRED_ATTRS.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            return f"root attribute {key!r} is {'missing' if key not in meta else 'not ' + kind.__name__}"
+    dim = meta["feature_dim"]
+    if dim < 1 or not all(isinstance(c, str) for c in classes):
+        return "feature_dim or class names are not valid"
+    for s in splits:
+        g = f[s]
+        feats, n = g["features"], g.attrs["n_committed"]
+        if feats.ndim != 2 or feats.shape[1] != dim or feats.dtype.kind != "f":
+            return f"{s}/features has shape {feats.shape} ({feats.dtype}), not (N, {dim}) floats"
+        lengths = {name: g[name].shape[0] for name in ("features", "labels", "ids", "fingerprints") if name in g}
+        if not 0 <= int(n) <= min(lengths.values()) or (complete and len(set(lengths.values())) > 1):
+            return f"{s} holds {n} committed rows but arrays of {lengths}"
+        if complete and int(n) != lengths["features"]:
+            return f"{s} holds {n} committed rows of {lengths['features']}"
+        for name in ("features", "labels") if complete else ():  # before reading: a sparse array reads as zeros
+            per_row = dim if name == "features" else 1
+            written, needed = g[name].id.get_storage_size(), int(n) * per_row * g[name].dtype.itemsize
+            if written < needed // 2:
+                return f"{s}/{name}: {written} of {needed} bytes were ever written"
+        labels = g["labels"][: int(n)]
+        if len(labels) and (labels.min() < -1 or labels.max() >= len(classes)):
+            return f"{s} has labels outside -1..{len(classes) - 1} ({int(labels.min())}..{int(labels.max())})"
+    return ""
+
+
 def open_features(path: str | os.PathLike, *, allow_incomplete: bool = False) -> FeatureSet:
     """Open a cache written by featx.
 
@@ -253,15 +294,18 @@ def open_features(path: str | os.PathLike, *, allow_incomplete: bool = False) ->
         if partial_path(path).exists():
             hint = " (an unfinished extraction exists next to it; run the extraction again to finish it)"
         raise FeatxUsageError(f"cache {path} does not exist{hint}")
+    if not path.is_file():  # a folder, a FIFO (opening it would block forever), a device
+        raise FeatxUsageError(f"cache {path} is not a regular file")
     try:
         with _open_read(path) as f:
             meta = read_meta(f)
             classes = tuple(_decode(c) for c in f["classes"][()])
             splits = tuple(k for k in f.keys() if k != "classes")
-            for s in splits:
-                f[s]["features"].shape, f[s].attrs["n_committed"]  # noqa: B018 - probe layout
-    except (OSError, KeyError, ValueError) as exc:
-        raise FeatxError(f"cache {path} is damaged or not a featx cache ({exc})") from exc
+            problem = _layout_problem(f, meta, classes, splits, complete=not allow_incomplete)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise FeatxError(f"cache {path} is damaged or not a featx cache ({first_line(exc)})") from exc
+    if problem:
+        raise FeatxError(f"cache {path} is damaged or not a featx cache ({problem}); extract it again")
     version = meta.get("schema_version")
     if version is None or int(version) > SCHEMA_VERSION:
         raise FeatxError(f"cache {path} has schema version {version}; this featx reads up to {SCHEMA_VERSION}")
