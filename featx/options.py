@@ -100,6 +100,8 @@ METRICS: dict[str, str] = {
 }
 
 DEVICE_HELP = "cpu, cuda or cuda:N"
+#: The most DataLoader worker processes an extraction may start: 4 per core (each decodes; more only thrash).
+MAX_WORKERS = 4 * (os.cpu_count() or 1)
 #: Folds of the stratified cross-validation used where a cache has no val split (grid, audit, rank, adapt).
 CV_FOLDS = 5
 #: Labelled train items ``featx rank`` scores every candidate on (a stratified sample).
@@ -260,9 +262,10 @@ class ExtractOptions(_Options):
 
     batch_size: int = setting(16, "Images per forward pass (default 16, fastest for small CNNs on 2 CPU cores).",
                               table="extract", kind=int, check=lambda v: v >= 1, what="a positive number of images")
-    workers: int = setting(-1, "DataLoader worker processes decoding images; -1 = automatic (default).",
-                           table="extract", kind=int, check=lambda v: v >= -1,
-                           what="-1 (automatic), 0 or a number of worker processes")
+    workers: int = setting(-1, f"DataLoader worker processes decoding images; -1 = automatic (default); at most "
+                           f"{MAX_WORKERS} (4 per core here).", table="extract", kind=int,
+                           check=lambda v: -1 <= v <= MAX_WORKERS,
+                           what=f"-1 (automatic), 0 or a number of worker processes up to {MAX_WORKERS}")
     device: str = setting("cpu", f"{DEVICE_HELP} (default cpu).", table="extract", kind=str,
                           check=_device_verdict, what=DEVICE_HELP)
     precision: str = setting("fp32", "Numeric precision of the forward pass (default fp32: equals a plain torchvision "

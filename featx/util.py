@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 __all__ = ["OFFLINE_ENV", "offline", "first_line", "did_you_mean", "atomic_write", "file_sha256", "softmax",
-           "l2_normalise", "existing_file", "FILE_KINDS", "file_kind", "companions", "check_output"]
+           "l2_normalise", "existing_file", "FILE_KINDS", "file_kind", "companions", "check_output", "printable"]
 
 #: Environment variable that forbids any download of weights or data (also set by ``--offline``).
 OFFLINE_ENV = "FEATX_OFFLINE"
@@ -168,3 +168,11 @@ def _same_file(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
         return os.path.samefile(a, b)
     return a.resolve() == b.resolve()
+
+
+def printable(text) -> str:
+    """``text`` with control characters (ESC, CR, BEL, C1 ...) shown as escapes (``\\x1b``), newlines and tabs
+    kept: class names, ids and file names a user shares can never drive the terminal."""
+    import unicodedata
+
+    return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in str(text))

@@ -211,3 +211,45 @@ def test_a_fifo_is_not_opened(tmp_path):
     fifo = tmp_path / "pipe.h5"
     os.mkfifo(fifo)
     assert "is not a regular file" in one_line(run("info", fifo), 2)
+
+
+# -- what featx prints cannot drive the terminal; nothing readable is a failure --------------------------------------
+
+def test_control_characters_in_names_are_escaped(tmp_path):
+    from conftest import make_folder
+
+    data = make_folder(tmp_path / "d", per_class=6)
+    evil = "evil\x1b]0;pwned\x07"
+    (data / "circle").rename(data / evil)
+    cache = tmp_path / "c.h5"
+    result = run("extract", "--data", data, "--backbone", TINY, "--weights", "none", "--out", cache)
+    assert result.exit_code == 0, result.output
+    info = run("info", cache)
+    assert info.exit_code == 0 and "\x1b" not in info.output + info.stderr and "\x07" not in info.output
+    assert "evil\\x1b]0;pwned\\x07" in info.output
+    neighbors = run("neighbors", cache, next((data / evil).glob("*.png")))
+    assert neighbors.exit_code == 0 and "\x1b" not in neighbors.output + neighbors.stderr
+
+
+def test_all_images_unreadable_is_a_failure_that_writes_nothing(fitted, tmp_path):
+    _, _, cache, head = fitted
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    out = tmp_path / "p.json"
+    msg = one_line(run("predict", "-F", head, broken, "-o", out), 1)
+    assert "none of the 1 image(s) could be read" in msg and not out.exists()
+    assert "none of the 1 image(s) could be read" in one_line(run("neighbors", cache, broken), 1)
+
+
+# -- usage errors come before any work -------------------------------------------------------------------------------
+
+def test_usage_errors_before_any_work(fitted, tmp_path):
+    _, data, cache, _ = fitted
+    msg = one_line(run("rank", "--data", data, "--backbones", f"{TINY}:none,resnet5", "--cache-dir", tmp_path / "c",
+                       "--out", tmp_path / "r", "--no-progress"), 2)
+    assert "unknown backbone 'resnet5'" in msg
+    assert not (tmp_path / "c").exists(), "no candidate was extracted before the refusal"
+    assert "0 runs nothing" in one_line(run("grid", cache, "--jobs", "0", "--out", tmp_path / "g"), 2)
+    assert not (tmp_path / "g").exists()
+    assert "worker processes up to" in one_line(run("extract", "--data", data, "--workers", "10000",
+                                                    "--out", tmp_path / "x.h5"), 2)

@@ -185,10 +185,25 @@ def test_usage_errors_exit_2_with_one_line_and_write_nothing(command, tmp_path, 
 
 def test_failed_runs_exit_1(tmp_path):
     """The other half of the rule: the arguments were fine, the run failed (a file that is not a cache)."""
-    bad = tmp_path / "not-a-cache.h5"
-    bad.write_bytes(b"not hdf5 at all")
+    bad = tmp_path / "torn.h5"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"torn after its signature" * 10)
     for args in (["info", bad], ["fit", bad, "--head", "logreg"], ["export", bad]):
         assert "damaged or not a featx cache" in one_line_error(run(*args), status=1)
+
+
+def test_a_file_of_another_kind_is_a_usage_error(tmp_path):
+    """A head, a picture or a text file given where a cache goes (and a cache where a head goes): exit 2."""
+    text = tmp_path / "notes.h5"
+    text.write_bytes(b"not hdf5 at all")
+    zipped = tmp_path / "head.h5"
+    zipped.write_bytes(b"PK\x03\x04" + bytes(100))
+    for path, kind in ((text, "a text file"), (zipped, "a zip archive")):
+        for args in (["info", path], ["fit", path, "--head", "logreg"], ["export", path]):
+            assert f"is not a featx cache: it is {kind}" in one_line_error(run(*args), status=2)
+    cache = tmp_path / "c.skops"
+    cache.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    (tmp_path / "x.jpg").write_bytes(b"")
+    assert "is not a head: it is an HDF5 file" in one_line_error(run("predict", "-F", cache, tmp_path / "x.jpg"), 2)
 
 
 def test_same_flags_for_the_same_meaning():

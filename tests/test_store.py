@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from featx import FeatxError, open_features
+from featx import FeatxError, FeatxUsageError, open_features
 from featx.cache.store import SCHEMA_VERSION, partial_path
 from featx.cache.writer import FeatureWriter
 
@@ -114,9 +114,13 @@ def test_partial_of_another_key_is_moved_aside_not_reused(tmp_path):
 
 def test_damaged_file_is_reported_in_one_line(tmp_path):
     bad = tmp_path / "bad.h5"
-    bad.write_bytes(b"not hdf5 at all" * 100)
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"torn after its signature" * 100)
     with pytest.raises(FeatxError, match="damaged or not a featx cache"):
         open_features(bad)
+    other = tmp_path / "notes.h5"
+    other.write_bytes(b"not hdf5 at all" * 100)
+    with pytest.raises(FeatxUsageError, match="is not a featx cache: it is a text file"):
+        open_features(other)
 
 
 def test_second_writer_on_the_same_cache_is_refused(tmp_path):

@@ -21,8 +21,9 @@ from ..data.decoding import RGBTransform, preprocess_record
 from ..errors import FeatxError, FeatxUsageError
 from ..util import did_you_mean
 from . import torchvision_models
+from .loading import is_file_spec
 
-__all__ = ["EXTRA_BACKBONES", "Backbone", "BackboneInfo", "load_backbone", "list_backbones", "parse_backbone"]
+__all__ = ["EXTRA_BACKBONES", "Backbone", "BackboneInfo", "check_backbone", "load_backbone", "list_backbones", "parse_backbone"]
 
 #: Backbones that are not torchvision models: name -> what it is (see featx/backbones/timm_models.py).
 EXTRA_BACKBONES = {
@@ -110,6 +111,16 @@ def _at_layer(model: nn.Module, layer: str, preset) -> tuple[nn.Module, int]:
     with torch.inference_mode():
         dim = pooled(torch.zeros(1, 3, crop, crop)).shape[1]
     return pooled, int(dim)
+
+
+def check_backbone(spec: str, weights: str | None = None) -> None:
+    """A usage error when ``spec`` (with ``weights``) names no backbone or weights featx knows -- checked from the
+    registries alone, without building a model (``featx rank`` checks every candidate before extracting any)."""
+    if spec.startswith("timm:") or spec in EXTRA_BACKBONES:
+        return  # timm's names are checked when timm loads them; the embedded ones are known
+    name, weights_name = parse_backbone(spec, weights)
+    if not is_file_spec(weights_name):
+        torchvision_models.resolve_weights(name, weights_name, other_names=EXTRA_BACKBONES)
 
 
 def load_backbone(spec: str, weights: str | None = None, *, device: str | torch.device = "cpu",

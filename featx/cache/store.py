@@ -33,7 +33,7 @@ import h5py
 import numpy as np
 
 from ..errors import FeatxError, FeatxUsageError
-from ..util import first_line
+from ..util import FILE_KINDS, file_kind, first_line
 from .spec import SCHEMA_VERSION
 
 __all__ = [
@@ -296,6 +296,9 @@ def open_features(path: str | os.PathLike, *, allow_incomplete: bool = False) ->
         raise FeatxUsageError(f"cache {path} does not exist{hint}")
     if not path.is_file():  # a folder, a FIFO (opening it would block forever), a device
         raise FeatxUsageError(f"cache {path} is not a regular file")
+    kind = file_kind(path)
+    if kind != "hdf5":  # a head, an image, a CSV given where a cache goes: a usage error, not a damaged cache
+        raise FeatxUsageError(f"{path} is not a featx cache: it is {FILE_KINDS[kind]}")
     try:
         with _open_read(path) as f:
             meta = read_meta(f)

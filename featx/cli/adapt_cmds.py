@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .base import existing_file, out_option
+from .base import echo, existing_file, out_option
 
 __all__ = ["adapt"]
 
@@ -54,10 +54,10 @@ def adapt(source_cache, target_cache, head_name, params, methods, target_shots, 
     save_adapted_heads(record, heads, out_dir)
     for r in record["methods"]:
         t = r.get("target")
-        click.echo(f"{r['method']:<12} target top-1 {t['top1']:.4f} ({r['gain_over_source_only']:+.4f} vs none); "
+        echo(f"{r['method']:<12} target top-1 {t['top1']:.4f} ({r['gain_over_source_only']:+.4f} vs none); "
                    f"proxy A-distance {r['proxy_a_distance']:.3f}" if t else
                    f"{r['method']:<12} proxy A-distance {r['proxy_a_distance']:.3f} (target unlabelled)")
     c = record["ceiling"]
-    click.echo(f"proxy A-distance before: {record['proxy_a_distance_before']:.3f}"
+    echo(f"proxy A-distance before: {record['proxy_a_distance_before']:.3f}"
                + (f"; ceiling (target labels): {c['top1']:.4f}" if c else ""))
-    click.echo("wrote " + ", ".join(str(p) for p in paths) + f" and {len(heads)} heads in {out_dir}")
+    echo("wrote " + ", ".join(str(p) for p in paths) + f" and {len(heads)} heads in {out_dir}")

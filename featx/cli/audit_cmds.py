@@ -8,7 +8,7 @@ import click
 
 from ..options import CV_FOLDS, DATASETS_ROOT, INDEXES
 from ..util import check_output
-from .base import existing_file, force_option, out_option, progress_renderer
+from .base import echo, existing_file, force_option, out_option, progress_renderer
 
 __all__ = ["audit"]
 
@@ -59,9 +59,9 @@ def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest,
     out_dir = Path(out) if out else Path("reports") / f"audit-{Path(cache).stem}"
     paths = write_audit_reports(out_dir, record, fs, root=root)
     for line in summary_lines(record):
-        click.echo(line)
-    click.echo("wrote " + ", ".join(str(p) for p in paths))
+        echo(line)
+    echo("wrote " + ", ".join(str(p) for p in paths))
     if manifest:
         written, left_out = write_manifest(record, fs, manifest, relabel=relabel, root=root)
-        click.echo(f"wrote {manifest}: {written} items, {left_out} flagged left out"
+        echo(f"wrote {manifest}: {written} items, {left_out} flagged left out"
                    f"{' or relabelled' if relabel else ''}; featx extract --data {manifest} reads it")

@@ -27,12 +27,18 @@ import click
 
 from ..errors import FeatxError
 from ..options import settings_of
-from ..util import existing_file, first_line
+from ..util import existing_file, first_line, printable
 
 __all__ = ["FeatxGroup", "setting_option", "existing_file", "configure_output", "progress_renderer",
-           "pipeline_option", "trust_option", "out_option", "top_k_option", "force_option"]
+           "pipeline_option", "trust_option", "out_option", "top_k_option", "force_option", "echo"]
 
 log = logging.getLogger("featx")
+
+
+def echo(message="", *, err: bool = False, nl: bool = True) -> None:
+    """``click.echo`` of ``message`` with its control characters escaped (:func:`featx.util.printable`): every line
+    featx prints goes through here, so a class name, id or file name can never drive the terminal."""
+    click.echo(printable(message), err=err, nl=nl)
 
 
 class _Failure(click.ClickException):
@@ -78,13 +84,13 @@ class FeatxGroup(click.Group):
             code = code if isinstance(code, int) else 0
         except click.UsageError as exc:  # click's own: missing/invalid option or argument, unknown command
             path = exc.ctx.command_path if exc.ctx is not None else "featx"
-            click.echo(f"featx: error: {exc.format_message()} (see `{path} --help`)", err=True)
+            echo(f"featx: error: {exc.format_message()} (see `{path} --help`)", err=True)
             code = 2
         except click.ClickException as exc:
-            click.echo(f"featx: error: {exc.format_message()}", err=True)
+            echo(f"featx: error: {exc.format_message()}", err=True)
             code = exc.exit_code
         except (click.Abort, KeyboardInterrupt):
-            click.echo("featx: error: interrupted", err=True)
+            echo("featx: error: interrupted", err=True)
             code = 1
         except BrokenPipeError:  # `featx info x.h5 | head`: the reader left; say nothing more (Python's advice)
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -134,7 +140,7 @@ class _Lines(logging.Handler):
     """featx's messages on stderr, one line each."""
 
     def emit(self, record):
-        click.echo(record.getMessage(), err=True)
+        echo(record.getMessage(), err=True)
 
 
 def configure_output(*, verbose: bool = True) -> None:
@@ -154,7 +160,7 @@ def configure_output(*, verbose: bool = True) -> None:
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     module = Path(filename).parent.name if filename else ""
-    click.echo(f"featx: note ({module or category.__name__}): {first_line(Warning(str(message)))}", err=True)
+    echo(f"featx: note ({module or category.__name__}): {first_line(Warning(str(message)))}", err=True)
 
 
 def progress_renderer(*, enabled: bool = True, every_s: float = 30.0):
@@ -183,7 +189,7 @@ class _Bar:
                 self.bar.__exit__(None, None, None)
             self.bar, self.shown, self.label = None, 0, label
         if self.bar is None:
-            self.bar = click.progressbar(length=total, label=label, show_pos=True, file=sys.stderr)
+            self.bar = click.progressbar(length=total, label=printable(label), show_pos=True, file=sys.stderr)
             self.bar.__enter__()
         self.bar.update(done - self.shown)
         self.shown = done
@@ -204,15 +210,14 @@ class _SteadyLines:
             self.t0, self.label = None, label
         if self.t0 is None:
             self.t0, self.last, self.first_done = now, now, done
-            click.echo(f"{label}: {done}/{total} items", err=True)
+            echo(f"{label}: {done}/{total} items", err=True)
             return
         if now - self.last < self.every_s and done < total:
             return
         self.last = now
         rate = (done - self.first_done) / max(now - self.t0, 1e-9)
         left = f", about {(total - done) / rate / 60:.1f} min left" if rate > 0 and done < total else ""
-        click.echo(f"{label}: {done}/{total} items ({100 * done / max(total, 1):.0f}%), {rate:.1f} items/s{left}",
-                   err=True)
+        echo(f"{label}: {done}/{total} items ({100 * done / max(total, 1):.0f}%), {rate:.1f} items/s{left}", err=True)
 
 
 pipeline_option = click.option(

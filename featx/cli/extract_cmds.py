@@ -12,7 +12,7 @@ import click
 from ..pipeline import build_backbone, build_source, experiment
 from ..options import BackboneOptions, ExtractOptions, SourceOptions
 from ..util import OFFLINE_ENV, check_output
-from .base import existing_file, out_option, pipeline_option, progress_renderer, setting_option
+from .base import echo, existing_file, out_option, pipeline_option, progress_renderer, setting_option
 
 log = logging.getLogger("featx")
 
@@ -91,12 +91,12 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
 
     result = run_extract(source, bb, exp.extract, out=out, progress=progress)
     if result.reused:
-        click.echo(f"reusing {result.path} (cache key {result.cache_key} matches; nothing to recompute)")
+        echo(f"reusing {result.path} (cache key {result.cache_key} matches; nothing to recompute)")
         return
     skipped = f", {result.n_skipped} skipped (see `featx info`)" if result.n_skipped else ""
     o = exp.extract
     reused = "".join(f"reused {r['rows']} rows from {r['path']}, " for r in result.reused_from)
-    click.echo(
+    echo(
         f"wrote {result.path}: {result.n_items} items{skipped}; {reused}{'embedded ' if reused else ''}"
         f"{result.n_new} new in {result.seconds:.1f} s "
         f"= {result.images_per_s:.1f} images/s ({bb.name}, {o.precision}, {o.device}, batch {o.batch_size}"
@@ -115,22 +115,22 @@ def _extract_sharded(source, bb, options, *, out, rank: int, world: int, progres
 
     if "MASTER_ADDR" not in os.environ:  # RANK/WORLD_SIZE set by hand (batch jobs): no group, no merge
         result = run_extract(source, bb, options, out=out, progress=progress, shard=(rank, world))
-        click.echo(f"shard {rank} of {world} complete: {result.path}; run `featx merge` once every shard is")
+        echo(f"shard {rank} of {world} complete: {result.path}; run `featx merge` once every shard is")
         return
     init_distributed(options.device)
     try:
         result = run_extract(source, bb, options, out=out, progress=progress, shard=(rank, world))
         final = Path(out) if out else cache_path(options.cache_dir, source.name, bb.name, result.cache_key)
         if not result.reused:
-            click.echo(f"[rank {rank}/{world}] wrote {result.path}: {result.n_new} new items in {result.seconds:.1f} s "
+            echo(f"[rank {rank}/{world}] wrote {result.path}: {result.n_new} new items in {result.seconds:.1f} s "
                        f"= {result.images_per_s:.1f} images/s", err=True)
         dist.barrier()  # every shard is complete past this line
         if rank == 0:
             if final.exists():
-                click.echo(f"reusing {final} (cache key {result.cache_key} matches; nothing to recompute)")
+                echo(f"reusing {final} (cache key {result.cache_key} matches; nothing to recompute)")
             else:
                 merge_shards(final, world=world, key=result.cache_key)
-                click.echo(f"wrote {final}: merged {world} shards")
+                echo(f"wrote {final}: merged {world} shards")
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -149,4 +149,4 @@ def merge(cache, world):
     from ..cache.shards import merge_shards
 
     path = merge_shards(cache, world=world)
-    click.echo(f"wrote {path}")
+    echo(f"wrote {path}")

@@ -13,7 +13,7 @@ from ..errors import FeatxError, FeatxUsageError
 from ..options import (CLASS_WEIGHTS, CV_FOLDS, DATASETS_ROOT, GRID_BACKENDS, METRICS, RANK_SAMPLE, REPORT_FORMATS,
                        ExtractOptions, SourceOptions)
 from ..util import check_output
-from .base import existing_file, force_option, out_option, pipeline_option, progress_renderer, setting_option
+from .base import echo, existing_file, force_option, out_option, pipeline_option, progress_renderer, setting_option
 from ..pipeline import check_cache_exists, experiment, resolve_cache
 
 __all__ = ["fit", "grid", "report", "rank"]
@@ -71,18 +71,18 @@ def fit(cache, pipeline, head_name, params, out, baselines, limit, force):
         check_output(card_path(out), {"the cache": path}, replaces=("text",), force=force)
     result = fit_head(head_name, head, path, out=out)
     shown = {k: v for k, v in result.params.items() if k in HEADS[head_name].key_params}
-    click.echo(f"{head_name}: fit {result.fit_seconds:.1f} s on {result.n_train} x {result.n_features} "
+    echo(f"{head_name}: fit {result.fit_seconds:.1f} s on {result.n_train} x {result.n_features} "
                f"({result.n_classes} classes); {', '.join(f'{k}={v!r}' for k, v in shown.items())}")
-    click.echo(f"{'split':<6} {'n':>6} " + " ".join(f"{m:>14}" for m in METRICS))
+    echo(f"{'split':<6} {'n':>6} " + " ".join(f"{m:>14}" for m in METRICS))
     for split, m in result.metrics.items():
         if m:
-            click.echo(f"{split:<6} {m['n']:>6} " + " ".join(f"{m[k]:>14.4f}" for k in METRICS))
+            echo(f"{split:<6} {m['n']:>6} " + " ".join(f"{m[k]:>14.4f}" for k in METRICS))
     cal = result.calibration
     if cal:
         ece = (f"; test ECE {cal['test_ece']:.4f} -> {cal['test_ece_calibrated']:.4f}" if "test_ece" in cal else "")
-        click.echo(f"calibration: temperature {cal['temperature']:.4g} fitted on {cal['val_rows']} val rows{ece} "
+        echo(f"calibration: temperature {cal['temperature']:.4g} fitted on {cal['val_rows']} val rows{ece} "
                    "(featx predict applies it)")
-    click.echo(f"saved {result.head_path} and {result.card_path}")
+    echo(f"saved {result.head_path} and {result.card_path}")
     if baselines:
         _fit_baselines(head_name, overrides, path, exp if pipeline else None, result.card_path)
 
@@ -120,14 +120,14 @@ def _fit_baselines(head_name: str, params: dict, path: Path, exp, card_file) -> 
         fs = open_features(path)
         b = run_baselines(fs, head_name, params, **_baseline_places(path, exp, fs))
     except FeatxError as exc:
-        click.echo(f"featx: note: baselines skipped: {exc}", err=True)
+        echo(f"featx: note: baselines skipped: {exc}", err=True)
         update_card(card_file, baselines={"skipped": str(exc)})
         return
-    click.echo(f"baselines ({b['n_train']} train / {b['n_test']} test items): pretrained {b['pretrained']:.4f}, "
+    echo(f"baselines ({b['n_train']} train / {b['n_test']} test items): pretrained {b['pretrained']:.4f}, "
                f"random-init {b['random_init']:.4f}, raw pixels {b['raw_pixels']:.4f}; transfer gain "
                f"{b['transfer_gain']:+.4f} ± {b['transfer_gain_se']:.4f}")
     if b["warning"]:
-        click.echo(f"featx: {b['warning']}", err=True)
+        echo(f"featx: {b['warning']}", err=True)
     update_card(card_file, baselines=b)
 
 
@@ -148,6 +148,13 @@ def _grid_overrides(specs, heads) -> dict:
         for h in targets:
             out.setdefault(h, {})[param] = parsed
     return out
+
+
+def _jobs(jobs: int) -> int:
+    """joblib's ``n_jobs``: a positive count, or -1 / -2 ... for all cores / all but one; 0 means nothing."""
+    if jobs == 0:
+        raise click.BadParameter("0 runs nothing: give a number of parallel fits, or -1 for all cores")
+    return jobs
 
 
 def _shots(shots: str | None) -> list[int]:
@@ -171,7 +178,7 @@ def _shots(shots: str | None) -> list[int]:
               help="Replace one parameter's grid, e.g. logreg.C=0.01,0.1,1 (repeatable; wins over the pipeline's [grid.HEAD]).")
 @click.option("--metric", type=click.Choice(list(METRICS)), default="top1",
               show_default=True, help="Score that selects the best grid point on the validation split.")
-@click.option("--jobs", "-j", type=int, default=-1, show_default=True,
+@click.option("--jobs", "-j", type=int, default=-1, show_default=True, callback=lambda ctx, p, v: _jobs(v),
               help="Parallel fits (joblib n_jobs; -1 = all cores).")
 @click.option("--folds", type=click.IntRange(min=2), default=CV_FOLDS, show_default=True,
               help="k of the stratified k-fold CV used when the cache has no validation split.")
@@ -231,9 +238,9 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
                                   baselines=_grid_baselines(path, exp if pipeline else None) if baselines else None,
                                   progress=progress_renderer(enabled=not no_progress))
     best = max(results["heads"], key=lambda r: r["val_score"])
-    click.echo(f"best head {best['head']}: test top1 {best['test'].get('top1', float('nan')):.4f}; "
+    echo(f"best head {best['head']}: test top1 {best['test'].get('top1', float('nan')):.4f}; "
                f"{time.perf_counter() - t0:.1f} s in all")
-    click.echo("wrote " + ", ".join(str(p) for p in paths))
+    echo("wrote " + ", ".join(str(p) for p in paths))
 
 
 @contextlib.contextmanager
@@ -270,9 +277,9 @@ def report(results, fmt, out):
     if out:
         with atomic_write(out) as tmp:
             tmp.write_text(text, encoding="utf-8")
-        click.echo(f"wrote {out}")
+        echo(f"wrote {out}")
     else:
-        click.echo(text, nl=False)
+        echo(text, nl=False)
 
 
 @click.command()
@@ -300,11 +307,13 @@ def rank(data, root, backbone_list, weights, sample, seed, folds, cache_dir, dev
     does no better than the baselines is flagged as negative transfer. Writes rank.json, report.md and
     report.html.
     """
-    from ..backbones.registry import parse_backbone
+    from ..backbones.registry import check_backbone, parse_backbone
 
     candidates = [parse_backbone(spec, weights) for spec in backbone_list.split(",") if spec.strip()]
     if not candidates:
         raise FeatxUsageError("--backbones: name at least one backbone")
+    for name, w in candidates:  # every candidate checked before the first is extracted
+        check_backbone(name, w)
     exp = experiment(None, data=data, root=root, seed=seed, cache_dir=cache_dir, device=device)
     from ..pipeline import build_source
 
@@ -321,9 +330,9 @@ def rank(data, root, backbone_list, weights, sample, seed, folds, cache_dir, dev
     paths = write_rank_reports(out_dir, record)
     b = record["baselines"]
     for i, r in enumerate(record["candidates"], 1):
-        click.echo(f"{i}. {r['backbone']} {r['weights']}: LogME {r['scores']['logme']:.4f}, probe top-1 "
+        echo(f"{i}. {r['backbone']} {r['weights']}: LogME {r['scores']['logme']:.4f}, probe top-1 "
                    f"{r['probe_top1']:.4f} (gain {r['transfer_gain']:+.4f} ± {r['transfer_gain_se']:.4f})"
                    f"{'  NEGATIVE TRANSFER' if r['negative_transfer'] else ''}")
-    click.echo(f"baselines: random-init {b['random_init']:.4f}, raw pixels {b['raw_pixels']:.4f}; "
+    echo(f"baselines: random-init {b['random_init']:.4f}, raw pixels {b['raw_pixels']:.4f}; "
                f"{record['n_sampled']} items, {record['total_seconds']:.1f} s")
-    click.echo("wrote " + ", ".join(str(p) for p in paths))
+    echo("wrote " + ", ".join(str(p) for p in paths))

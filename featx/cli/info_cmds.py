@@ -6,6 +6,8 @@ import json
 
 import click
 
+from .base import echo
+
 __all__ = ["info", "backbones", "heads"]
 
 
@@ -30,23 +32,23 @@ def info(cache, as_json):
             view.verify()  # every chunk's checksum: a damaged file is an error here, not wrong numbers later
     record = {"path": str(fs.path), **fs.meta, "classes": list(fs.classes), "splits": splits}
     if as_json:
-        click.echo(json.dumps(record, indent=2, default=str))
+        echo(json.dumps(record, indent=2, default=str))
         return
     m = fs.meta
-    click.echo(f"cache          {fs.path}")
-    click.echo(f"complete       {'yes' if m.get('complete') else 'no (unfinished; the next extraction resumes it)'}")
-    click.echo(f"schema         {m.get('schema_version')} (written by featx {m.get('featx_version')}, {m.get('created')})")
-    click.echo(f"cache key      {m.get('cache_key')}")
-    click.echo(f"backbone       {m.get('backbone')} weights {m.get('weights')} ({m.get('feature_dim')}-d, "
+    echo(f"cache          {fs.path}")
+    echo(f"complete       {'yes' if m.get('complete') else 'no (unfinished; the next extraction resumes it)'}")
+    echo(f"schema         {m.get('schema_version')} (written by featx {m.get('featx_version')}, {m.get('created')})")
+    echo(f"cache key      {m.get('cache_key')}")
+    echo(f"backbone       {m.get('backbone')} weights {m.get('weights')} ({m.get('feature_dim')}-d, "
                f"{m.get('layer', 'penultimate')} layer, {m.get('precision')})")
-    click.echo(f"weights sha256 {m.get('weights_sha256') or '-'}")
-    click.echo(f"transform      {json.dumps(m.get('transform'))}")
-    click.echo(f"source         {json.dumps(m.get('source'))}")
-    click.echo(f"classes        {len(fs.classes)}: {', '.join(fs.classes[:10])}{' ...' if len(fs.classes) > 10 else ''}")
+    echo(f"weights sha256 {m.get('weights_sha256') or '-'}")
+    echo(f"transform      {json.dumps(m.get('transform'))}")
+    echo(f"source         {json.dumps(m.get('source'))}")
+    echo(f"classes        {len(fs.classes)}: {', '.join(fs.classes[:10])}{' ...' if len(fs.classes) > 10 else ''}")
     for name, s in splits.items():
-        click.echo(f"split {name:<8} {s['rows']} rows of {s['items']} items, {len(s['skipped'])} skipped")
+        echo(f"split {name:<8} {s['rows']} rows of {s['items']} items, {len(s['skipped'])} skipped")
         for item in s["skipped"][:20]:
-            click.echo(f"    skipped {item['id']}: {item['reason']}")
+            echo(f"    skipped {item['id']}: {item['reason']}")
 
 
 @click.command()
@@ -58,15 +60,15 @@ def backbones(show_all):
     """
     from ..backbones.registry import list_backbones
 
-    click.echo(f"{'name':<22} {'weights':<26} {'dim':>5} {'params':>8} {'top1':>6}  offline")
+    echo(f"{'name':<22} {'weights':<26} {'dim':>5} {'params':>8} {'top1':>6}  offline")
     for row in list_backbones(offline_only=not show_all):
         params = f"{row.params / 1e6:.1f}M" if row.params else "-"
         top1 = f"{row.top1:.1f}" if row.top1 else "-"
         weights = row.weights + (" (default)" if row.is_default else "")
-        click.echo(f"{row.name:<22} {weights:<26} {row.feature_dim:>5} {params:>8} {top1:>6}  "
+        echo(f"{row.name:<22} {weights:<26} {row.feature_dim:>5} {params:>8} {top1:>6}  "
                    f"{'yes' if row.offline else 'no (downloads on first use)'}")
     if not show_all:
-        click.echo("(only weights available offline are listed; --all lists every torchvision backbone)")
+        echo("(only weights available offline are listed; --all lists every torchvision backbone)")
 
 
 @click.command()
@@ -76,6 +78,6 @@ def heads():
 
     for spec in HEADS.values():
         params = head_params(spec.build())
-        click.echo(f"{spec.name:<13} {spec.description}")
-        click.echo(f"{'':<13} {', '.join(f'{k}={params[k]!r}' for k in spec.key_params)}")
-    click.echo("Override any parameter with `featx fit --param NAME=VALUE` (other steps: STEP__NAME=VALUE).")
+        echo(f"{spec.name:<13} {spec.description}")
+        echo(f"{'':<13} {', '.join(f'{k}={params[k]!r}' for k in spec.key_params)}")
+    echo("Override any parameter with `featx fit --param NAME=VALUE` (other steps: STEP__NAME=VALUE).")

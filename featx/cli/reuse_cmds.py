@@ -12,7 +12,7 @@ from ..errors import FeatxError, FeatxUsageError
 from ..options import DEVICE_HELP, EXPORT_FORMATS, ExtractOptions, check_device_name
 from ..heads.export import MODEL_FORMATS
 from ..util import check_output
-from .base import existing_file, force_option, out_option, progress_renderer, top_k_option, trust_option
+from .base import echo, existing_file, force_option, out_option, progress_renderer, top_k_option, trust_option
 
 log = logging.getLogger("featx")
 
@@ -117,17 +117,19 @@ def predict(head_path, old_head, images, top_k, out, batch_size, device, trust, 
 
     X, good, bad = embed_images(bb, paths, device=device, precision=emb.get("precision", "fp32"),
                                 batch_size=batch_size, decoder=emb.get("decoder", "pil"), progress=step)
+    if not good:  # nothing to predict: a failure, and nothing is written
+        raise FeatxError(f"none of the {len(paths)} image(s) could be read ({bad[0][0]}: {bad[0][1]})")
     temperature = (card.get("calibration") or {}).get("temperature")
-    preds = predict_images(head, card.get("classes") or [], X, good, k=top_k, temperature=temperature) if len(good) else []
+    preds = predict_images(head, card.get("classes") or [], X, good, k=top_k, temperature=temperature)
     for p in preds:
         shown = ", ".join(f"{label} {score:.3f}" for label, score in zip(p.labels, p.scores))
-        click.echo(f"{p.path}\t{shown}")
+        echo(f"{p.path}\t{shown}")
     for path, reason in bad:
-        click.echo(f"featx: skipped unreadable image {path}: {reason}", err=True)
+        echo(f"featx: skipped unreadable image {path}: {reason}", err=True)
     if out:
         _write_predictions(Path(out), head_path, preds, bad)
-        click.echo(f"wrote {out}", err=True)
-    click.echo(f"{len(preds)} predicted, {len(bad)} unreadable", err=True)
+        echo(f"wrote {out}", err=True)
+    echo(f"{len(preds)} predicted, {len(bad)} unreadable", err=True)
 
 
 def _write_predictions(out: Path, head_path, preds, bad) -> None:
@@ -173,14 +175,19 @@ def neighbors(cache, images, top_k, splits, device):
         if s not in fs:
             raise FeatxUsageError(f"{cache} has no split {s!r} (it has {', '.join(fs.splits)})")
     bb = backbone_for(fs.meta, device=device)
-    X, good, bad = embed_images(bb, image_paths(images), device=device, precision=fs.meta.get("precision", "fp32"),
+    paths = image_paths(images)
+    if not paths:
+        raise FeatxUsageError("no images found in " + ", ".join(images))
+    X, good, bad = embed_images(bb, paths, device=device, precision=fs.meta.get("precision", "fp32"),
                                 decoder=fs.meta.get("decoder", "pil"))
-    for path, hits in zip(good, nearest(fs, X, top_k, splits=splits or None) if len(good) else []):
-        click.echo(path)
+    if not good:
+        raise FeatxError(f"none of the {len(paths)} image(s) could be read ({bad[0][0]}: {bad[0][1]})")
+    for path, hits in zip(good, nearest(fs, X, top_k, splits=splits or None)):
+        echo(path)
         for h in hits:
-            click.echo(f"  {h.rank:>2}. {h.similarity:.4f}  {h.split}/{h.row}  {h.id}  {h.label}")
+            echo(f"  {h.rank:>2}. {h.similarity:.4f}  {h.split}/{h.row}  {h.id}  {h.label}")
     for path, reason in bad:
-        click.echo(f"featx: skipped unreadable image {path}: {reason}", err=True)
+        echo(f"featx: skipped unreadable image {path}: {reason}", err=True)
 
 
 @click.command()
@@ -201,7 +208,7 @@ def export(cache, fmt, out, force):
 
     fs = open_features(cache)
     for p in export_arrays(fs, target, fmt):
-        click.echo(f"wrote {p}")
+        echo(f"wrote {p}")
 
 
 @click.command("export-model")
@@ -227,6 +234,6 @@ def export_model(head_path, old_head, fmt, out, trust, force):
     head, card, emb = _head_and_embedding(head_path, trust)
     bb = backbone_for(emb)
     run_export(head, bb, target, fmt)
-    click.echo(f"wrote {target}: input (N, {', '.join(map(str, bb.preprocess.get('input_size', [])))}) "
+    echo(f"wrote {target}: input (N, {', '.join(map(str, bb.preprocess.get('input_size', [])))}) "
                f"preprocessed images, output (N, {len(head.classes_)}) scores for {card.get('classes')}; "
                f"load it with {MODEL_FORMATS[fmt][2]}")

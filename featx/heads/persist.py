@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..cache.spec import EmbeddingSpec
 from ..errors import FeatxError, FeatxUsageError
-from ..util import atomic_write, file_sha256, first_line
+from ..util import FILE_KINDS, atomic_write, file_kind, file_sha256, first_line
 from ..version import __version__
 
 __all__ = ["HEAD_SUFFIX", "TRUSTED_TYPES", "card_path", "default_head_path", "save_head",
@@ -185,6 +185,9 @@ def load_head(path, *, trust: bool = False):
     except (OSError, ValueError) as exc:
         raise FeatxError(f"head {path} has a card {cp} that cannot be read ({exc})") from None
     if magic != _ZIP_MAGIC:
+        kind = file_kind(path)
+        if kind in ("hdf5", "image", "text"):  # a cache or a picture given where a head goes
+            raise FeatxUsageError(f"{path} is not a head: it is {FILE_KINDS[kind]}")
         return _load_pickle(path, trust), card or {}
     check_archive(path, card)  # sizes from the zip's directory: a decompression bomb is refused before inflating
     if card is not None and not trust and file_sha256(path) != card.get("head_sha256"):
