@@ -253,3 +253,82 @@ def test_usage_errors_before_any_work(fitted, tmp_path):
     assert not (tmp_path / "g").exists()
     assert "worker processes up to" in one_line(run("extract", "--data", data, "--workers", "10000",
                                                     "--out", tmp_path / "x.h5"), 2)
+
+
+# -- a head and its card are one checked unit --------------------------------------------------------------------
+
+def _edit_inside(head, target, change, *, drop_card=False):
+    """A copy of ``head`` whose card inside was changed (or removed, as in a head of an earlier featx)."""
+    import zipfile
+
+    from featx.heads.persist import CARD_ENTRY
+
+    with zipfile.ZipFile(head) as z:
+        entries = {i.filename: z.read(i) for i in z.infolist()}
+    card = json.loads(entries.pop(CARD_ENTRY))
+    change(card)
+    if not drop_card:
+        entries[CARD_ENTRY] = json.dumps(card).encode()
+    with zipfile.ZipFile(target, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    card["head_sha256"] = digest(target)
+    target.with_suffix(".json").write_text(json.dumps(card))
+    return target
+
+
+def test_edits_to_the_card_beside_a_head_change_no_prediction(fitted, tmp_path):
+    _, data, _, head = fitted
+    image = next(data.rglob("*.png"))
+    copy = shutil.copy(head, tmp_path / "h.skops")
+    card = json.loads(head.with_suffix(".json").read_text())
+    before = run("predict", "-F", copy, image)
+    card["classes"] = list(reversed(card["classes"]))  # a reordered class list would swap every label
+    card["calibration"] = {"temperature": -1.0}  # ... and a negative temperature invert every probability
+    (tmp_path / "h.json").write_text(json.dumps(card))
+    after = run("predict", "-F", copy, image)
+    assert after.exit_code == 0 and after.stdout == before.stdout
+    assert "differs from the card inside h.skops in classes, calibration" in after.stderr
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda c: c.update(calibration={"temperature": -1.0}), "temperature -1.0 is not a positive number"),
+    (lambda c: c.update(classes=["only"]), "trained on class 2 but its card names 1 classes"),
+    (lambda c: c.update(embedding="mobilenet_v2"), "embedding record is not a mapping"),
+], ids=["negative-temperature", "too-few-classes", "embedding-type"])
+def test_a_head_whose_own_card_is_wrong_is_refused(fitted, tmp_path, change, words):
+    _, data, _, head = fitted
+    bad = _edit_inside(head, tmp_path / "bad.skops", change)
+    assert words in one_line(run("predict", "-F", bad, next(data.rglob("*.png"))), 1)
+
+
+def test_an_interrupted_save_leaves_a_usable_head(fitted, tmp_path):
+    """kill -9 between the head's rename and its card's: a new head beside the old card still predicts with its own
+    card (used to: 'does not match its card ... changed after featx fit', blaming the user)."""
+    _, data, cache, head = fitted
+    target = tmp_path / "h.skops"
+    assert run("-q", "fit", cache, "--head", "logreg", "--no-baselines", "-P", "C=0.001", "-o", target).exit_code == 0
+    old_card = (tmp_path / "h.json").read_text()
+    assert run("-q", "fit", cache, "--head", "logreg", "--no-baselines", "-P", "C=10", "-o", target).exit_code == 0
+    (tmp_path / "h.json").write_text(old_card)  # the card of the earlier fit beside the new head
+    result = run("predict", "-F", target, next(data.rglob("*.png")), "-o", tmp_path / "p.json")
+    assert result.exit_code == 0, result.output
+    from featx import load_head
+
+    _, card = load_head(target)
+    assert card["params"]["C"] == 10 and card["head_sha256"] == digest(target)
+
+
+def test_an_old_card_without_its_embedding_never_runs_on_other_features(fitted, tmp_path):
+    from conftest import make_folder
+
+    root, data, cache, head = fitted
+    moved = shutil.copy(cache, tmp_path / "c.h5")
+    old = _edit_inside(head, tmp_path / "old.skops",
+                       lambda c: (c.pop("embedding"), c.update(cache=str(moved))), drop_card=True)
+    assert run("predict", "-F", old, next(data.rglob("*.png"))).exit_code == 0, "its cache still says"
+    other = make_folder(tmp_path / "other", per_class=5, seed=3)
+    (tmp_path / "c.h5").unlink()
+    assert run("-q", "extract", "--data", other, "--backbone", TINY, "--weights", "none", "--out", moved,
+               "--no-progress").exit_code == 0  # another cache under the same name
+    assert "now holds other features" in one_line(run("predict", "-F", old, next(data.rglob("*.png"))), 1)

@@ -105,24 +105,47 @@ def test_predict_matches_the_head_on_cached_features_and_reports_unreadable(cach
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "p.json").read_text())
     assert doc["kind"] == "calibrated probability" and len(doc["predictions"]) == 12
+    # the card beside a head is a copy: an edit there changes no prediction (the card inside the head decides)
     card_file = heads["svm"].with_suffix(".json")
     card_file.write_text(json.dumps({k: v for k, v in json.loads(card_file.read_text()).items() if k != "calibration"}))
-    assert run("predict", "--head-file", heads["svm"], image_folder / "circle", "--output", tmp_path / "p.json").exit_code == 0
-    assert json.loads((tmp_path / "p.json").read_text())["kind"] == "decision score"
+    edited = run("predict", "--head-file", heads["svm"], image_folder / "circle", "--output", tmp_path / "p.json")
+    assert edited.exit_code == 0 and "uses the card inside the head" in edited.stderr
+    assert json.loads((tmp_path / "p.json").read_text())["kind"] == "calibrated probability"
 
 
-def test_predict_refuses_a_changed_head_and_a_missing_backbone(cache_and_heads, image_folder):
+def _rewrite_card_inside(head, change) -> None:
+    """Rewrite the card saved inside a head file (what a hand-edited or crafted head would hold)."""
+    import zipfile
+
+    from featx.heads.persist import CARD_ENTRY
+
+    with zipfile.ZipFile(head) as z:
+        entries = {i.filename: z.read(i) for i in z.infolist()}
+    card = json.loads(entries[CARD_ENTRY])
+    change(card)
+    entries[CARD_ENTRY] = json.dumps(card).encode()
+    with zipfile.ZipFile(head, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+
+
+def test_predict_refuses_a_changed_head_and_a_missing_backbone(cache_and_heads, image_folder, tmp_path):
+    import shutil
+
     cache, heads = cache_and_heads
-    card_path = heads["logreg"].with_suffix(".json")
-    card = json.loads(card_path.read_text())
-    card["embedding"]["backbone"] = "resnet18"  # not the backbone the features came from
-    card["embedding"]["transform"] = {"input_size": [3, 9, 9]}
-    card_path.write_text(json.dumps(card))
-    result = run("predict", "--head-file", heads["logreg"], image_folder / "circle")
+    other = shutil.copy(heads["logreg"], tmp_path / "other.skops")
+
+    def elsewhere(card):
+        card["embedding"]["backbone"] = "resnet18"  # not the backbone the features came from
+        card["embedding"]["transform"] = {"input_size": [3, 9, 9]}
+
+    _rewrite_card_inside(other, elsewhere)
+    result = run("predict", "--head-file", other, image_folder / "circle")
     assert result.exit_code == 1 and "not the one the embeddings were made with: the transform differs" in result.stderr
-    heads["svm"].write_bytes(heads["svm"].read_bytes() + b"tampered")
-    result = run("predict", "--head-file", heads["svm"], image_folder / "circle")
-    assert result.exit_code == 1 and "does not match its card" in result.stderr and "Traceback" not in result.output
+    torn = tmp_path / "torn.skops"
+    torn.write_bytes(heads["svm"].read_bytes()[:-200])
+    result = run("predict", "--head-file", torn, image_folder / "circle")
+    assert result.exit_code == 1 and "not a readable skops file" in result.stderr and "Traceback" not in result.output
 
 
 def test_neighbors_of_a_cached_image_start_with_itself(cache_and_heads, image_folder):

@@ -178,16 +178,16 @@ def save_adapted_heads(record: dict, heads: dict, out_dir) -> list:
     adaptation (:func:`adaptation_card`; ``featx predict`` applies the map). Returns the head paths."""
     from pathlib import Path
 
-    from ..heads.persist import save_head, update_card
+    from ..heads.persist import save_head
 
     source = open_features(record["source"]["cache"])
     paths = []
     for method, adapted in heads.items():
         row = next(r for r in record["methods"] if r["method"] == method)
-        head_path, card = save_head(adapted, Path(out_dir) / f"{method}.skops", head_name=record["head"],
-                                    params=record["params"], metrics={"target": row.get("target", {})},
-                                    fit_seconds=row["seconds"], n_train=record["source"]["rows"], fs=source)
-        update_card(card, adaptation=adaptation_card(record, method, adapted))
+        head_path, _ = save_head(adapted, Path(out_dir) / f"{method}.skops", head_name=record["head"],
+                                 params=record["params"], metrics={"target": row.get("target", {})},
+                                 fit_seconds=row["seconds"], n_train=record["source"]["rows"], fs=source,
+                                 extra={"adaptation": adaptation_card(record, method, adapted)})
         paths.append(head_path)
     return paths
 

@@ -43,7 +43,11 @@ def _head_and_embedding(head_path: str, trust: bool):
         if not card.get("cache") or not Path(card["cache"]).exists():
             raise FeatxError(f"{head_path}: its card does not say which backbone made its features, and its cache "
                              f"{card.get('cache')} is gone; refit it with this featx")
-        embedding = open_features(card["cache"]).meta
+        fs = open_features(card["cache"])
+        if fs.cache_key != card.get("cache_key"):  # another cache now has that name: not the head's features
+            raise FeatxError(f"{head_path}: its card does not say which backbone made its features, and {fs.path} "
+                             f"now holds other features (key {fs.cache_key}, not {card.get('cache_key')}); refit it")
+        embedding = fs.meta
     return head, card, embedding
 
 

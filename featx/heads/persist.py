@@ -24,7 +24,8 @@ from ..util import FILE_KINDS, atomic_write, file_kind, file_sha256, first_line
 from ..version import __version__
 
 __all__ = ["HEAD_SUFFIX", "TRUSTED_TYPES", "card_path", "default_head_path", "save_head",
-           "update_card", "load_head", "check_archive"]
+           "update_card", "load_head", "check_archive", "check_card", "CARD_ENTRY",
+           "PREDICTION_FIELDS"]
 
 log = logging.getLogger("featx")
 
@@ -65,23 +66,22 @@ def _skops():
     return skops.io
 
 
+#: The zip entry of a head file that holds its card: head and card are one file, replaced in one rename. The JSON
+#: beside the head is a copy for people and tools (plus fields that change no prediction, such as the baselines).
+CARD_ENTRY = "featx-card.json"
+#: Card fields that change a prediction: taken from the card inside the head, never from the copy beside it.
+PREDICTION_FIELDS = ("head", "classes", "calibration", "embedding", "cache_key", "adaptation")
+
+
 def save_head(head, target, *, head_name: str, params: dict, metrics: dict, fit_seconds: float, n_train: int,
-              fs) -> tuple[Path, Path]:
-    """Write a fitted head (skops' format) and its card; return both paths. ``fs`` is the cache it was
-    trained on. Without skops installed the head is pickled with joblib, with a one-line warning: such a
-    file loads only with ``trust=True``."""
+              fs, extra: dict | None = None) -> tuple[Path, Path]:
+    """Write a fitted head (skops' format, its card inside) and the card's copy beside it; return both paths.
+    ``fs`` is the cache it was trained on; ``extra`` adds card fields (the calibration, an adaptation) so that
+    everything that changes a prediction is saved with the head at once. Without skops installed the head is
+    pickled with joblib, with a one-line warning: such a file loads only with ``trust=True``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     sio = _skops()
-    with atomic_write(target) as tmp:
-        if sio is not None:
-            sio.dump(head, tmp)
-        else:
-            import joblib
-
-            log.warning("warning: skops is not installed (pip install 'featx[safe]'): the head is saved as a "
-                        "pickle, which featx loads only with --trust")
-            joblib.dump(head, tmp)
     card = {
         "head": head_name,
         "params": params,
@@ -97,10 +97,24 @@ def save_head(head, target, *, head_name: str, params: dict, metrics: dict, fit_
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "head_file": target.name,
         "head_format": "skops" if sio is not None else "joblib",
-        "head_sha256": file_sha256(target),
         # what `featx predict` / `export-model` need to embed new images the same way
         "embedding": EmbeddingSpec.from_attrs(fs.meta).to_attrs(),
+        **(extra or {}),
     }
+    with atomic_write(target) as tmp:
+        if sio is not None:
+            import zipfile
+
+            sio.dump(head, tmp)
+            with zipfile.ZipFile(tmp, "a", zipfile.ZIP_DEFLATED) as z:
+                z.writestr(CARD_ENTRY, json.dumps(card, indent=2))
+        else:
+            import joblib
+
+            log.warning("warning: skops is not installed (pip install 'featx[safe]'): the head is saved as a "
+                        "pickle, which featx loads only with --trust")
+            joblib.dump(head, tmp)
+    card["head_sha256"] = file_sha256(target)
     card_file = card_path(target)
     with atomic_write(card_file) as tmp:
         tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
@@ -108,7 +122,11 @@ def save_head(head, target, *, head_name: str, params: dict, metrics: dict, fit_
 
 
 def update_card(card_file, **fields) -> None:
-    """Add fields to a saved card (the head's sha256 covers the head file, not the card)."""
+    """Add fields that change no prediction (the baselines) to the card beside a head; what changes a prediction
+    is saved inside the head by :func:`save_head`."""
+    changing = sorted(set(fields) & set(PREDICTION_FIELDS))
+    if changing:
+        raise ValueError(f"{', '.join(changing)} change(s) predictions: save them with the head (save_head(extra=...))")
     card_file = Path(card_file)
     card = json.loads(card_file.read_text(encoding="utf-8"))
     card.update(fields)
@@ -129,11 +147,11 @@ def head_budget(card: dict | None) -> int | None:
     """The most bytes a head of its card's shape can need once inflated: every training row and a few thousand more
     rows of the feature dimension, in float64, twice over (a k-NN head keeps its training rows), plus 64 MiB;
     ``None`` without a card that says the shape."""
-    if not card:
+    if not isinstance(card, dict) or not isinstance(card.get("embedding"), dict):
         return None
     try:
         rows = int(card.get("n_train") or 0) + 4096
-        dim = int((card.get("embedding") or {}).get("feature_dim") or 0) + 16
+        dim = int(card["embedding"].get("feature_dim") or 0) + 16
     except (TypeError, ValueError):
         return None
     return 2 * rows * dim * 8 + (64 << 20) if dim > 16 else None
@@ -190,7 +208,10 @@ def load_head(path, *, trust: bool = False):
             raise FeatxUsageError(f"{path} is not a head: it is {FILE_KINDS[kind]}")
         return _load_pickle(path, trust), card or {}
     check_archive(path, card)  # sizes from the zip's directory: a decompression bomb is refused before inflating
-    if card is not None and not trust and file_sha256(path) != card.get("head_sha256"):
+    inside = _card_inside(path)
+    if inside is not None:  # head and card saved as one file: the copy beside it cannot change a prediction
+        card = _with_card_inside(path, inside, card)
+    elif card is not None and not trust and file_sha256(path) != card.get("head_sha256"):
         raise FeatxError(f"head {path} does not match its card {cp.name} (sha256): it was changed after "
                          "`featx fit`; refit it, or pass --trust to load it anyway")
     sio = _skops()
@@ -209,7 +230,55 @@ def load_head(path, *, trust: bool = False):
         raise
     except Exception as exc:  # a damaged or foreign zip can raise anything
         raise FeatxError(f"head {path} cannot be loaded ({type(exc).__name__}: {first_line(exc)})") from None
+    check_card(card or {}, est, path)
     return est, card or {}
+
+
+def _card_inside(path: Path) -> dict | None:
+    """The card saved inside a head file (``None`` for a head of an earlier featx, which has none)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            if CARD_ENTRY not in z.namelist():
+                return None
+            card = json.loads(z.read(CARD_ENTRY).decode("utf-8"))
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise FeatxError(f"head {path}: its card cannot be read ({first_line(exc)})") from None
+    if not isinstance(card, dict):
+        raise FeatxError(f"head {path}: its card is not a JSON object")
+    return card
+
+
+def _with_card_inside(path: Path, inside: dict, beside: dict | None) -> dict:
+    """The card to use: the copy beside the head for what changes no prediction, the card inside for the rest;
+    a note when the copy beside it was edited where it matters (the edit is ignored)."""
+    beside = beside or {}
+    edited = [f for f in PREDICTION_FIELDS if beside and (f in beside or f in inside) and beside.get(f) != inside.get(f)]
+    if edited:
+        log.info(f"note: {card_path(path).name} differs from the card inside {path.name} in {', '.join(edited)}; "
+                 "featx uses the card inside the head (refit to change a head)")
+    return {**beside, **inside, "head_sha256": file_sha256(path)}
+
+
+def check_card(card: dict, est, path) -> None:
+    """A one-line error when a card cannot describe its head: the class names (one per class the head was trained
+    on), the calibration temperature (finite, above zero), the embedding record (a mapping)."""
+    import math
+
+    classes = card.get("classes")
+    if classes is not None:
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise FeatxError(f"head {path}: its card's classes are not a list of names")
+        trained = getattr(est, "classes_", None)
+        if trained is not None and len(trained) and (min(trained) < 0 or max(trained) >= len(classes)):
+            raise FeatxError(f"head {path} was trained on class {max(trained)} but its card names {len(classes)} "
+                             "classes: refit it")
+    t = (card.get("calibration") or {}).get("temperature")
+    if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+        raise FeatxError(f"head {path}: its card's calibration temperature {t!r} is not a positive number: refit it")
+    if "embedding" in card and not isinstance(card["embedding"], dict):
+        raise FeatxError(f"head {path}: its card's embedding record is not a mapping: refit it")
 
 
 def _load_pickle(path: Path, trust: bool):

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..cache.store import open_features
 from ..errors import FeatxError
-from ..heads.persist import default_head_path, save_head, update_card
+from ..heads.persist import default_head_path, save_head
 from ..heads.registry import bound_to_rows, head_params
 from ..util import first_line, softmax
 from .evaluate import evaluate
@@ -68,11 +68,10 @@ def fit_head(head_name: str, head, cache, *, out=None) -> FitResult:
     metrics = {split: evaluate(head, fs[split].X, fs[split].y) for split in ("val", "test") if split in fs}
     target = Path(out) if out else default_head_path(path, head_name)
     params = head_params(head)
+    calibration = fit_calibration(head, fs)  # saved inside the head with it: one file, one rename
     head_path, card_path = save_head(head, target, head_name=head_name, params=params, metrics=metrics,
-                                     fit_seconds=fit_s, n_train=len(y), fs=fs)
-    calibration = fit_calibration(head, fs)
-    if calibration:
-        update_card(card_path, calibration=calibration)
+                                     fit_seconds=fit_s, n_train=len(y), fs=fs,
+                                     extra={"calibration": calibration} if calibration else None)
     return FitResult(head_path, card_path, params, metrics, fit_s, len(y), int(X.shape[1]), len(fs.classes),
                      calibration)
 
