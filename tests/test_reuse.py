@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -182,8 +183,13 @@ def test_exported_model_predicts_what_featx_predict_says(cache_and_heads, image_
         return
     result = run("export-model", "--head-file", heads[name], "--format", fmt)
     assert result.exit_code == 0, result.output
+    assert "Expect archive file to be a file ending in .pt2" not in result.output  # torch's raw warning, gone
     out = heads[name].with_suffix({"export": ".pt2", "onnx": ".onnx", "torchscript": ".pt"}[fmt])
     assert out.exists() and "load it with" in result.output
+    assert sorted(p.name for p in out.parent.glob(out.name + "*")) == [out.name], "no side file to lose"
+    shipped = tmp_path / "shipped"  # what users do: copy the model file alone
+    shipped.mkdir()
+    out = Path(shutil.move(out, shipped / out.name))
     assert run("predict", "--head-file", heads[name], *paths, "--out", tmp_path / "p.json").exit_code == 0
     featx_says = [p["labels"][0] for p in json.loads((tmp_path / "p.json").read_text())["predictions"]]
     x = torch.stack([tiny_backbone.transform(open_image(p)) for p in paths])  # any batch size: N = len(paths)

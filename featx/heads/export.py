@@ -70,7 +70,7 @@ def export_model(head, bb, out: Path, fmt: str) -> Path:
     if missing:
         raise FeatxError(f"onnx needs {' and '.join(missing)}, not installed here: pip install 'featx[onnx]'",
                          param="format")
-    with atomic_write(out) as tmp:
+    with atomic_write(out, suffix=f".tmp{MODEL_FORMATS[fmt][0]}") as tmp:  # torch.export wants a .pt2 name
         _write_model(model, example, tmp, fmt)
     return out
 
@@ -93,7 +93,30 @@ def _write_model(model, example, tmp: Path, fmt: str) -> None:
             program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         torch.export.save(program, str(tmp))
     else:
+        _write_onnx(model, example, batch, tmp)
+
+
+#: Below this size an ONNX model is written as one self-contained file (protobuf's limit is 2 GiB).
+ONNX_INLINE_MAX = 1 << 30
+
+
+def _write_onnx(model, example, batch, tmp: Path) -> None:
+    """ONNX through torch's dynamo exporter, re-saved as one self-contained file (the exporter may put the weights
+    in a side file named after the temporary one, which a user copying the .onnx alone would lose)."""
+    import tempfile
+    import warnings
+
+    import onnx
+    import torch
+
+    with tempfile.TemporaryDirectory(dir=tmp.parent) as work:
+        first = Path(work) / "model.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
-            torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["scores"],
+            torch.onnx.export(model, (example,), str(first), input_names=["image"], output_names=["scores"],
                               dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+        proto = onnx.load(str(first))  # reads any external data into the model
+    if proto.ByteSize() > ONNX_INLINE_MAX:
+        raise FeatxError(f"the ONNX model is {proto.ByteSize() >> 20} MiB, too large for one self-contained file; "
+                         "export it in torch.export's format instead", param="format")
+    onnx.save_model(proto, str(tmp), save_as_external_data=False)
