@@ -59,11 +59,11 @@ def test_stanford_dogs_list_naming_a_missing_file(tmp_path):
 
 
 def test_manifest_with_splits_unlabelled_rows_and_header(tmp_path):
-    make_folder(tmp_path / "img", per_class=3)
+    make_folder(tmp_path / "img", per_class=4)
     rows = ["path,label,split"]
     for c in CLASSES:
         rows += [f"img/{c}/{c}_000.png,{c},train", f"img/{c}/{c}_001.jpg,{c},val", f"img/{c}/{c}_002.jpg,{c},test"]
-    rows.append("img/circle/circle_002.jpg,,test")  # unlabelled
+    rows.append("img/circle/circle_003.png,,test")  # unlabelled (a file of its own: one file is listed once)
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     src = make_source(str(tmp_path / "data.csv"))
     assert isinstance(src, ManifestSource) and layout_of(src) == "CSV manifest"

@@ -332,3 +332,42 @@ def test_an_old_card_without_its_embedding_never_runs_on_other_features(fitted, 
     assert run("-q", "extract", "--data", other, "--backbone", TINY, "--weights", "none", "--out", moved,
                "--no-progress").exit_code == 0  # another cache under the same name
     assert "now holds other features" in one_line(run("predict", "-F", old, next(data.rglob("*.png"))), 1)
+
+
+# -- inputs are never counted twice ---------------------------------------------------------------------------------
+
+def test_a_symlink_to_a_parent_folder_counts_nothing_twice(tmp_path, caplog):
+    from conftest import make_folder
+    from featx.data.files import ImageFolderSource
+
+    data = make_folder(tmp_path / "d", per_class=6)
+    plain = ImageFolderSource(data)
+    counts = {s: len(i) for s, i in plain.splits().items()}
+    (data / "square" / "loop").symlink_to("..")  # square/loop/circle/... is every circle again
+    looped = ImageFolderSource(data)
+    with caplog.at_level("INFO", logger="featx"):
+        splits = looped.splits()
+    assert {s: len(i) for s, i in splits.items()} == counts
+    keys = [k for i in splits.values() for k in i.keys]
+    assert not any("/loop/" in k for k in keys) and len(set(keys)) == len(keys)
+    assert "reached again through symbolic links were counted once" in caplog.text
+
+
+def test_a_manifest_lists_each_file_once(tmp_path):
+    from conftest import make_folder
+    from featx import FeatxError
+    from featx.data.files import ManifestSource
+
+    data = make_folder(tmp_path / "d", per_class=6)
+    files = sorted(p.relative_to(tmp_path) for p in data.rglob("*.png"))
+    rows = ["path,label,split"] + [f"{p},{p.parent.name},train" for p in files]
+    twice = tmp_path / "twice.csv"  # the first file again, spelled another way, in test
+    twice.write_text("\n".join(rows + [f"{files[0].parent}/../{files[0].parent.name}/{files[0].name},"
+                                       f"{files[0].parent.name},test"]) + "\n")
+    splits = ManifestSource(twice).splits()
+    keys = [k for i in splits.values() for k in i.keys]
+    assert len(keys) == len(set(keys)) == len(files) and not len(splits.get("test", []))
+    relabelled = tmp_path / "relabelled.csv"
+    relabelled.write_text("\n".join(rows + [f"{files[0]},other,train"]) + "\n")
+    with pytest.raises(FeatxError, match="with another label"):
+        ManifestSource(relabelled).splits()

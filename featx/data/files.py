@@ -31,7 +31,8 @@ class ImageFolderSource(FileSource):
         self.presplit = (self.root / "train").is_dir()
 
     def _scan(self, folder: Path, class_to_idx: dict[str, int]) -> SplitItems:
-        samples = [(p, c) for name, c in class_to_idx.items() for p in image_files(folder / name)]
+        samples = once_each([(p, c) for name, c in class_to_idx.items() for p in image_files(folder / name)],
+                            where=f"image folder {folder}")
         samples.sort(key=lambda s: (s[1], s[0]))
         return SplitItems(
             keys=[p for p, _ in samples],
@@ -102,6 +103,26 @@ def image_files(folder: Path) -> list[str]:
     return found
 
 
+def once_each(samples: list[tuple[str, int]], *, where: str) -> list[tuple[str, int]]:
+    """Each real file once: a picture reached again through a symbolic link (``dog/loop -> ..`` would re-ingest
+    every image under another class, copies landing in different splits) is kept where it really is (the path
+    without a link), else where it was first found; a one-line note says how many were left out."""
+    by_file: dict[tuple[int, int], list[tuple[str, int]]] = {}
+    for path, label in samples:
+        st = os.stat(path)
+        by_file.setdefault((st.st_dev, st.st_ino), []).append((path, label))
+    kept, dropped = [], []
+    for group in by_file.values():
+        direct = [s for s in group if os.path.realpath(s[0]) == os.path.abspath(s[0])]
+        keep = (direct or group)[0]
+        kept.append(keep)
+        dropped += [s[0] for s in group if s is not keep]
+    if dropped:
+        log.info(f"note: {where}: {len(dropped)} file(s) reached again through symbolic links were counted once "
+                 f"(e.g. {dropped[0]})")
+    return kept
+
+
 def _require_files(where, paths) -> None:
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
@@ -160,6 +181,8 @@ class ManifestSource(FileSource):
             n = next(n for n, *_, split in rows if not split)
             raise FeatxError(f"{self.manifest}:{n}: no split, but other rows have one; give every row a split or none")
         grouped: dict[str, list] = {}
+        first: dict[str, tuple[int, str]] = {}  # resolved file -> (row, label) of its first listing
+        repeats = []
         for n, path, label, split in rows:
             try:
                 full = (base / path).resolve()
@@ -167,7 +190,19 @@ class ManifestSource(FileSource):
                 raise FeatxError(f"{self.manifest}:{n}: path {path!r} is not usable ({exc})") from None
             if not self.allow_outside and not full.is_relative_to(base):
                 raise FeatxError(f"{self.manifest}:{n}: {path} is outside the manifest's folder {base}")
+            if str(full) in first:  # the same file again (maybe spelled sub/../a.png): never counted twice
+                row, other = first[str(full)]
+                if other != label:
+                    raise FeatxError(f"{self.manifest}:{n}: {path} is the file of row {row} with another label "
+                                     f"({label!r} vs {other!r}); list each image once")
+                repeats.append(n)
+                continue
+            first[str(full)] = (n, label)
             grouped.setdefault(split or "train", []).append((str(full), path, index.get(label, -1)))
+        if repeats:
+            log.info(f"note: manifest {self.manifest}: rows {', '.join(map(str, repeats[:5]))}"
+                     f"{' ...' if len(repeats) > 5 else ''} list a file already listed; each file is kept once, at "
+                     "its first row")
         _require_files(f"manifest {self.manifest}", [k for g in grouped.values() for k, _, _ in g])
         found = {
             split: SplitItems([k for k, _, _ in g], [i for _, i, _ in g], np.array([y for *_, y in g], dtype=np.int64))
