@@ -371,3 +371,24 @@ def test_a_manifest_lists_each_file_once(tmp_path):
     relabelled.write_text("\n".join(rows + [f"{files[0]},other,train"]) + "\n")
     with pytest.raises(FeatxError, match="with another label"):
         ManifestSource(relabelled).splits()
+
+
+def test_the_clean_manifest_lists_only_what_was_audited(fitted, tmp_path):
+    import csv
+
+    from conftest import draw
+
+    import numpy as np
+
+    _, data, _, _ = fitted
+    copy = shutil.copytree(data, tmp_path / "shapes")
+    cache = tmp_path / "c.h5"
+    assert run("-q", "extract", "--data", copy, "--backbone", TINY, "--weights", "none", "--out", cache,
+               "--no-progress").exit_code == 0
+    draw("circle", np.random.default_rng(9)).save(copy / "circle" / "late.png")  # added after the extraction
+    manifest = copy / "clean.csv"
+    result = run("audit", cache, "-o", tmp_path / "a", "--no-pixels", "--write-manifest", manifest)
+    assert result.exit_code == 0, result.output
+    assert "newer than the cache and were not audited" in result.stderr
+    paths = [r["path"] for r in csv.DictReader(open(manifest, encoding="utf-8"))]
+    assert paths and not any(p.endswith("late.png") for p in paths)

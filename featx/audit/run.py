@@ -156,8 +156,14 @@ def write_manifest(record: dict, fs, target, *, relabel: bool = False, root: str
     drop, new_labels = flagged_rows(record, relabel=relabel)
     splits = source.splits()  # lists the classes too
     names = list(source.classes)
+    audited = {str(i) for split in fs.splits for i in fs[split].ids}  # files added since the extraction: not clean
     rows = [(key, new_labels.get(str(item_id), names[label] if label >= 0 else ""), split)
             for split, items in splits.items()
-            for item_id, key, label in zip(items.ids, items.keys, items.labels) if str(item_id) not in drop]
+            for item_id, key, label in zip(items.ids, items.keys, items.labels)
+            if str(item_id) in audited and str(item_id) not in drop]
+    new = sum(str(i) not in audited for items in splits.values() for i in items.ids)
+    if new:
+        log.info(f"note: {new} file(s) of the data are newer than the cache and were not audited: the manifest "
+                 "leaves them out (extract and audit again to include them)")
     write_manifest_csv(target, rows)
     return len(rows), len(drop)

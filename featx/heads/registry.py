@@ -30,6 +30,7 @@ Default parameters were chosen on the default pipeline's validation split (never
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -279,7 +280,18 @@ def _validate(name: str, head) -> None:
             else:
                 sklearn_check_params(est)
         except (ValueError, TypeError) as exc:  # scikit-learn's InvalidParameterError is both
-            raise FeatxUsageError(f"head {name}: {first_line(exc)}") from None
+            raise FeatxUsageError(f"head {name}: {_in_our_words(first_line(exc))}") from None
+
+
+#: scikit-learn's (and featx's solvers') parameter message: "The 'C' parameter of LinearSVC must be ... Got -1 instead."
+_PARAM_MESSAGE = re.compile(r"^The '(?P<name>[^']+)' parameter of \w+ must be (?P<what>.+?)\. Got (?P<got>.+) instead\.?$")
+
+
+def _in_our_words(message: str) -> str:
+    """A parameter message as featx says it (``C must be a float in the range (0.0, inf), got -1``), without the
+    estimator class users never named; other messages unchanged."""
+    m = _PARAM_MESSAGE.match(message)
+    return f"{m['name']} must be {m['what']}, got {m['got']}" if m else message
 
 
 def head_params(head) -> dict:

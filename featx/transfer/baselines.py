@@ -117,6 +117,9 @@ def _compute(fs, *, cache_dir, root: str, device: str, seed: int, sizes: dict) -
     spec = EmbeddingSpec.from_attrs(fs.meta)
     bb = load_backbone(spec.backbone, "none", device=device, layer=spec.layer)
     result = extract(part, bb, cache_dir=cache_dir, device=device, progress=None)
+    if not result.reused:
+        log.info(f"baselines: random-init {spec.backbone} features of the {sum(len(r) for r in rows.values())} "
+                 f"sampled items written to {result.path}")
     rand = open_features(result.path)
     arrays = {}
     for s, r in rows.items():
