@@ -392,3 +392,22 @@ def test_the_clean_manifest_lists_only_what_was_audited(fitted, tmp_path):
     assert "newer than the cache and were not audited" in result.stderr
     paths = [r["path"] for r in csv.DictReader(open(manifest, encoding="utf-8"))]
     assert paths and not any(p.endswith("late.png") for p in paths)
+
+
+def test_row_reuse_says_why_it_reused_nothing(tmp_path):
+    import os
+
+    from conftest import make_folder
+
+    data = make_folder(tmp_path / "d", per_class=4)
+    first = run("-q", "extract", "--data", data, "--backbone", TINY, "--weights", "none", "--cache-dir", tmp_path / "c",
+                "--no-progress")
+    assert first.exit_code == 0
+    copied = shutil.copytree(data, tmp_path / "copy")  # what cp -r does: the same files, new modification times
+    for p in copied.rglob("*.*"):
+        os.utime(p, (1_000_000_000, 1_000_000_000))
+    donor = next((tmp_path / "c").rglob("*.h5"))
+    again = run("extract", "--data", copied, "--backbone", TINY, "--weights", "none", "--reuse", donor,
+                "--out", tmp_path / "x.h5", "--no-progress")
+    assert again.exit_code == 0, again.output
+    assert "reused no row of" in again.stderr and "another file size or modification time" in again.stderr

@@ -94,6 +94,18 @@ class RowIndex:
             out.append(hit[:3] if hit is not None and hit[3] == fp else None)
         return out
 
+    def why_nothing(self, ids, fingerprints) -> str:
+        """Why no item of ``ids`` matched a donor row, in a few words (for a note when a reuse copied nothing)."""
+        known = [str(i) for i in ids if str(i) in self._where]
+        if known:
+            return (f"{len(known)} item(s) have a donor row of the same id but another file size or modification "
+                    f"time (e.g. {known[0]}; a copied folder gets new modification times), so they were embedded again")
+        theirs = next(iter(self._where), "")
+        ours = str(next(iter(ids), ""))
+        if theirs and ours and (theirs.endswith("/" + ours) or ours.endswith("/" + theirs)):
+            return f"ids differ by a folder prefix ({theirs!r} there, {ours!r} here)"
+        return f"no id of this data is among theirs (e.g. {theirs!r} there, {ours!r} here)"
+
     def row(self, where: tuple[int, str, int]) -> np.ndarray:
         d, split, row = where
         if (d, split) not in self._arrays:
