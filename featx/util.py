@@ -111,6 +111,8 @@ def file_kind(path) -> str:
     p = Path(path)
     if p.is_dir():
         return "folder"
+    if not p.is_file():  # a FIFO or a device: never opened (a FIFO would block)
+        return "data"
     with open(p, "rb") as f:
         head = f.read(4096)
     for magic, kind in _MAGIC:
