@@ -1,8 +1,12 @@
-"""Saving and loading fitted heads with their JSON cards.
+"""Saving and loading fitted heads with their cards.
 
-A head is saved by :func:`save_head` as ``<name>.skops`` with a card ``<name>.json`` next to it:
-head name, parameters, metrics, the cache and its key, the embedding record that ``featx predict``
-needs, and the head file's sha256.
+A head is saved by :func:`save_head` as ``<name>.skops`` with its card inside (the zip entry
+:data:`CARD_ENTRY`: head name, parameters, metrics, the cache and its key, the classes, the calibration, the
+embedding record that ``featx predict`` needs) -- one file, one rename -- and a copy of the card beside it
+(``<name>.json``, with the head file's sha256 and fields that change no prediction, such as the baselines).
+:func:`load_head` checks the zip's directory first (:func:`check_archive`: no decompression bomb), takes every
+field that changes a prediction (:data:`PREDICTION_FIELDS`) from the card inside, and checks the card against the
+head (:func:`check_card`). Heads of an earlier featx (no card inside) must match the sha256 in the card beside them.
 
 The head file is in skops' format (a zip of JSON and ``.npy`` arrays, https://skops.readthedocs.io):
 loading it builds only the types it is allowed to -- scikit-learn's estimators, numpy arrays and the
