@@ -411,3 +411,12 @@ def test_row_reuse_says_why_it_reused_nothing(tmp_path):
                 "--out", tmp_path / "x.h5", "--no-progress")
     assert again.exit_code == 0, again.output
     assert "reused no row of" in again.stderr and "another file size or modification time" in again.stderr
+
+
+def test_a_clean_manifest_is_written_only_where_extract_can_read_it(fitted, tmp_path):
+    _, data, cache, _ = fitted
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    msg = one_line(run("audit", cache, "-o", tmp_path / "a", "--no-pixels", "--write-manifest", elsewhere / "m.csv"), 2)
+    assert "would list images outside its folder" in msg and f"e.g. {data / 'm.csv'}" in msg
+    assert not (tmp_path / "a").exists()

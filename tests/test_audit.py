@@ -223,5 +223,5 @@ def test_without_the_images_only_identical_embeddings_are_copies(image_folder, t
 
 def test_a_manifest_needs_image_files(fashion_cache, tmp_path):
     result = run("audit", fashion_cache, "--out", tmp_path / "a", "--write-manifest", tmp_path / "m.csv")
-    assert result.exit_code == 1 and "a manifest lists image files" in result.stderr
-    assert (tmp_path / "a" / "audit.json").exists()  # the audit itself was written
+    assert result.exit_code == 2 and "a manifest lists image files" in result.stderr
+    assert not (tmp_path / "a").exists()  # refused before any work

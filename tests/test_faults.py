@@ -212,10 +212,14 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(image_f
 def test_ctrl_c_is_one_line_saying_how_far_and_that_it_resumes(tmp_path):
     out = tmp_path / "c.h5"
     many = make_folder(tmp_path / "many", per_class=40)  # still running when the signal comes
-    # A shell that started us in the background may have SIGINT ignored, and children inherit that.
+    # A shell that started us in the background may have SIGINT ignored, and a library in this process (loky's
+    # resource tracker) may have it blocked for a moment: children inherit both, so the child gets a clean slate.
+    def sigint_as_a_terminal_sends_it():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
     proc = subprocess.Popen([*_cmd(many, out, "--batch-size", "1"), "--backbone", "resnet18"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_a_terminal_sends_it)
     assert _wait_for_rows(proc, Path(str(out) + ".partial"))
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

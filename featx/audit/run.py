@@ -20,13 +20,13 @@ import time
 import numpy as np
 
 from ..cache.index import cosine_self_top_k
-from ..errors import FeatxError
+from ..errors import FeatxError, FeatxUsageError
 from ..options import DATASETS_ROOT
 from ..version import __version__
 from .duplicates import DUPLICATE_THRESHOLD, EXACT_THRESHOLD, copies_of, group_pairs, near_pairs
 from .labels import OUTLIER_K, label_issues, outliers
 
-__all__ = ["run_audit", "flagged_rows", "write_manifest"]
+__all__ = ["run_audit", "flagged_rows", "check_manifest_target", "write_manifest"]
 
 log = logging.getLogger("featx")
 
@@ -139,6 +139,23 @@ def flagged_rows(record: dict, *, relabel: bool = False) -> tuple[set[str], dict
             drop.add(i["id"])
     drop |= {i["id"] for i in record["outliers"]["items"]}
     return drop, new_labels
+
+
+def check_manifest_target(fs, target) -> None:
+    """A usage error, before any work, when a clean manifest at ``target`` could not be read back: it must list
+    image files (the cache's source has them) and stand in their folder or one above it, since ``featx extract``
+    reads a manifest's images only inside the manifest's own folder."""
+    from pathlib import Path
+
+    record = fs.meta.get("source") or {}
+    data = record.get("root") or (str(Path(record["manifest"]).parent) if record.get("manifest") else None)
+    if data is None:
+        raise FeatxUsageError(f"a manifest lists image files; this cache's source ({record.get('kind')}) has none: "
+                              "use the ids in audit.json instead", param="write_manifest")
+    if not Path(data).resolve().is_relative_to(Path(target).resolve().parent):
+        raise FeatxUsageError(f"{target} would list images outside its folder (they are in {data}), which featx "
+                              f"extract does not read: write it in {data} or a folder above it, e.g. "
+                              f"{Path(data) / Path(target).name}", param="write_manifest")
 
 
 def write_manifest(record: dict, fs, target, *, relabel: bool = False, root: str = DATASETS_ROOT) -> tuple[int, int]:

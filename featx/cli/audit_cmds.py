@@ -45,7 +45,7 @@ def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest,
     existing_file(cache, "cache file")
     from ..audit.duplicates import DUPLICATE_THRESHOLD
     from ..audit.report import summary_lines, write_audit_reports
-    from ..audit.run import run_audit, write_manifest
+    from ..audit.run import check_manifest_target, run_audit, write_manifest
     from ..cache.store import open_features
 
     fs = open_features(cache)
@@ -53,6 +53,7 @@ def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest,
         data_manifest = (fs.meta.get("source") or {}).get("manifest")
         check_output(manifest, {"the cache": cache, "the manifest of its data": data_manifest}, replaces=("text",),
                      force=force)
+        check_manifest_target(fs, manifest)
     record = run_audit(fs, threshold=DUPLICATE_THRESHOLD if threshold is None else threshold, index=index,
                        folds=folds, pixels=pixels, copy_threshold=copy_threshold, root=root,
                        progress=progress_renderer(enabled=not no_progress))
