@@ -16,9 +16,9 @@ fitted estimator pickles, clones and predicts without torch state.
 from __future__ import annotations
 
 from numbers import Integral, Real
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
@@ -27,6 +27,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..options import check_device_name
 from ..util import softmax
+
+if TYPE_CHECKING:  # torch itself is imported where a head is fitted, so naming and checking one stays fast
+    import torch
 
 __all__ = ["LBFGSLinearClassifier", "TorchLinearClassifier"]
 
@@ -59,12 +62,16 @@ class _TorchLinearBase(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"The {name!r} parameter of {type(self).__name__} must be {what}. Got {value!r} instead.")
 
     def _device(self) -> torch.device:
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
     def _prepare(self, X, y):
         """float32 X (no copy when it already is), class indices, the device."""
+        import torch
+
         X, y = validate_data(self, X, y, dtype=np.float32, order="C")
         check_classification_targets(y)
         self.classes_, y_idx = np.unique(y, return_inverse=True)
@@ -144,6 +151,8 @@ class LBFGSLinearClassifier(_TorchLinearBase):
         self.device = device
 
     def fit(self, X, y):
+        import torch
+
         self.check_params()
         previous = (getattr(self, "coef_", None), getattr(self, "intercept_", None), getattr(self, "classes_", None))
         Xt, yt, dev = self._prepare(X, y)
@@ -243,6 +252,8 @@ class TorchLinearClassifier(_TorchLinearBase):
         self.random_state = random_state
 
     def fit(self, X, y):
+        import torch
+
         self.check_params()
         Xt, yt, dev = self._prepare(X, y)
         n_classes = len(self.classes_)
