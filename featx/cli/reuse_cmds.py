@@ -57,7 +57,7 @@ def _head_file_option(command):
     command = click.option("--head", "-H", "old_head", hidden=True, type=click.Path(dir_okay=False),
                            help="The old spelling of --head-file.")(command)
     return click.option("--head-file", "-F", "head_path", type=click.Path(dir_okay=False),
-                        help="A head saved by `featx fit` (.skops, with its .json card next to it).")(command)
+                        help="A head saved by `featx fit` (.skops; its card is inside, a copy beside it).")(command)
 
 
 def _head_file(head_path: str | None, old_head: str | None) -> str:
@@ -93,7 +93,7 @@ def predict(head_path, old_head, images, top_k, out, batch_size, device, trust, 
     The backbone, weights, layer, transform and precision are the ones recorded for the head's
     cache; featx refuses if they are not available here. Prints the top-k classes with their
     probabilities (or decision scores, for heads without probabilities). Unreadable images are
-    reported and skipped.
+    reported and skipped; when none is readable the command fails and writes nothing.
     """
     head_path = _head_file(head_path, old_head)
     if out and Path(out).suffix.lower() not in (".csv", ".json"):
