@@ -181,15 +181,41 @@ def resolve_cache(cache: str | None, exp) -> Path:
     if cache:
         return Path(cache)
     from .cache.spec import cache_path
+    from .data.sources import FileSource
     from .extract import cache_key
 
     folder = Path(exp.extract.cache_dir)
     source, bb = build_source(exp), build_backbone(exp)
+    if not isinstance(source, FileSource):  # a dataset held in memory: its record names its items
+        found = _recorded_cache(folder / source.name, source, bb, exp)
+        if found is None:  # said without loading (or unpacking) the dataset: a failing command writes nothing
+            raise FeatxUsageError(f"no cache for these settings yet under {folder / source.name}"
+                                  f"{_nearest_cache(folder / source.name, source, bb, exp)}")
+        return found
     source.splits()
     path = cache_path(folder, source.name, bb.name, cache_key(source, bb, exp.extract.precision, exp.extract.decoder))
     if not path.exists():
         raise FeatxUsageError(f"no cache for these settings yet ({path}){_nearest_cache(path.parent, source, bb, exp)}")
     return path
+
+
+def _recorded_cache(folder: Path, source, bb, exp) -> Path | None:
+    """The complete cache in ``folder`` of an in-memory dataset's settings: the same recorded source and the same
+    features (:class:`~featx.cache.spec.EmbeddingSpec`). Its items never change, so this is the cache whose key the
+    settings give, found without loading the dataset."""
+    from .cache.spec import EmbeddingSpec
+    from .cache.store import open_features
+    from .errors import FeatxError
+
+    want = EmbeddingSpec.of(bb, precision=exp.extract.precision, decoder=exp.extract.decoder, has_files=False)
+    for path in sorted(folder.glob(f"{bb.name}-*.h5")):
+        try:
+            meta = open_features(path).meta
+        except FeatxError:  # damaged or foreign: not a candidate
+            continue
+        if meta.get("source") == source.describe() and want.same_features(EmbeddingSpec.from_attrs(meta)):
+            return path
+    return None
 
 
 def _nearest_cache(folder: Path, source, bb, exp) -> str:

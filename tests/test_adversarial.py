@@ -420,3 +420,28 @@ def test_a_clean_manifest_is_written_only_where_extract_can_read_it(fitted, tmp_
     msg = one_line(run("audit", cache, "-o", tmp_path / "a", "--no-pixels", "--write-manifest", elsewhere / "m.csv"), 2)
     assert "would list images outside its folder" in msg and f"e.g. {data / 'm.csv'}" in msg
     assert not (tmp_path / "a").exists()
+
+
+def test_a_fit_without_its_cache_writes_nothing(tmp_path):
+    """`featx fit --pipeline P` when P's settings have no cache: said without loading the dataset (it used to unpack
+    Debian's Fashion-MNIST, 53 MB, before saying so); with a cache, found without loading it either."""
+    from conftest import FASHION
+
+    if not FASHION.is_dir():
+        pytest.skip("Fashion-MNIST not installed")
+    import os
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    empty_root = tmp_path / "datasets"  # the pipeline's dataset folder: loading the dataset would unpack it there
+    pipeline = tmp_path / "p.toml"
+    text = open(os.path.join(repo, "pipelines", "default.toml")).read()
+    pipeline.write_text(text.replace("[source]\n", f'[source]\nroot = "{empty_root}"\n', 1)
+                        + f'\n[cache]\ndir = "{tmp_path / "cache"}"\n')
+    made = run("-q", "extract", "--pipeline", pipeline, "--limit", "20", "--root", os.path.join(repo, "cache", "datasets"),
+               "--no-progress")  # the cache, made from the dataset where it is unpacked already
+    assert made.exit_code == 0, made.output
+    msg = one_line(run("fit", "--pipeline", pipeline, "--limit", "30", "--head", "knn", "--no-baselines"), 2)
+    assert "no cache for these settings yet" in msg and "--limit 20" in msg
+    found = run("-q", "fit", "--pipeline", pipeline, "--limit", "20", "--head", "knn", "--no-baselines")
+    assert found.exit_code == 0, found.output
+    assert not empty_root.exists() and not (tmp_path / "cache" / "datasets").exists()
