@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 __all__ = ["OFFLINE_ENV", "offline", "first_line", "did_you_mean", "atomic_write", "file_sha256", "softmax",
-           "l2_normalise", "existing_file", "FILE_KINDS", "file_kind", "companions", "check_output", "printable"]
+           "l2_normalise", "existing_file", "FILE_KINDS", "file_kind", "printable"]
 
 #: Environment variable that forbids any download of weights or data (also set by ``--offline``).
 OFFLINE_ENV = "FEATX_OFFLINE"
@@ -125,51 +125,6 @@ def file_kind(path) -> str:
     except UnicodeDecodeError:
         return "data"
     return "text"
-
-
-def companions(path) -> dict[Path, str]:
-    """The files that belong to an input file: itself, its JSON card (a head's), its unfinished ``.partial``
-    version and that one's lock (a cache's), its stored baseline features (a cache's)."""
-    p = Path(path)
-    return {p: "", p.with_suffix(".json"): "its card", Path(f"{p}.partial"): "its unfinished version",
-            Path(f"{p}.partial.lock"): "its lock", p.with_name(p.stem + ".baselines.npz"): "its baseline features"}
-
-
-def check_output(target, inputs: dict, *, replaces: tuple[str, ...] = (), force: bool = False) -> Path:
-    """``target`` as an output path, or a usage error before any work when writing there would destroy an input.
-
-    Args:
-        target: where the command will write.
-        inputs: what the command reads, ``{"the cache": path, "the images": [paths], ...}`` (``None`` skipped); an
-            output is never an input nor one of its :func:`companions`.
-        replaces: the :func:`file_kind` s an existing ``target`` may have (``"text"``, ``"zip"`` ...): the same kind
-            of artifact, replaced atomically. Another kind (an image, a cache, a folder) is refused unless
-            ``force``.
-    """
-    from .errors import FeatxUsageError
-
-    t = Path(target)
-    for what, paths in inputs.items():
-        for p in paths if isinstance(paths, (list, tuple)) else [paths]:
-            if p is None:
-                continue
-            for c, role in companions(p).items():
-                if _same_file(t, c):
-                    detail = f" ({role})" if role else ""
-                    raise FeatxUsageError(f"{target} is {what} {p}{detail}: writing there would destroy it; "
-                                          "choose another output", param="out")
-    if t.exists() and not force:
-        kind = file_kind(t)
-        if kind not in replaces:
-            raise FeatxUsageError(f"{target} exists and is {FILE_KINDS[kind]}, not what this command writes: choose "
-                                  "another output (or force the replacement)", param="out")
-    return t
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
 
 
 def printable(text) -> str:

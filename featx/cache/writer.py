@@ -20,7 +20,12 @@ from ..errors import FeatxError
 from .spec import SCHEMA_VERSION
 from .store import _STR, JSON_ATTRS, _decode, partial_path
 
-__all__ = ["FeatureWriter"]
+__all__ = ["FeatureWriter", "lock_path"]
+
+
+def lock_path(path) -> Path:
+    """The lock file of the one writer of cache ``path``: ``<path>.partial.lock``."""
+    return Path(f"{partial_path(path)}.lock")
 
 
 class FeatureWriter:
@@ -88,7 +93,7 @@ class FeatureWriter:
 
     def _lock(self) -> None:
         """One writer per cache: an exclusive, non-blocking lock on ``<partial>.lock``."""
-        lock = open(str(self.partial) + ".lock", "a+")
+        lock = open(lock_path(self.path), "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

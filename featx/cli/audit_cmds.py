@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from ..options import CV_FOLDS, DATASETS_ROOT, INDEXES
-from ..util import check_output
-from .base import echo, existing_file, force_option, out_option, progress_renderer
+from .base import check_output, echo, existing_file, force_option, out_option, progress_renderer
 
 __all__ = ["audit"]
 

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import click
 
-from ..errors import FeatxError
+from ..errors import FeatxError, FeatxUsageError
 from ..options import settings_of
-from ..util import existing_file, first_line, printable
+from ..util import FILE_KINDS, existing_file, file_kind, first_line, printable
 
 __all__ = ["FeatxGroup", "setting_option", "existing_file", "configure_output", "progress_renderer",
-           "pipeline_option", "trust_option", "out_option", "top_k_option", "force_option", "echo"]
+           "pipeline_option", "trust_option", "out_option", "top_k_option", "force_option", "echo",
+           "check_output"]
 
 log = logging.getLogger("featx")
 
@@ -242,6 +243,55 @@ def out_option(help: str, *, file: bool | None = True, aliases: tuple[str, ...] 
 force_option = click.option(
     "--force", is_flag=True,
     help="Replace an existing output even when it is another kind of file (never one of the command's inputs).")
+
+
+def companions(path) -> dict[Path, str]:
+    """The files that belong to an input file, each named by the module that writes it: itself, its card copy (a
+    head's), its unfinished ``.partial`` version and that one's lock (a cache's), its stored baseline features (a
+    cache's). Imported here, when an output is checked, so that naming a command stays fast."""
+    from ..cache.store import partial_path
+    from ..cache.writer import lock_path
+    from ..heads.persist import card_path
+    from ..transfer.baselines import store_path
+
+    p = Path(path)
+    return {p: "", card_path(p): "its card", partial_path(p): "its unfinished version", lock_path(p): "its lock",
+            store_path(p): "its baseline features"}
+
+
+def check_output(target, inputs: dict, *, replaces: tuple[str, ...] = (), force: bool = False) -> Path:
+    """``target`` as an output path, or a usage error before any work when writing there would destroy an input.
+
+    Args:
+        target: where the command will write.
+        inputs: what the command reads, ``{"the cache": path, "the images": [paths], ...}`` (``None`` skipped); an
+            output is never an input nor one of its :func:`companions`.
+        replaces: the :func:`featx.util.file_kind` s an existing ``target`` may have (``"text"``, ``"zip"`` ...):
+            the same kind of artifact, replaced atomically. Another kind (an image, a cache, a folder) is refused unless
+            ``force``.
+    """
+    t = Path(target)
+    for what, paths in inputs.items():
+        for p in paths if isinstance(paths, (list, tuple)) else [paths]:
+            if p is None:
+                continue
+            for c, role in companions(p).items():
+                if _same_file(t, c):
+                    detail = f" ({role})" if role else ""
+                    raise FeatxUsageError(f"{target} is {what} {p}{detail}: writing there would destroy it; "
+                                          "choose another output", param="out")
+    if t.exists() and not force:
+        kind = file_kind(t)
+        if kind not in replaces:
+            raise FeatxUsageError(f"{target} exists and is {FILE_KINDS[kind]}, not what this command writes: choose "
+                                  "another output (or force the replacement)", param="out")
+    return t
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
 
 
 def top_k_option(default: int, help: str):

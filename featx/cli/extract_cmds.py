@@ -11,8 +11,8 @@ import click
 
 from ..pipeline import build_backbone, build_source, experiment
 from ..options import BackboneOptions, ExtractOptions, SourceOptions
-from ..util import OFFLINE_ENV, check_output
-from .base import echo, existing_file, out_option, pipeline_option, progress_renderer, setting_option
+from ..util import OFFLINE_ENV
+from .base import check_output, echo, existing_file, out_option, pipeline_option, progress_renderer, setting_option
 
 log = logging.getLogger("featx")
 

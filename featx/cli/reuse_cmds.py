@@ -11,8 +11,8 @@ import click
 from ..errors import FeatxError, FeatxUsageError
 from ..options import DEVICE_HELP, EXPORT_FORMATS, ExtractOptions, check_device_name
 from ..heads.export import MODEL_FORMATS
-from ..util import check_output
-from .base import echo, existing_file, force_option, out_option, progress_renderer, top_k_option, trust_option
+from .base import (check_output, echo, existing_file, force_option, out_option, progress_renderer, top_k_option,
+                   trust_option)
 
 log = logging.getLogger("featx")
 
