@@ -203,19 +203,12 @@ def _recorded_cache(folder: Path, source, bb, exp) -> Path | None:
     """The complete cache in ``folder`` of an in-memory dataset's settings: the same recorded source and the same
     features (:class:`~featx.cache.spec.EmbeddingSpec`). Its items never change, so this is the cache whose key the
     settings give, found without loading the dataset."""
+    from .cache.reuse import find_donors
     from .cache.spec import EmbeddingSpec
-    from .cache.store import open_features
-    from .errors import FeatxError
 
     want = EmbeddingSpec.of(bb, precision=exp.extract.precision, decoder=exp.extract.decoder, has_files=False)
-    for path in sorted(folder.glob(f"{bb.name}-*.h5")):
-        try:
-            meta = open_features(path).meta
-        except FeatxError:  # damaged or foreign: not a candidate
-            continue
-        if meta.get("source") == source.describe() and want.same_features(EmbeddingSpec.from_attrs(meta)):
-            return path
-    return None
+    found = find_donors(folder, want, source=source.describe())
+    return found[0] if found else None
 
 
 def _nearest_cache(folder: Path, source, bb, exp) -> str:

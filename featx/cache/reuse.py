@@ -41,8 +41,9 @@ def check_donor(path, spec: EmbeddingSpec) -> Path:
     return path
 
 
-def find_donors(folder, spec: EmbeddingSpec, *, exclude=()) -> list[Path]:
-    """Complete caches in ``folder`` of the features ``spec``, newest first (damaged files are passed over)."""
+def find_donors(folder, spec: EmbeddingSpec, *, exclude=(), source: dict | None = None) -> list[Path]:
+    """Complete caches in ``folder`` of the features ``spec`` (and, when given, of the recorded ``source``), newest
+    first (damaged files are passed over)."""
     out = []
     skip = {Path(p).resolve() for p in exclude}
     for path in Path(folder).glob("*.h5") if Path(folder).is_dir() else ():
@@ -52,7 +53,7 @@ def find_donors(folder, spec: EmbeddingSpec, *, exclude=()) -> list[Path]:
             meta = open_features(path).meta
         except FeatxError:
             continue
-        if spec.same_features(EmbeddingSpec.from_attrs(meta)):
+        if spec.same_features(EmbeddingSpec.from_attrs(meta)) and (source is None or meta.get("source") == source):
             out.append(path)
     return sorted(out, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
