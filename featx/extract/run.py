@@ -73,7 +73,7 @@ def extract(source: Source, backbone: Backbone, options: ExtractOptions | None =
         existing = open_features(plan.path)
         if existing.cache_key != plan.key:
             raise FeatxUsageError(f"{plan.path} holds another cache (key {existing.cache_key}, this run's is "
-                                  f"{plan.key}); choose another --out or delete it")
+                                  f"{plan.key}); choose another output file or delete it", param="out")
         return ExtractResult(plan.path, plan.key, True, False, plan.total, 0, 0, 0.0)
     tune_malloc()
     index = row_index(plan, options, explicit_out=out is not None)
