@@ -285,10 +285,15 @@ class ExtractOptions(_Options):
                                   cli="--channels-last/--no-channels-last")
     strict: bool = setting(False, "Fail on the first unreadable image instead of recording it as skipped "
                            "(see `featx info`).", table="extract", kind=bool)
-    reuse: str = setting("auto", "Copy the rows of unchanged items (same id, file size and mtime) from other caches "
-                         "of the same backbone and settings instead of embedding them again: auto (default: the "
-                         "complete caches in this dataset's cache folder; not when --out names the file), a cache "
-                         "file, or none.",
+    reuse: str = setting("auto", "Copy the rows of unchanged items (same file or id, and same fingerprint) from "
+                         "other caches of the same backbone and settings instead of embedding them again: auto "
+                         "(default: the complete caches in --out's folder and in the cache folder, this dataset's "
+                         "first), a cache file, or none.",
                          table="extract", kind=(str, os.PathLike))
+    fingerprint: str = setting("stat", "What tells row reuse that an image is unchanged: stat (default: file size "
+                               "and modification time, one stat per file) or content (a SHA-256 of its bytes: reads "
+                               "every file once more, and matches a copied folder, whose modification times are "
+                               "new). Recorded per row; not part of the cache key.", table="extract", kind=str,
+                               choices=lambda: ("stat", "content"), what="fingerprint")
     cache_dir: str = setting("cache", "Folder of caches (default cache).", table="cache", key="dir",
                              kind=(str, os.PathLike))

@@ -413,6 +413,49 @@ def test_row_reuse_says_why_it_reused_nothing(tmp_path):
     assert "reused no row of" in again.stderr and "another file size or modification time" in again.stderr
 
 
+def test_row_reuse_matches_a_copied_folder_by_content_a_manifest_by_file_and_a_cache_beside_out(tmp_path):
+    """Three ways the same images came back and were embedded again: a copied folder (new modification times), a
+    manifest written outside the folder (ids gain a prefix), and an explicit --out beside a complete cache."""
+    import os
+
+    import numpy as np
+
+    from conftest import make_folder
+    from featx import open_features
+
+    data = make_folder(tmp_path / "d", per_class=4)
+    common = ("--backbone", TINY, "--weights", "none", "--no-progress")
+    assert run("-q", "extract", "--data", data, "--cache-dir", tmp_path / "c", *common).exit_code == 0
+    donor = next((tmp_path / "c").rglob("*.h5"))
+    fs = open_features(donor)
+    rows, n = fs["train"], sum(len(fs[s].ids) for s in fs.splits)
+    copied = shutil.copytree(data, tmp_path / "copy")
+    for p in copied.rglob("*.*"):
+        os.utime(p, (1_000_000_000, 1_000_000_000))
+    again = run("extract", "--data", copied, "--reuse", donor, "--fingerprint", "content", "--out", tmp_path / "x.h5",
+                *common)
+    assert again.exit_code == 0, again.output
+    assert f"reused {n} rows from {donor}, embedded 0 new" in again.stdout
+    np.testing.assert_array_equal(open_features(tmp_path / "x.h5")["train"].X, rows.X)
+    changed = sorted(copied.rglob("*.png"))[0]  # the bytes of one copy change: that image alone is embedded
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    edited = run("extract", "--data", copied, "--reuse", donor, "--fingerprint", "content", "--out",
+                 tmp_path / "y.h5", *common)
+    assert f"reused {n - 1} rows from {donor}, embedded 1 new" in edited.stdout, edited.output
+
+    manifest = tmp_path / "m.csv"  # beside the folder: its paths read d/circle/..., the cache's ids circle/...
+    ids = [i for s in fs.splits for i in fs[s].ids]
+    manifest.write_text("path,label\n" + "".join(f"d/{i},{i.split('/')[0]}\n" for i in ids))
+    listed = run("extract", "--data", manifest, "--cache-dir", tmp_path / "c", "--val-fraction", "0",
+                 "--test-fraction", "0", *common)
+    assert listed.exit_code == 0, listed.output
+    assert f"reused {n} rows from {donor}, embedded 0 new" in listed.stdout
+
+    beside = run("extract", "--data", data, "--cache-dir", tmp_path / "c", "--out", donor.parent / "mine.h5", *common)
+    assert beside.exit_code == 0, beside.output
+    assert "embedded 0 new" in beside.stdout and "reused" in beside.stdout
+
+
 def test_a_clean_manifest_is_written_only_where_extract_can_read_it(fitted, tmp_path):
     _, data, cache, _ = fitted
     elsewhere = tmp_path / "elsewhere"

@@ -122,7 +122,7 @@ def test_a_measured_pipeline_decodes_in_threads_and_writes_the_same_cache(photos
     monkeypatch.setattr(featx.extract.batches, "BALANCE_MIN_IMAGES", 4)
     with caplog.at_level("INFO", logger="featx"):
         balanced = extract(ImageFolderSource(photos, **NO_SPLIT), mobilenet, out=tmp_path / "b.h5", batch_size=4,
-                           progress=False)
+                           progress=False, reuse="none")  # embedded, not copied from plain.h5 beside it
     assert "decoding thread" in balanced.pipeline and "core-ms per image" in balanced.pipeline
     assert any(r.getMessage().startswith("pipeline: decode") for r in caplog.records)
     a, b = open_features(plain.path)["train"], open_features(balanced.path)["train"]

@@ -37,11 +37,13 @@ def test_resume_after_interruption_equals_uninterrupted_run(image_folder, tiny_b
                     batch_size=4, progress=False)
     out = tmp_path / "resumed.h5"
     with pytest.raises(FeatxError, match="interrupted after .* the next run resumes"):
-        extract(InterruptedSource(image_folder, fail_at), tiny_backbone, out=out, batch_size=4, progress=False)
+        extract(InterruptedSource(image_folder, fail_at), tiny_backbone, out=out, batch_size=4, progress=False,
+                reuse="none")  # embedded, not copied from whole.h5 beside it
     assert partial_path(out).exists() and not out.exists()
     with pytest.raises(FeatxError, match="incomplete|does not exist"):
         open_features(out)
-    again = extract(ImageFolderSource(image_folder), tiny_backbone, out=out, batch_size=4, progress=False)
+    again = extract(ImageFolderSource(image_folder), tiny_backbone, out=out, batch_size=4, progress=False,
+                    reuse="none")
     assert again.resumed and 0 < again.n_new < again.n_items
     a, b = _all(whole.path), _all(out)
     assert a.keys() == b.keys()

@@ -159,7 +159,7 @@ def test_a_changed_image_changes_the_cache_key(image_folder, tiny_backbone):
 # -- processes: kill -9, Ctrl-C, two writers, a reader, a full disk ---------------------------------------
 def _cmd(folder, out, *extra):
     return [sys.executable, "-m", "featx", "extract", "--data", str(folder), "--backbone", TINY, "--weights", "none",
-            "--batch-size", "2", "--no-progress", "--out", str(out), *extra]
+            "--batch-size", "2", "--no-progress", "--reuse", "none", "--out", str(out), *extra]
 
 
 def _committed(partial: Path) -> int:

@@ -3,14 +3,19 @@ the same backbone and settings, and embeds only what is new or changed.
 
 Two caches can share rows when they hold the same features (:meth:`featx.cache.spec.EmbeddingSpec.same_features`:
 backbone, weights and their sha256, layer, transform, precision, decoder, dimension): a row is then the embedding
-of an image, whatever the item list, split or label around it. A row is reused when the item's id and its content fingerprint
-(:meth:`featx.data.sources.Source.item_fingerprints`: file size and modification time, or the dataset for
-in-memory sources) are both equal to the donor row's. Labels always come from the current source.
+of an image, whatever the item list, split or label around it. A row is reused when the item is the donor row's (the
+same id, or the same real file: a manifest written elsewhere names the folder's files with a prefix) and its content
+fingerprint (:meth:`featx.data.sources.Source.item_fingerprints`: file size and modification time, a SHA-256 of the
+bytes with ``--fingerprint content``, or the dataset for in-memory sources) equals the donor row's. A content
+fingerprint also matches a donor row recorded by size and modification time when the donor's own file is still
+there, unchanged since, and has the same bytes (so a copied folder reuses the rows of the original). Labels always
+come from the current source.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -81,18 +86,68 @@ class RowIndex:
                     fps = np.full(len(fps), _legacy_fingerprint(fs.meta.get("source") or {}), dtype=object)
                 for row, (item_id, fp) in enumerate(zip(view.ids, fps)):
                     self._where.setdefault(str(item_id), (d, split, row, str(fp)))
+        self._files: dict[str, tuple[int, str, int, str]] | None = None  # built on the first id that misses
+        self._hashed: dict[str, str] = {}
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
         self.used: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._where)
 
-    def match(self, ids, fingerprints) -> list[tuple[int, str, int] | None]:
-        """For each item, the donor row with the same id and fingerprint, or ``None`` (new or changed)."""
+    def _by_file(self) -> dict:
+        """The donor's real file -> its row, for donors whose recorded source names files."""
+        from ..data.sources import recorded_file
+
+        if self._files is None:
+            self._files = {}
+            sources = [fs.meta.get("source") or {} for fs in self.donors]
+            for item_id, hit in self._where.items():
+                path = recorded_file(sources[hit[0]], item_id)
+                if path is not None:
+                    self._files.setdefault(path, hit)
+        return self._files
+
+    def _same_content(self, hit, fp: str, donor_file: str | None) -> bool:
+        """Whether the item with fingerprint ``fp`` has the content of the donor row ``hit``."""
+        if hit[3] == fp:
+            return True
+        if not fp.startswith("sha256:") or hit[3].startswith("sha256:") or donor_file is None:
+            return False
+        # a content fingerprint against a row recorded by size and mtime: the donor's file, if unchanged since
+        try:
+            st = os.stat(donor_file)
+        except OSError:
+            return False
+        if f"{st.st_size}-{st.st_mtime_ns}" != hit[3]:
+            return False
+        if donor_file not in self._hashed:
+            from ..data.sources import content_fingerprint
+
+            try:
+                self._hashed[donor_file] = content_fingerprint(donor_file)
+            except OSError:
+                self._hashed[donor_file] = "?"
+        return self._hashed[donor_file] == fp
+
+    def match(self, ids, fingerprints, files=None) -> list[tuple[int, str, int] | None]:
+        """For each item, the donor row of the same content (same id or same real file, in ``files``, and the same
+        fingerprint), or ``None`` (new or changed)."""
+        from ..data.sources import recorded_file
+
         out = []
-        for item_id, fp in zip(ids, fingerprints):
+        files = files if files is not None else [None] * len(ids)
+        for item_id, fp, path in zip(ids, fingerprints, files):
+            found = None
             hit = self._where.get(str(item_id))
-            out.append(hit[:3] if hit is not None and hit[3] == fp else None)
+            if hit is not None:
+                src = self.donors[hit[0]].meta.get("source") or {}
+                if self._same_content(hit, fp, recorded_file(src, str(item_id)) if fp.startswith("sha256:") else None):
+                    found = hit[:3]
+            if found is None and path is not None:
+                hit = self._by_file().get(path)
+                if hit is not None and self._same_content(hit, fp, path):
+                    found = hit[:3]
+            out.append(found)
         return out
 
     def why_nothing(self, ids, fingerprints) -> str:
@@ -100,7 +155,8 @@ class RowIndex:
         known = [str(i) for i in ids if str(i) in self._where]
         if known:
             return (f"{len(known)} item(s) have a donor row of the same id but another file size or modification "
-                    f"time (e.g. {known[0]}; a copied folder gets new modification times), so they were embedded again")
+                    f"time (e.g. {known[0]}; a copied folder gets new modification times: --fingerprint content compares "
+                    "the bytes instead), so they were embedded again")
         theirs = next(iter(self._where), "")
         ours = str(next(iter(ids), ""))
         if theirs and ours and (theirs.endswith("/" + ours) or ours.endswith("/" + theirs)):

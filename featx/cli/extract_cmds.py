@@ -34,6 +34,7 @@ __all__ = ["extract", "merge"]
 @out_option("Cache file to write (default <cache-dir>/<dataset>/<backbone>-<key>.h5).")
 @setting_option(ExtractOptions, "cache_dir")
 @setting_option(ExtractOptions, "reuse")
+@setting_option(ExtractOptions, "fingerprint")
 @setting_option(ExtractOptions, "batch_size")
 @setting_option(ExtractOptions, "workers")
 @setting_option(ExtractOptions, "device")
@@ -96,10 +97,10 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
     skipped = f", {result.n_skipped} skipped (see `featx info`)" if result.n_skipped else ""
     o = exp.extract
     reused = "".join(f"reused {r['rows']} rows from {r['path']}, " for r in result.reused_from)
+    rate = f" in {result.seconds:.1f} s = {result.images_per_s:.1f} images/s" if result.n_new else ""
     echo(
         f"wrote {result.path}: {result.n_items} items{skipped}; {reused}{'embedded ' if reused else ''}"
-        f"{result.n_new} new in {result.seconds:.1f} s "
-        f"= {result.images_per_s:.1f} images/s ({bb.name}, {o.precision}, {o.device}, batch {o.batch_size}"
+        f"{result.n_new} new{rate} ({bb.name}, {o.precision}, {o.device}, batch {o.batch_size}"
         f"{'; ' + result.pipeline if result.pipeline else ''})"
     )
 

@@ -205,11 +205,15 @@ class Source(ABC):
             fp[split] = _digest([items.ids, items.labels.tolist()])
         return fp
 
-    def item_fingerprints(self, items: SplitItems) -> list[str]:
+    def item_fingerprints(self, items: SplitItems, how: str = "stat") -> list[str]:
         """What identifies each item's content beside its id, as recorded per row in a cache (row reuse across
         caches compares it): the source's description for in-memory datasets, whose items never change;
-        file sources override it with each file's size and modification time."""
+        file sources override it with each file's size and modification time, or a hash of its bytes."""
         return [in_memory_fingerprint(self.describe())] * len(items)
+
+    def item_files(self, items: SplitItems) -> list[str | None]:
+        """Each item's real file, for sources of files (``None``: not a file)."""
+        return [None] * len(items)
 
     def _carve(self, splits: dict[str, SplitItems]) -> dict[str, SplitItems]:
         """Carve val (and test) out of train when the source has none of its own (:func:`carve_splits`: by a
@@ -264,13 +268,42 @@ class FileSource(Source):
         fp["files"] = _digest(stats)
         return fp
 
-    def item_fingerprints(self, items: SplitItems) -> list[str]:
-        """``"<size>-<mtime_ns>"`` of each file (``"missing"`` for one gone since it was listed)."""
+    def item_fingerprints(self, items: SplitItems, how: str = "stat") -> list[str]:
+        """``"<size>-<mtime_ns>"`` of each file (``how="stat"``, one stat per file), or ``"sha256:<hex>"`` of its
+        bytes (``how="content"``: reads every file, and matches a copied tree whose modification times are new);
+        ``"missing"`` for one gone since it was listed."""
         out = []
         for key in items.keys:
             try:
-                st = os.stat(key)
-                out.append(f"{st.st_size}-{st.st_mtime_ns}")
+                if how == "content":
+                    out.append(content_fingerprint(key))
+                else:
+                    st = os.stat(key)
+                    out.append(f"{st.st_size}-{st.st_mtime_ns}")
             except OSError:
                 out.append("missing")
         return out
+
+    def item_files(self, items: SplitItems) -> list[str]:
+        """Each item's real file (symbolic links and ``..`` resolved): row reuse matches rows by it when ids differ
+        (a manifest written elsewhere names the same files with a folder prefix)."""
+        return [os.path.realpath(k) for k in items.keys]
+
+
+def content_fingerprint(path) -> str:
+    """``"sha256:<hex>"`` of a file's bytes (the ``content`` fingerprint of a row)."""
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def recorded_file(description: dict, item_id: str) -> str | None:
+    """The real file a cache row of ``item_id`` was made from, from the cache's recorded source (``None`` where
+    ids are not paths: in-memory datasets, layouts whose ids are not relative to a folder)."""
+    kind = description.get("kind")
+    if kind == "imagefolder":
+        base = description.get("root")
+    elif kind == "manifest":
+        base = os.path.dirname(description.get("manifest") or "")
+    else:
+        return None
+    return os.path.realpath(os.path.join(base, item_id)) if base else None

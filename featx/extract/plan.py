@@ -113,17 +113,23 @@ def plan_extraction(source: Source, backbone: Backbone, options: ExtractOptions,
                        list(source.classes))
 
 
-def row_index(plan: ExtractPlan, options: ExtractOptions, *, explicit_out: bool = False):
-    """The donor caches' rows this run may copy (``--reuse``: auto = the complete caches beside this one in the
-    dataset's cache folder, not for a file named with ``--out``; a file; none); ``None`` when there are none.
-    Sharded runs embed their block (a merge then joins the shards)."""
+def row_index(plan: ExtractPlan, options: ExtractOptions, *, default_path: Path | None = None):
+    """The donor caches' rows this run may copy (``--reuse``: auto = the complete caches of the same features in
+    this cache's folder, then (when ``--out`` named another file) the dataset's cache folder (``default_path``'s),
+    then the other datasets' folders of the cache folder (a manifest of the same images is another dataset); a
+    file; none); ``None`` when there are none. Sharded runs embed their block (a merge then joins the shards)."""
     from ..cache.reuse import RowIndex, check_donor, find_donors
 
     choice = str(options.reuse)
-    if choice == "none" or plan.shard is not None or (choice == "auto" and explicit_out):
+    if choice == "none" or plan.shard is not None:
         return None
     if choice == "auto":
-        donors = find_donors(plan.path.parent, plan.spec, exclude=[plan.path])
+        home = Path(options.cache_dir)
+        others = sorted(p for p in home.iterdir() if p.is_dir()) if home.is_dir() else []
+        folders = dict.fromkeys(p.resolve() for p in (plan.path.parent, getattr(default_path, "parent", None),
+                                                      *others) if p is not None)
+        donors = list(dict.fromkeys(d for folder in folders for d in find_donors(folder, plan.spec,
+                                                                                  exclude=[plan.path])))
     else:
         donors = [check_donor(choice, plan.spec)]
     if not donors:

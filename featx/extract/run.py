@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..backbones.registry import Backbone
+from ..cache.spec import cache_path
 from ..cache.store import open_features, partial_path
 from ..cache.writer import FeatureWriter
 from ..data.decoding import scaled_decoding_hint
@@ -76,7 +77,8 @@ def extract(source: Source, backbone: Backbone, options: ExtractOptions | None =
                                   f"{plan.key}); choose another output file or delete it", param="out")
         return ExtractResult(plan.path, plan.key, True, False, plan.total, 0, 0, 0.0)
     tune_malloc()
-    index = row_index(plan, options, explicit_out=out is not None)
+    default = cache_path(options.cache_dir, source.name, backbone.name, plan.key) if out is not None else None
+    index = row_index(plan, options, default_path=default)
     writer = FeatureWriter(plan.path, attrs=plan.attrs, classes=plan.classes,
                            split_sizes={s: len(i) for s, i in plan.splits.items()}, feature_dim=backbone.feature_dim)
     with writer:
@@ -139,8 +141,8 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
     if writer.resumed:
         log.info(f"resuming {writer.partial}: {done}/{plan.total} items already done")
     todo = {s: items for s, items in plan.splits.items() if writer.position(s) < len(items)}
-    # each item's content fingerprint, recorded per row and compared by row reuse (one stat per file)
-    fingerprints = {split: source.item_fingerprints(items) for split, items in todo.items()}
+    # each item's content fingerprint, recorded per row and compared by row reuse (one stat, or one hash, per file)
+    fingerprints = {split: source.item_fingerprints(items, options.fingerprint) for split, items in todo.items()}
     work = {split: _work(source, items, writer.position(split), backbone, plan.spec.decoder, index, fingerprints[split])
             for split, items in todo.items()}
     to_embed = sum(len(ds) for ds, _ in work.values())
@@ -203,7 +205,7 @@ def _work(source: Source, items: SplitItems, start: int, backbone: Backbone, dec
     if index is None:
         return Items(source, items, start, backbone.transform, decoder), None
     rest = np.arange(start, len(items))
-    hits = index.match([items.ids[j] for j in rest], fingerprints[start:])
+    hits = index.match([items.ids[j] for j in rest], fingerprints[start:], source.item_files(items)[start:])
     fresh = np.array([j for j, hit in zip(rest, hits) if hit is None], dtype=np.int64)
     return (Items(source, items.take(fresh), 0, backbone.transform, decoder),
             (fresh, dict(zip(rest.tolist(), hits))))
