@@ -89,6 +89,20 @@ def test_extract_out_never_replaces_another_kind_of_file(fitted, tmp_path):
     assert "exists and is an image" in msg and digest(image) == before
 
 
+def test_a_report_folder_replaces_only_earlier_reports(fitted, tmp_path):
+    _, _, cache, _ = fitted
+    out = tmp_path / "r"
+    out.mkdir()
+    precious = shutil.copy(cache, out / "report.md")  # a cache that happens to have a report's name
+    for args in (["grid", cache, "--heads", "logreg"], ["audit", cache, "--no-pixels"]):
+        msg = one_line(run(*args, "--out", out), 2)
+        assert f"{out / 'report.md'} exists and is an HDF5 file" in msg and "force" not in msg
+    assert digest(precious) == digest(cache)
+    precious.unlink()
+    assert run("-q", "audit", cache, "--no-pixels", "--out", out).exit_code == 0
+    assert run("-q", "audit", cache, "--no-pixels", "--out", out).exit_code == 0, "an earlier report is replaced"
+
+
 def test_export_replaces_its_own_output_and_nothing_else(fitted):
     root, _, cache, _ = fitted
     out = root / "x.npz"
@@ -255,6 +269,23 @@ def test_usage_errors_before_any_work(fitted, tmp_path):
                                                     "--out", tmp_path / "x.h5"), 2)
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--backbone", "resnet5"], "unknown backbone 'resnet5'; did you mean resnet50"),
+    (["--backbone", "mobilenet_v2", "--weights", "IMAGENET1K_V3"], "has no weights 'IMAGENET1K_V3'"),
+    (["--backbone", "mobilenet_v2:V9"], "has no weights 'V9'"),
+])
+def test_a_misspelt_backbone_is_refused_before_torch_loads(args, words):
+    """In a fresh interpreter: the refusal comes from featx's table of names, with torch never imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom featx.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print('exit', e.code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, "extract", *args], capture_output=True, text=True, timeout=60)
+    assert words in done.stderr, done.stderr
+    assert done.stdout.split() == ["exit", "2", "False"]
+
+
 # -- a head and its card are one checked unit --------------------------------------------------------------------
 
 def _edit_inside(head, target, change, *, drop_card=False):
@@ -275,6 +306,23 @@ def _edit_inside(head, target, change, *, drop_card=False):
     card["head_sha256"] = digest(target)
     target.with_suffix(".json").write_text(json.dumps(card))
     return target
+
+
+def test_a_head_without_a_card_is_a_usage_error_before_any_model_loads(fitted, tmp_path):
+    import subprocess
+    import sys
+
+    _, data, _, head = fitted
+    bare = _edit_inside(head, tmp_path / "bare.skops", lambda card: None, drop_card=True)
+    bare.with_suffix(".json").unlink()  # no card inside, none beside: nothing says which features it needs
+    image = next(data.rglob("*.png"))
+    code = ("import sys\nfrom featx.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print('exit', e.code, 'torch' in sys.modules)")
+    for args in (["predict", "-F", bare, image], ["export-model", "-F", bare, "-o", tmp_path / "m.onnx"]):
+        done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                              timeout=60)
+        assert f"{bare} has no card (none inside it, no bare.json beside it)" in done.stderr, done.stderr
+        assert done.stdout.split() == ["exit", "2", "False"]
 
 
 def test_edits_to_the_card_beside_a_head_change_no_prediction(fitted, tmp_path):

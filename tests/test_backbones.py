@@ -157,3 +157,13 @@ def test_embedded_efficientnet_lite1_and_lite2(name, sha, size, image_folder):
             ref_top5 = ref(ref_w.transforms()(img)[None]).topk(5).indices[0].tolist()
         assert top1 in ref_top5, (top1, ref_top5)
     assert {r.name for r in list_backbones(offline_only=True)} >= {"efficientnet_lite1", "efficientnet_lite2"}
+
+
+def test_the_table_of_backbone_names_is_torchvisions():
+    """featx refuses a misspelt backbone from its own table, before torch loads: the table must be torchvision's
+    (regenerate it with ``featx.backbones.names._generate()`` after a torchvision upgrade)."""
+    from featx.backbones import names
+
+    assert names.table_is_current()
+    assert names._generate() == __import__("pprint").pformat(names.TORCHVISION_WEIGHTS, width=118, compact=True,
+                                                             sort_dicts=True)

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import FeatxError, FeatxUsageError
 from ..util import file_sha256, first_line
+from .names import is_file_spec
 
 __all__ = ["LoadedModel", "is_file_spec", "load_state_file", "load_into", "weights_only_loads", "seeded_init"]
 
@@ -44,11 +45,6 @@ class LoadedModel:
     weights: str
     sha256: str | None
     meta: dict = field(default_factory=dict)
-
-
-def is_file_spec(weights: str | None) -> bool:
-    """Whether a ``--weights`` value names a local file rather than an enum member."""
-    return bool(weights) and (weights.endswith((".pth", ".pt", ".bin")) or os.sep in weights)
 
 
 def load_state_file(path: str | os.PathLike) -> tuple[dict, str]:

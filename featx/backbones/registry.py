@@ -21,16 +21,9 @@ from ..data.decoding import RGBTransform, preprocess_record
 from ..errors import FeatxError, FeatxUsageError
 from ..util import did_you_mean
 from . import torchvision_models
-from .loading import is_file_spec
+from .names import EXTRA_BACKBONES, is_file_spec, parse_backbone, quick_check
 
 __all__ = ["EXTRA_BACKBONES", "Backbone", "BackboneInfo", "check_backbone", "load_backbone", "list_backbones", "parse_backbone"]
-
-#: Backbones that are not torchvision models: name -> what it is (see featx/backbones/timm_models.py).
-EXTRA_BACKBONES = {
-    f"efficientnet_lite{n}": f"ImageNet EfficientNet-Lite{n} (timm tf_efficientnet_lite{n} architecture, embedded weights)"
-    for n in (0, 1, 2)
-}
-
 
 @dataclass
 class Backbone:
@@ -70,12 +63,6 @@ class BackboneInfo:
     params: int | None
     top1: float | None
     offline: bool
-
-
-def parse_backbone(spec: str, weights: str | None = None) -> tuple[str, str | None]:
-    """``"resnet50:IMAGENET1K_V2"`` -> ``("resnet50", "IMAGENET1K_V2")``; ``weights`` wins if both given."""
-    name, _, inline = spec.partition(":")
-    return name.strip(), (weights or inline or None)
 
 
 class _PooledLayer(nn.Module):
@@ -119,6 +106,8 @@ def check_backbone(spec: str, weights: str | None = None) -> None:
     if spec.startswith("timm:") or spec in EXTRA_BACKBONES:
         return  # timm's names are checked when timm loads them; the embedded ones are known
     name, weights_name = parse_backbone(spec, weights)
+    if quick_check(name, weights_name):
+        return
     if not is_file_spec(weights_name):
         torchvision_models.resolve_weights(name, weights_name, other_names=EXTRA_BACKBONES)
 

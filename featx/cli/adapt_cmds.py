@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .base import echo, existing_file, out_option
+from .base import REPORT_FILES, check_report_folder, echo, existing_file, out_option
 
 __all__ = ["adapt"]
 
@@ -37,19 +37,22 @@ def adapt(source_cache, target_cache, head_name, params, methods, target_shots, 
     """
     existing_file(source_cache, "source cache")
     existing_file(target_cache, "target cache")
-    from ..adapt.maps import check_methods
+    from ..adapt.maps import METHODS, check_methods
     from ..heads.registry import check_head, make_head, parse_params
 
     check_head(head_name)
     wanted = check_methods([m for v in methods for m in v.replace(",", " ").split()])
     overrides = parse_params(params)
     make_head(head_name, overrides)  # bad parameters fail here, before the caches are read
+    out_dir = Path(out) if out else Path("reports") / f"adapt-{Path(source_cache).stem}-{Path(target_cache).stem}"
+    heads_saved = tuple(f"{m}{x}" for m in (METHODS if "all" in wanted else wanted) for x in (".skops", ".json"))
+    check_report_folder(out_dir, REPORT_FILES + ("adapt.json",) + heads_saved,
+                        {"the source cache": source_cache, "the target cache": target_cache})
     from ..adapt.report import write_adapt_reports
     from ..adapt.run import run_adaptation, save_adapted_heads
 
     record, heads = run_adaptation(source_cache, target_cache, head=head_name, params=overrides, methods=wanted,
                                    target_shots=target_shots, components=components, seed=seed)
-    out_dir = Path(out) if out else Path("reports") / f"adapt-{Path(source_cache).stem}-{Path(target_cache).stem}"
     paths = write_adapt_reports(out_dir, record)
     save_adapted_heads(record, heads, out_dir)
     for r in record["methods"]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..options import CV_FOLDS, DATASETS_ROOT, INDEXES
-from .base import check_output, echo, existing_file, force_option, out_option, progress_renderer
+from .base import REPORT_FILES, check_output, check_report_folder, echo, existing_file, force_option, out_option, progress_renderer
 
 __all__ = ["audit"]
 
@@ -53,10 +53,11 @@ def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest,
         check_output(manifest, {"the cache": cache, "the manifest of its data": data_manifest}, replaces=("text",),
                      force=force)
         check_manifest_target(fs, manifest)
+    out_dir = check_report_folder(Path(out) if out else Path("reports") / f"audit-{Path(cache).stem}",
+                                  REPORT_FILES + ("audit.json",), {"the cache": cache, "the manifest": manifest})
     record = run_audit(fs, threshold=DUPLICATE_THRESHOLD if threshold is None else threshold, index=index,
                        folds=folds, pixels=pixels, copy_threshold=copy_threshold, root=root,
                        progress=progress_renderer(enabled=not no_progress))
-    out_dir = Path(out) if out else Path("reports") / f"audit-{Path(cache).stem}"
     paths = write_audit_reports(out_dir, record, fs, root=root)
     for line in summary_lines(record):
         echo(line)

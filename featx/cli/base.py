@@ -259,7 +259,7 @@ def companions(path) -> dict[Path, str]:
             store_path(p): "its baseline features"}
 
 
-def check_output(target, inputs: dict, *, replaces: tuple[str, ...] = (), force: bool = False) -> Path:
+def check_output(target, inputs: dict, *, replaces: tuple[str, ...] = (), force: bool | None = False) -> Path:
     """``target`` as an output path, or a usage error before any work when writing there would destroy an input.
 
     Args:
@@ -268,7 +268,7 @@ def check_output(target, inputs: dict, *, replaces: tuple[str, ...] = (), force:
             output is never an input nor one of its :func:`companions`.
         replaces: the :func:`featx.util.file_kind` s an existing ``target`` may have (``"text"``, ``"zip"`` ...):
             the same kind of artifact, replaced atomically. Another kind (an image, a cache, a folder) is refused unless
-            ``force``.
+            ``force`` (``None``: the command has no ``--force``).
     """
     t = Path(target)
     for what, paths in inputs.items():
@@ -284,8 +284,22 @@ def check_output(target, inputs: dict, *, replaces: tuple[str, ...] = (), force:
         kind = file_kind(t)
         if kind not in replaces:
             raise FeatxUsageError(f"{target} exists and is {FILE_KINDS[kind]}, not what this command writes: choose "
-                                  "another output (or force the replacement)", param="out")
+                                  f"another output{' (or force the replacement)' if force is not None else ''}",
+                                  param="out")
     return t
+
+
+#: the files of every report folder (beside its JSON record): featx.report.document.write_report
+REPORT_FILES = ("report.md", "report.html")
+
+
+def check_report_folder(out_dir, names, inputs: dict) -> Path:
+    """``out_dir`` as a report folder whose files ``names`` replace only earlier reports (text, or saved heads):
+    each is checked as an output (:func:`check_output`), before any work."""
+    out_dir = Path(out_dir)
+    for name in names:
+        check_output(out_dir / name, inputs, replaces=("text", "zip"), force=None)
+    return out_dir
 
 
 def _same_file(a: Path, b: Path) -> bool:

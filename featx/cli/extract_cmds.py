@@ -62,6 +62,10 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
     if out:  # a cache file (this run's, to reuse or resume), never the data or another kind of file
         check_output(out, {"the data": exp.source.data if Path(exp.source.data).is_file() else None},
                      replaces=("hdf5",))
+    from ..backbones.names import parse_backbone, quick_check
+
+    if not exp.backbone.name.startswith("timm:"):  # a misspelt backbone or weights: refused before torch loads
+        quick_check(*parse_backbone(exp.backbone.name, exp.backbone.weights))
     source = build_source(exp, allow_outside=allow_outside)  # a wrong --data fails here, before torch loads
     from ..cache.shards import dist_env
     from ..extract import check_device

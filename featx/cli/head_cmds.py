@@ -12,7 +12,7 @@ import click
 from ..errors import FeatxError, FeatxUsageError
 from ..options import (CLASS_WEIGHTS, CV_FOLDS, DATASETS_ROOT, GRID_BACKENDS, METRICS, RANK_SAMPLE, REPORT_FORMATS,
                        ExtractOptions, SourceOptions)
-from .base import (check_output, echo, existing_file, force_option, out_option, pipeline_option, progress_renderer,
+from .base import (REPORT_FILES, check_output, check_report_folder, echo, existing_file, force_option, out_option, pipeline_option, progress_renderer,
                    setting_option)
 from ..pipeline import check_cache_exists, experiment, resolve_cache
 
@@ -227,7 +227,8 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
     grids = {h: parse_grid(h, overrides[h], feature_dim=dim) for h in heads}
 
     name = exp.name if pipeline else path.stem
-    out_dir = Path(out) if out else Path("reports") / name
+    out_dir = check_report_folder(Path(out) if out else Path("reports") / name, REPORT_FILES + ("results.json",),
+                                  {"the cache": path})
     with contextlib.ExitStack() as stack:
         if backend == "dask":
             stack.enter_context(_dask(scheduler))
@@ -318,6 +319,8 @@ def rank(data, root, backbone_list, weights, sample, seed, folds, cache_dir, dev
     from ..pipeline import build_source
 
     source = build_source(exp)  # a wrong --data fails here, before torch loads
+    out_dir = check_report_folder(Path(out) if out else Path("reports") / f"rank-{source.name}",
+                                  REPORT_FILES + ("rank.json",), {"the data": exp.source.data})
     from ..transfer.rank import rank_backbones
     from ..transfer.report import write_rank_reports
     from ..extract import check_device
@@ -326,7 +329,6 @@ def rank(data, root, backbone_list, weights, sample, seed, folds, cache_dir, dev
     record = rank_backbones(source, candidates, sample=sample, seed=exp.source.seed, folds=folds,
                             cache_dir=exp.extract.cache_dir, device=exp.extract.device,
                             progress=progress_renderer(enabled=not no_progress))
-    out_dir = Path(out) if out else Path("reports") / f"rank-{source.name}"
     paths = write_rank_reports(out_dir, record)
     b = record["baselines"]
     for i, r in enumerate(record["candidates"], 1):

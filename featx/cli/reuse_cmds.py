@@ -32,6 +32,32 @@ def _device(device: str) -> str:
     return device
 
 
+def _check_card(head_path: str) -> None:
+    """Before any model loads: a head without a card, or whose card names no backbone and no cache that still
+    exists, cannot say which features it needs (a usage error, in a fraction of a second)."""
+    from ..heads.persist import card_path, read_card
+
+    from ..util import FILE_KINDS, file_kind
+
+    if not Path(head_path).is_file():
+        return  # load_head says what is wrong with it
+    kind = file_kind(head_path)
+    if kind in ("hdf5", "image", "text"):  # a cache or a picture given where a head goes
+        raise FeatxUsageError(f"{head_path} is not a head: it is {FILE_KINDS[kind]}")
+    try:
+        card = read_card(head_path)
+    except FeatxError:
+        return  # a damaged head: load_head says how
+    if card is None:
+        raise FeatxUsageError(f"{head_path} has no card (none inside it, no {card_path(head_path).name} beside it): "
+                              "featx cannot tell which backbone made its features or what its classes are; refit it "
+                              "with `featx fit`")
+    if not card.get("embedding") and not (card.get("cache") and Path(card["cache"]).exists()):
+        gone = f"its cache {card['cache']} is gone" if card.get("cache") else "it names no cache"
+        raise FeatxUsageError(f"{head_path}: its card does not say which backbone made its features, and {gone}; "
+                              "refit it with this featx")
+
+
 def _head_and_embedding(head_path: str, trust: bool):
     """A saved head, its card, and the embedding record of the cache it was trained on."""
     from ..cache.store import open_features
@@ -40,9 +66,7 @@ def _head_and_embedding(head_path: str, trust: bool):
     head, card = load_head(head_path, trust=trust)
     embedding = card.get("embedding")
     if not embedding:  # a card written before featx recorded it: the cache still has it
-        if not card.get("cache") or not Path(card["cache"]).exists():
-            raise FeatxError(f"{head_path}: its card does not say which backbone made its features, and its cache "
-                             f"{card.get('cache')} is gone; refit it with this featx")
+        _check_card(head_path)
         fs = open_features(card["cache"])
         if fs.cache_key != card.get("cache_key"):  # another cache now has that name: not the head's features
             raise FeatxError(f"{head_path}: its card does not say which backbone made its features, and {fs.path} "
@@ -103,6 +127,7 @@ def predict(head_path, old_head, images, top_k, out, batch_size, device, trust, 
             raise FeatxUsageError(f"{image} does not exist")
     if out:
         check_output(out, {"the head": head_path, "an image named": list(images)}, replaces=("text",), force=force)
+    _check_card(head_path)
     _device(device)
     from ..inference import backbone_for, embed_images, image_paths, predict_images
 
@@ -232,6 +257,7 @@ def export_model(head_path, old_head, fmt, out, trust, force):
     head_path = _head_file(head_path, old_head)
     target = Path(out) if out else Path(head_path).with_suffix(MODEL_FORMATS[fmt][0])
     check_output(target, {"the head": head_path}, replaces=("zip", "data"), force=force)
+    _check_card(head_path)
     from ..heads.export import export_model as run_export
     from ..inference import backbone_for
 

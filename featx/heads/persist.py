@@ -27,7 +27,7 @@ from ..errors import FeatxError, FeatxUsageError
 from ..util import FILE_KINDS, atomic_write, file_kind, file_sha256, first_line
 from ..version import __version__
 
-__all__ = ["HEAD_SUFFIX", "TRUSTED_TYPES", "card_path", "default_head_path", "save_head",
+__all__ = ["HEAD_SUFFIX", "TRUSTED_TYPES", "card_path", "default_head_path", "read_card", "save_head",
            "update_card", "load_head", "check_archive", "check_card", "CARD_ENTRY",
            "PREDICTION_FIELDS"]
 
@@ -237,6 +237,24 @@ def load_head(path, *, trust: bool = False):
         raise FeatxError(f"head {path} cannot be loaded ({type(exc).__name__}: {first_line(exc)})") from None
     check_card(card or {}, est, path)
     return est, card or {}
+
+
+def read_card(path) -> dict | None:
+    """A head's card without loading the head (the card inside, else the copy beside it; ``None``: neither), for
+    checks that must come before any model is loaded. :func:`load_head` checks the card against the head."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            inside = _card_inside(path) if fh.read(4) == _ZIP_MAGIC else None
+    except OSError:
+        return None  # load_head says why the head cannot be read
+    if inside is not None:
+        return inside
+    try:
+        card = json.loads(card_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) else None
 
 
 def _card_inside(path: Path) -> dict | None:
