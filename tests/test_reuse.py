@@ -28,7 +28,14 @@ def run(*args):
 
 
 @pytest.fixture
-def cache_and_heads(image_folder, tiny_backbone, tmp_path):
+def cache_and_heads(image_folder, tiny_backbone, tmp_path, monkeypatch):
+    """A cache of 36 images and three heads; the calibration guards are lowered so that the temperature is fitted
+    on its 3-4 val rows (``test_calibration_is_skipped_where_val_cannot_support_it`` keeps them)."""
+    import featx.probe.calibration
+
+    monkeypatch.setattr(featx.probe.calibration, "MIN_VAL_ROWS", 1)
+    monkeypatch.setattr(featx.probe.calibration, "MIN_VAL_ERRORS", 0)
+    monkeypatch.setattr(featx.probe.calibration, "TEMPERATURE_BOUNDS", (1e-3, 1e3))
     cache = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "c.h5", progress=False).path
     heads = {}
     for name in ("logreg", "svm", "knn"):
@@ -246,6 +253,36 @@ def test_temperature_scaling_is_fitted_on_val_recorded_and_applied_by_predict(ca
     old = run("predict", "-H", heads["svm"], *paths)  # the old spelling of --head-file: works, with a note
     assert old.exit_code == 0 and "say --head-file/-F" in old.stderr
     assert "calibrated_probability" in (tmp_path / "p.csv").read_text().splitlines()[0]
+
+
+def test_calibration_is_skipped_where_val_cannot_support_it(image_folder, tiny_backbone, tmp_path):
+    """3-4 val rows: no temperature (it would be fitted on nothing); the card says why, predict prints the raw
+    scores with a note, never a manufactured 1.000."""
+    cache = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "c.h5", progress=False).path
+    fitted = run("fit", cache, "--head", "svm", "--no-baselines", "--out", tmp_path / "svm.skops")
+    assert fitted.exit_code == 0 and "calibration: skipped, only" in fitted.stdout
+    cal = json.loads((tmp_path / "svm.json").read_text())["calibration"]
+    assert "temperature" not in cal and "labelled val rows" in cal["skipped"] and cal["val_rows"] < 50
+    result = run("predict", "--head-file", tmp_path / "svm.skops", image_folder / "circle", "--output",
+                 tmp_path / "p.json")
+    assert result.exit_code == 0 and "scores are not calibrated: only" in result.stderr
+    assert json.loads((tmp_path / "p.json").read_text())["kind"] == "decision score"
+
+
+def test_a_head_without_val_errors_gets_no_temperature():
+    """A head right on every val row would get T -> 0 (every probability 1.000): refused with the reason."""
+    from featx.probe.calibration import MIN_VAL_ERRORS, guarded_temperature
+    from featx.heads.registry import make_head
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 40)
+    X = np.eye(3)[y] * 5 + rng.normal(0, 0.1, (len(y), 3))
+    head = make_head("logreg").fit(X, y)
+    skipped = guarded_temperature(head, X, y)
+    assert skipped["val_errors"] < MIN_VAL_ERRORS and "too few errors" in skipped["skipped"]
+    noisy = X + rng.normal(0, 3, X.shape)  # real errors: a temperature within the bounds
+    fitted = guarded_temperature(head, noisy, y)
+    assert fitted["val_errors"] >= MIN_VAL_ERRORS and 0.05 <= fitted["temperature"] <= 20
 
 
 def test_temperature_undoes_a_known_overconfidence():

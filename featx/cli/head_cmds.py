@@ -78,10 +78,14 @@ def fit(cache, pipeline, head_name, params, out, baselines, limit, force):
         if m:
             echo(f"{split:<6} {m['n']:>6} " + " ".join(f"{m[k]:>14.4f}" for k in METRICS))
     cal = result.calibration
-    if cal:
-        ece = (f"; test ECE {cal['test_ece']:.4f} -> {cal['test_ece_calibrated']:.4f}" if "test_ece" in cal else "")
-        echo(f"calibration: temperature {cal['temperature']:.4g} fitted on {cal['val_rows']} val rows{ece} "
-                   "(featx predict applies it)")
+    if cal and "temperature" in cal:
+        ece = (f"; test ECE {cal['test_ece']:.4f} [{cal['test_ece_ci'][0]:.4f}, {cal['test_ece_ci'][1]:.4f}] -> "
+               f"{cal['test_ece_calibrated']:.4f} [{cal['test_ece_calibrated_ci'][0]:.4f}, "
+               f"{cal['test_ece_calibrated_ci'][1]:.4f}]" if "test_ece" in cal else "")
+        echo(f"calibration: temperature {cal['temperature']:.4g} fitted on {cal['val_rows']} val rows "
+             f"({cal['val_errors']} errors){ece} (featx predict applies it)")
+    elif cal:
+        echo(f"calibration: skipped, {cal['skipped']}; featx predict prints the head's raw scores")
     echo(f"saved {result.head_path} and {result.card_path}")
     if baselines:
         _fit_baselines(head_name, overrides, path, exp if pipeline else None, result.card_path)
@@ -123,12 +127,14 @@ def _fit_baselines(head_name: str, params: dict, path: Path, exp, card_file) -> 
         echo(f"featx: note: baselines skipped: {exc}", err=True)
         update_card(card_file, baselines={"skipped": str(exc)})
         return
-    echo(f"baselines ({b['n_train']} train / {b['n_test']} test items): pretrained {b['pretrained']:.4f}, "
-               f"random-init {b['random_init']:.4f}, raw pixels {b['raw_pixels']:.4f}; transfer gain "
-               f"{b['transfer_gain']:+.4f} ± {b['transfer_gain_se']:.4f}")
+    from ..probe.verdict import verdict_line
+
+    echo(f"baselines ({b['n_train']} train / {b['n_test']} test items, {head_name} tuned on each feature set): "
+         f"pretrained {b['pretrained']:.4f}, random-init {b['random_init']:.4f}, raw pixels {b['raw_pixels']:.4f}")
+    echo(verdict_line(b["transfer"]))
     if b["warning"]:
         echo(f"featx: {b['warning']}", err=True)
-    update_card(card_file, baselines=b)
+    update_card(card_file, baselines=b, transfer=b["transfer"])
 
 
 def _grid_overrides(specs, heads) -> dict:
@@ -303,10 +309,10 @@ def rank(data, root, backbone_list, weights, sample, seed, folds, cache_dir, dev
          no_progress):  # one parameter per option: click's convention
     """Rank candidate backbones on a sample of a dataset before extracting it in full.
 
-    Each candidate is scored on the same stratified sample by LogME and a cross-validated probe accuracy, next
-    to two baselines (the first candidate's architecture with random weights, and raw pixels); a candidate that
-    does no better than the baselines is flagged as negative transfer. Writes rank.json, report.md and
-    report.html.
+    Each candidate is scored on the same stratified sample by LogME, a cross-validated probe accuracy and a k-NN
+    probe, next to two baselines (the first candidate's architecture with random weights, and raw pixels); a candidate that
+    is worse than the better baseline beyond the noise is flagged as negative transfer (within the noise: "can't
+    tell"). Writes rank.json, report.md and report.html.
     """
     from ..backbones.registry import check_backbone, parse_backbone
 
@@ -330,11 +336,12 @@ def rank(data, root, backbone_list, weights, sample, seed, folds, cache_dir, dev
                             cache_dir=exp.extract.cache_dir, device=exp.extract.device,
                             progress=progress_renderer(enabled=not no_progress))
     paths = write_rank_reports(out_dir, record)
+    from ..probe.verdict import verdict_line
+
     b = record["baselines"]
     for i, r in enumerate(record["candidates"], 1):
         echo(f"{i}. {r['backbone']} {r['weights']}: LogME {r['scores']['logme']:.4f}, probe top-1 "
-                   f"{r['probe_top1']:.4f} (gain {r['transfer_gain']:+.4f} ± {r['transfer_gain_se']:.4f})"
-                   f"{'  NEGATIVE TRANSFER' if r['negative_transfer'] else ''}")
+             f"{r['probe_top1']:.4f}, k-NN top-1 {r['scores']['knn_top1']:.4f}; {verdict_line(r['transfer'])}")
     echo(f"baselines: random-init {b['random_init']:.4f}, raw pixels {b['raw_pixels']:.4f}; "
                f"{record['n_sampled']} items, {record['total_seconds']:.1f} s")
     echo("wrote " + ", ".join(str(p) for p in paths))

@@ -148,7 +148,10 @@ def predict(head_path, old_head, images, top_k, out, batch_size, device, trust, 
                                 batch_size=batch_size, decoder=emb.get("decoder", "pil"), progress=step)
     if not good:  # nothing to predict: a failure, and nothing is written
         raise FeatxError(f"none of the {len(paths)} image(s) could be read ({bad[0][0]}: {bad[0][1]})")
-    temperature = (card.get("calibration") or {}).get("temperature")
+    calibration = card.get("calibration") or {}
+    temperature = calibration.get("temperature")
+    if calibration.get("skipped"):
+        echo(f"featx: note: scores are not calibrated: {calibration['skipped']}", err=True)
     preds = predict_images(head, card.get("classes") or [], X, good, k=top_k, temperature=temperature)
     for p in preds:
         shown = ", ".join(f"{label} {score:.3f}" for label, score in zip(p.labels, p.scores))

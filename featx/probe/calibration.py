@@ -12,11 +12,17 @@ import numpy as np
 
 from ..util import softmax
 
-__all__ = ["decision_scores", "fit_temperature", "temperature_for", "calibrate", "expected_calibration_error",
-           "ECE_BINS"]
+__all__ = ["decision_scores", "fit_temperature", "temperature_for", "guarded_temperature", "calibrate",
+           "expected_calibration_error", "ece_interval", "ECE_BINS", "MIN_VAL_ROWS", "MIN_VAL_ERRORS",
+           "TEMPERATURE_BOUNDS"]
 
 #: Equal-width confidence bins of the expected calibration error.
 ECE_BINS = 15
+#: The guards of :func:`guarded_temperature` (conventions, not tuned on any data: a temperature is one parameter
+#: fitted by likelihood, which needs rows and, above all, errors; with none the likelihood only grows as T -> 0).
+MIN_VAL_ROWS = 50
+MIN_VAL_ERRORS = 5
+TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
 def decision_scores(head, X) -> np.ndarray | None:
@@ -52,6 +58,44 @@ def temperature_for(head, X: np.ndarray, y: np.ndarray) -> tuple[float, int] | N
     if not known.any():
         return None
     return fit_temperature(decision_scores(head, X[known]), np.searchsorted(head.classes_, y[known])), int(known.sum())
+
+
+def guarded_temperature(head, X: np.ndarray, y: np.ndarray) -> dict | None:
+    """Temperature scaling only where the validation rows can support it: ``{"temperature", "val_rows",
+    "val_errors"}``, or ``{"skipped": why, "val_rows", "val_errors"}`` (then featx keeps the head's raw scores and
+    says so) when there are fewer than :data:`MIN_VAL_ROWS` rows or :data:`MIN_VAL_ERRORS` errors, or the fitted T
+    leaves :data:`TEMPERATURE_BOUNDS`; ``None`` for a head without scores or no usable row."""
+    if not hasattr(head, "decision_function"):
+        return None
+    known = np.isin(y, head.classes_)
+    if not known.any():
+        return None
+    n = int(known.sum())
+    errors = int((head.predict(X[known]) != y[known]).sum())
+    out = {"val_rows": n, "val_errors": errors}
+    if n < MIN_VAL_ROWS:
+        return {**out, "skipped": f"only {n} labelled val rows (a temperature is fitted on {MIN_VAL_ROWS} or more)"}
+    if errors < MIN_VAL_ERRORS:
+        return {**out, "skipped": f"the head gets {n - errors} of {n} val rows right ({errors} errors): too few errors "
+                                  f"to fit a temperature (needs {MIN_VAL_ERRORS}; with none it would shrink toward 0 "
+                                  "and print certainty)"}
+    t = temperature_for(head, X, y)[0]
+    lo, hi = TEMPERATURE_BOUNDS
+    if not lo <= t <= hi:
+        return {**out, "skipped": f"the fitted temperature {t:.3g} is outside [{lo:g}, {hi:g}]: the val rows do not "
+                                  "pin it down"}
+    return {**out, "temperature": t}
+
+
+def ece_interval(proba: np.ndarray, y: np.ndarray, classes: np.ndarray, *, resamples: int = 200,
+                 seed: int = 0) -> tuple[float, float]:
+    """A 95% bootstrap interval of the expected calibration error over the rows."""
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    values = [expected_calibration_error(proba[idx], y[idx], classes)[0]
+              for idx in (rng.integers(0, n, n) for _ in range(resamples))]
+    lo, hi = np.quantile(values, [0.025, 0.975])
+    return float(lo), float(hi)
 
 
 def calibrate(scores: np.ndarray, temperature: float) -> np.ndarray:

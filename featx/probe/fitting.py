@@ -78,20 +78,27 @@ def fit_head(head_name: str, head, cache, *, out=None) -> FitResult:
 
 def fit_calibration(head, fs) -> dict | None:
     """Temperature scaling of a head with decision scores, fitted on the cache's val split (which the head did
-    not train on): ``{"temperature", "fitted_on", "val_rows"}`` plus the test ECE before and after; ``None`` when
-    the head has no scores (k-NN) or the cache no labelled val rows of the head's classes."""
-    from .calibration import calibrate, decision_scores, expected_calibration_error, temperature_for
+    not train on) when it can support it (:func:`featx.probe.calibration.guarded_temperature`):
+    ``{"temperature", "fitted_on", "val_rows", "val_errors"}`` plus the test ECE before and after with their
+    intervals, or ``{"skipped": why, ...}``; ``None`` when the head has no scores (k-NN) or the cache no labelled
+    val rows of the head's classes."""
+    from .calibration import calibrate, decision_scores, ece_interval, expected_calibration_error, guarded_temperature
 
-    fitted = temperature_for(head, *fs["val"].labelled()) if "val" in fs else None
+    fitted = guarded_temperature(head, *fs["val"].labelled()) if "val" in fs else None
     if fitted is None:
         return None
-    t, rows = fitted
-    out = {"temperature": round(t, 6), "fitted_on": "val", "val_rows": rows}
+    out = {**fitted, "fitted_on": "val"}
+    if "temperature" in out:
+        out["temperature"] = round(out["temperature"], 6)
     if "test" in fs:
         Xt, yt = fs["test"].labelled()
         if len(yt):
             s = decision_scores(head, Xt)
             before = head.predict_proba(Xt) if hasattr(head, "predict_proba") else softmax(s)
             out["test_ece"] = round(expected_calibration_error(before, yt, head.classes_)[0], 6)
-            out["test_ece_calibrated"] = round(expected_calibration_error(calibrate(s, t), yt, head.classes_)[0], 6)
+            out["test_ece_ci"] = [round(v, 6) for v in ece_interval(before, yt, head.classes_)]
+            if "temperature" in out:
+                after = calibrate(s, out["temperature"])
+                out["test_ece_calibrated"] = round(expected_calibration_error(after, yt, head.classes_)[0], 6)
+                out["test_ece_calibrated_ci"] = [round(v, 6) for v in ece_interval(after, yt, head.classes_)]
     return out

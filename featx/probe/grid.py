@@ -121,6 +121,7 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, options: GridOptions = G
         "failed": failed, "notes": notes,
         "few_shot": curves,
         **({"baselines": baseline} if baseline is not None else {}),
+        **({"transfer": baseline["transfer"]} if baseline and "transfer" in baseline else {}),
     }
     paths = write_reports(out_dir, results, _best_arrays(best_result, fs))
     return results, paths
@@ -164,8 +165,11 @@ def _baselines(fs, best, baselines) -> dict:
     except FeatxError as exc:
         log.info(f"note: baselines skipped: {exc}")
         return {"skipped": str(exc)}
-    log.info(f"baselines of {best.head}: pretrained {b['pretrained']:.4f}, random-init {b['random_init']:.4f}, "
-             f"raw pixels {b['raw_pixels']:.4f}; transfer gain {b['transfer_gain']:+.4f} ± {b['transfer_gain_se']:.4f}")
+    from .verdict import verdict_line
+
+    log.info(f"baselines of {best.head} ({b['n_train']} train / {b['n_test']} test items, each feature set tuned on "
+             f"its own): pretrained {b['pretrained']:.4f}, random-init {b['random_init']:.4f}, raw pixels "
+             f"{b['raw_pixels']:.4f}; {verdict_line(b['transfer'])}")
     if b.get("warning"):
         log.warning(b["warning"])
     return b
@@ -177,7 +181,7 @@ def _best_arrays(result, fs) -> dict:
     a val split, the temperature-scaled ones (T fitted on val with the best point refitted on train alone, so
     that val is held out; then applied to the final head's test scores)."""
     from ..heads.registry import make_head
-    from .calibration import calibrate, decision_scores, temperature_for
+    from .calibration import calibrate, decision_scores, guarded_temperature
     from .evaluate import scores
     from .fitting import fit_quietly
 
@@ -195,7 +199,10 @@ def _best_arrays(result, fs) -> dict:
         Xtr, ytr = fs["train"].labelled()
         Xv, yv = fs["val"].labelled()
         held_out = fit_quietly(result.head, make_head(result.head, result.best_params), Xtr, ytr)
-        fitted = temperature_for(held_out, Xv, yv)
-        if fitted is not None:
-            out.update(temperature=fitted[0], proba_calibrated=calibrate(test_scores, fitted[0]))
+        fitted = guarded_temperature(held_out, Xv, yv)
+        if fitted is not None and "temperature" in fitted:
+            out.update(temperature=fitted["temperature"],
+                       proba_calibrated=calibrate(test_scores, fitted["temperature"]))
+        elif fitted is not None:
+            out["calibration_skipped"] = fitted["skipped"]
     return out

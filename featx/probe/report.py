@@ -65,6 +65,8 @@ def _calibration_line(results: dict) -> str:
         line += (f" before, {results['best_head_ece_calibrated']:.4f} after temperature scaling (T = "
                  f"{results['best_head_temperature']:.3g}, fitted on val; `featx fit` records it in the head's card "
                  "and `featx predict` applies it)")
+    elif "best_head_calibration_skipped" in results:
+        line += f"; temperature scaling skipped: {results['best_head_calibration_skipped']}"
     return line + "."
 
 
@@ -81,11 +83,15 @@ def _transfer_line(results: dict) -> str:
         return ""
     if "skipped" in b:
         return f"Baselines skipped: {b['skipped']}."
-    verdict = ("**these pretrained features do no better than random-init / raw pixels on this data**"
-               if b["negative_transfer"] else "pretraining helps")
-    return (f"{b['head']} with the best parameters, on the same {b['n_train']} train / {b['n_test']} test items: "
-            f"pretrained {b['pretrained']:.4f}, random-init {b['random_init']:.4f}, raw pixels {b['raw_pixels']:.4f}; "
-            f"transfer gain {b['transfer_gain']:+.4f} ± {b['transfer_gain_se']:.4f}: {verdict}.")
+    from .verdict import verdict_line
+
+    t = b["transfer"]
+    line = verdict_line(t)
+    if t["verdict"] == "hurts":
+        line = f"**{line}**"
+    return (f"{b['head']} on the same {b['n_train']} train / {b['n_test']} test items, its {t['tuned']['pretrained']['param']} "
+            f"tuned on each feature set's own train rows: pretrained {b['pretrained']:.4f}, random-init "
+            f"{b['random_init']:.4f}, raw pixels {b['raw_pixels']:.4f}. Verdict: {line}. Rule: {t['rule']}.")
 
 
 def _sweep_figures(results: dict) -> list[tuple[str, str]]:
@@ -201,7 +207,9 @@ def write_reports(out_dir: str | Path, results: dict, best: dict) -> list[Path]:
     figures = _sweep_figures(results) + _best_figures(results, best)
     results = dict(results, best_head=best["head"], best_head_ece=best["ece"],
                    **({"best_head_temperature": best["temperature"], "best_head_ece_calibrated": best["ece_calibrated"]}
-                      if "ece_calibrated" in best else {}))
+                      if "ece_calibrated" in best else {}),
+                   **({"best_head_calibration_skipped": best["calibration_skipped"]}
+                      if "calibration_skipped" in best else {}))
     return write_report(out_dir, grid_document(results, figures))
 
 

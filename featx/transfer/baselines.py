@@ -7,10 +7,10 @@ extracted through :mod:`featx.extract` and cached like any extraction) and raw p
 **once per cache**: the result is stored beside the cache (``<cache>.baselines.npz``, keyed by the cache's key and
 the sample's settings) and read back by every later ``featx fit`` and ``featx grid`` on that cache.
 
-:func:`baselines_for` then fits one head three times on the same rows -- on the cache's (pretrained) features, on
-the random-init features and on the pixels (the head standardises them) -- from the stored arrays alone. The
-transfer gain is the pretrained test accuracy minus the best baseline's, with its standard error from the test size;
-at or below zero the pretrained features do no better than no pretraining.
+:func:`baselines_for` then gives the transfer verdict of :mod:`featx.probe.verdict` from the stored arrays alone:
+one head, tuned separately on each of the three feature sets (the cache's pretrained features, the random-init
+features, the pixels, which the head standardises), compared with the better baseline on the same test items; the
+gain has a 95% interval and the verdict is helps, hurts or inconclusive.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import numpy as np
 from ..errors import FeatxError
 from ..options import DATASETS_ROOT
 from ..util import atomic_write, first_line
-from .estimators import gain_se
 
 __all__ = ["BASELINE_TRAIN_MAX", "BASELINE_TEST_MAX", "STORE_SUFFIX", "store_path", "baseline_features",
            "baselines_for", "run_baselines", "baseline_warning"]
@@ -36,8 +35,9 @@ BASELINE_TRAIN_MAX = 2000
 BASELINE_TEST_MAX = 2000
 #: The file beside a cache that holds its baseline features: ``x.h5`` -> ``x.baselines.npz``.
 STORE_SUFFIX = ".baselines.npz"
-#: Version of the store's layout (a store of another version is computed again).
-STORE_VERSION = 1
+#: Version of the store's layout (a store of another version is computed again; 2: the three feature sets
+#: hold the same items in the same order).
+STORE_VERSION = 2
 _SPLITS = ("train", "test")
 
 
@@ -122,34 +122,38 @@ def _compute(fs, *, cache_dir, root: str, device: str, seed: int, sizes: dict) -
                  f"sampled items written to {result.path}")
     rand = open_features(result.path)
     arrays = {}
-    for s, r in rows.items():
+    for s, r in rows.items():  # the three feature sets on the same items, in the same order (the verdict pairs them)
         by_id = dict(zip(map(str, rand[s].ids), range(len(rand[s]))))
+        X, y, pixel_ids = raw_pixels(part, split=s)
+        by_pixel = dict(zip(pixel_ids, range(len(pixel_ids))))
         ids = [str(i) for i in fs[s].ids[r]]
-        arrays[f"{s}_rows"] = np.asarray(r, dtype=np.int64)
-        arrays[f"{s}_random"] = rand[s].X[[by_id[i] for i in ids if i in by_id]]
-        arrays[f"{s}_random_y"] = np.asarray([y for i, y in zip(ids, fs[s].y[r]) if i in by_id], dtype=np.int64)
-        X, y = raw_pixels(part, split=s)
-        arrays[f"{s}_pixels"] = np.round(X * 255).astype(np.uint8)
-        arrays[f"{s}_pixels_y"] = y.astype(np.int64)
+        keep = [j for j, i in enumerate(ids) if i in by_id and i in by_pixel]  # unreadable items left out
+        arrays[f"{s}_rows"] = np.asarray(r, dtype=np.int64)[keep]
+        arrays[f"{s}_random"] = rand[s].X[[by_id[ids[j]] for j in keep]]
+        arrays[f"{s}_random_y"] = fs[s].y[r][keep].astype(np.int64)
+        arrays[f"{s}_pixels"] = np.round(X[[by_pixel[ids[j]] for j in keep]] * 255).astype(np.uint8)
+        arrays[f"{s}_pixels_y"] = arrays[f"{s}_random_y"]
     return arrays, result.path
 
 
-def baselines_for(fs, head_name: str, params: dict, features: dict) -> dict:
-    """Pretrained vs random-init vs raw-pixel test accuracy of ``head_name`` (with ``params``) on the baseline
-    sample ``features`` (:func:`baseline_features`) of cache ``fs``: three fits, no extraction."""
+def baselines_for(fs, head_name: str, params: dict, features: dict, *, seed: int = 0) -> dict:
+    """Does pretraining help ``head_name`` on cache ``fs``? The protocol of :mod:`featx.probe.verdict` on the
+    baseline sample ``features`` (:func:`baseline_features`): pretrained, random-init and raw-pixel features of the
+    same items, each with its own tuning; no extraction. ``params``: the head's other parameters."""
+    from ..probe.verdict import transfer_verdict
+
     r = {s: features[f"{s}_rows"] for s in _SPLITS}
     y = {s: fs[s].y[r[s]] for s in _SPLITS}
-    pretrained = _top1(head_name, params, fs["train"].X[r["train"]], y["train"], fs["test"].X[r["test"]], y["test"])
-    random_init = _top1(head_name, params, features["train_random"], features["train_random_y"],
-                        features["test_random"], features["test_random_y"])
-    pixels = _top1(head_name, params, features["train_pixels"].astype(np.float32) / 255, features["train_pixels_y"],
-                   features["test_pixels"].astype(np.float32) / 255, features["test_pixels_y"])
-    best = max(random_init, pixels)
-    n_test = len(y["test"])
-    se = gain_se(pretrained, best, n_test)
-    record = {"head": head_name, "n_train": int(len(y["train"])), "n_test": int(n_test), "pretrained": pretrained,
-              "random_init": random_init, "raw_pixels": pixels, "transfer_gain": round(pretrained - best, 4),
-              "transfer_gain_se": round(se, 4), "negative_transfer": bool(pretrained - best <= 0),
+    sets = {
+        "pretrained": (fs["train"].X[r["train"]], y["train"], fs["test"].X[r["test"]], y["test"]),
+        "random_init": (features["train_random"], y["train"], features["test_random"], y["test"]),
+        "raw_pixels": (features["train_pixels"].astype(np.float32) / 255, y["train"],
+                       features["test_pixels"].astype(np.float32) / 255, y["test"]),
+    }
+    t = transfer_verdict(head_name, params, sets, seed=seed)
+    record = {"head": head_name, "n_train": int(len(y["train"])), "n_test": int(len(y["test"])),
+              "pretrained": t["top1"]["pretrained"], "random_init": t["top1"]["random_init"],
+              "raw_pixels": t["top1"]["raw_pixels"], "transfer": t,
               "random_init_cache": features["meta"]["random_init_cache"], "store": str(store_path(fs.path))}
     record["warning"] = baseline_warning(record)
     return record
@@ -158,13 +162,15 @@ def baselines_for(fs, head_name: str, params: dict, features: dict) -> dict:
 def run_baselines(fs, head_name: str, params: dict, **places) -> dict:
     """:func:`baselines_for` on :func:`baseline_features` (computed once per cache; ``places``: ``cache_dir``,
     ``root``, ``device``, ``seed``, ``max_train``, ``max_test``)."""
-    return baselines_for(fs, head_name, params, baseline_features(fs, **places))
+    return baselines_for(fs, head_name, params, baseline_features(fs, **places), seed=places.get("seed", 0))
 
 
 def baseline_warning(b: dict) -> str | None:
-    """The one-line warning when the pretrained features do no better than a baseline."""
-    if not b.get("negative_transfer"):
+    """The one-line warning when the pretrained features are worse than a baseline beyond the noise (the
+    verdict ``hurts``; ``inconclusive`` is said, not warned)."""
+    from ..probe.verdict import verdict_line
+
+    t = b.get("transfer") or {}
+    if t.get("verdict") != "hurts":
         return None
-    return (f"warning: these pretrained features do no better than random-init / raw pixels on this data "
-            f"({b['head']} test top-1 on {b['n_test']} items: pretrained {b['pretrained']:.4f}, random-init "
-            f"{b['random_init']:.4f}, raw pixels {b['raw_pixels']:.4f})")
+    return f"warning: {verdict_line(t)}"

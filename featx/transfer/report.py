@@ -11,18 +11,24 @@ from ..report.plots import png, pyplot
 __all__ = ["rank_document", "write_rank_reports"]
 
 def _table(record: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["rank", "backbone", "weights", "LogME", "probe top-1 (CV)", "transfer gain", "negative transfer"]
+    header = ["rank", "backbone", "weights", "LogME", "probe top-1 (CV)", "k-NN top-1 (CV)", "gain (95% CI)",
+              "pretraining"]
     rows = [[str(i), r["backbone"], r["weights"], f"{r['scores']['logme']:.4f}", f"{r['probe_top1']:.4f}",
-             f"{r['transfer_gain']:+.4f} ± {r['transfer_gain_se']:.4f}", "yes" if r["negative_transfer"] else "no"]
-            for i, r in enumerate(record["candidates"], 1)]
+             f"{r['scores'].get('knn_top1', float('nan')):.4f}",
+             f"{t['gain']:+.4f} ({t['ci_low']:+.4f} .. {t['ci_high']:+.4f})", _VERDICT_WORDS[t["verdict"]]]
+            for i, r in enumerate(record["candidates"], 1) for t in [r["transfer"]]]
     return header, rows
 
 
+_VERDICT_WORDS = {"helps": "helps", "hurts": "HURTS", "inconclusive": "can't tell"}
+
+
 def _warnings(record: dict) -> list[str]:
-    b = record["baselines"]
-    return [f"{r['backbone']} {r['weights']}: these pretrained features do no better than random-init / raw pixels "
-            f"on this data (probe {r['probe_top1']:.4f} vs random-init {b['random_init']:.4f}, raw pixels "
-            f"{b['raw_pixels']:.4f})" for r in record["candidates"] if r["negative_transfer"]]
+    from ..probe.verdict import verdict_line
+
+    return [*record.get("warnings", []),
+            *(f"{r['backbone']} {r['weights']}: {verdict_line(r['transfer'])}" for r in record["candidates"]
+              if r["transfer"]["verdict"] == "hurts")]
 
 
 def _figure(record: dict) -> str:
@@ -30,7 +36,7 @@ def _figure(record: dict) -> str:
     c = record["candidates"]
     fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(c) + 2), 3.2))
     names = [f"{r['backbone']}\n{r['weights']}\nLogME {r['scores']['logme']:.3f}" for r in c]
-    ax.bar(names, [r["probe_top1"] for r in c], color=["#c44" if r["negative_transfer"] else "#48a" for r in c])
+    ax.bar(names, [r["probe_top1"] for r in c], color=[{"hurts": "#c44", "helps": "#48a"}.get(r["transfer"]["verdict"], "#aaa") for r in c])
     b = record["baselines"]
     ax.axhline(b["random_init"], color="k", ls="--", label=f"random-init {b['random_init']:.3f}")
     ax.axhline(b["raw_pixels"], color="gray", ls=":", label=f"raw pixels {b['raw_pixels']:.3f}")
@@ -52,9 +58,12 @@ def rank_document(record: dict) -> Document:
              Paragraph(f"Baselines on the same items: random-init {b['random_init_backbone']} {b['random_init']:.4f}, "
                        f"raw pixels ({b['raw_pixels_size']}x{b['raw_pixels_size']}) {b['raw_pixels']:.4f}."),
              Paragraph(f"Predicted best: **{best['backbone']} {best['weights']}**."),
-             Paragraph("Transfer gain = probe top-1 minus the best baseline, ± its standard error from the sample size."),
-             Figure(_figure(record), "Probe top-1 per candidate (bars) against the baselines (lines); LogME in the "
-                                     "labels.")]
+             Paragraph("Gain = the candidate's out-of-fold top-1 minus the baseline's (the one with the better tuning "
+                       "accuracy) on the same items, with its 95% paired-bootstrap interval; pretraining helps or hurts "
+                       "only when the interval excludes 0, otherwise featx can't tell at this sample size "
+                       f"(rule: {record['candidates'][0]['transfer']['rule']}). k-NN top-1: a cosine 20-NN probe."),
+             Figure(_figure(record), "Probe top-1 per candidate (bars: blue helps, red hurts, grey can't tell) "
+                                     "against the baselines (lines); LogME in the labels.")]
     return Document("featx rank", intro, [], record, "rank.json", warnings=_warnings(record))
 
 
