@@ -146,3 +146,36 @@ def _renders_in_chromium(page, shot):
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 20, "the page rendered blank"
     assert (pixels < 128).mean() > 0.02, "no plots drawn"
+
+
+def test_heads_within_one_standard_error_are_tied_and_the_simplest_is_chosen():
+    from featx.probe.selection import one_se_choice
+
+    tied = one_se_choice({"rbf-svm": 0.9615, "knn": 0.9600, "logreg": 0.9550, "svm": 0.90}, n=52)
+    assert tied["highest"] == "rbf-svm" and tied["chosen"] == "logreg"
+    assert tied["tied"] == ["logreg", "knn", "rbf-svm"] and tied["se"] == pytest.approx(0.0267, abs=1e-4)
+    clear = one_se_choice({"rbf-svm": 0.9615, "logreg": 0.90}, n=5000)  # many rows: the gap is real
+    assert clear["chosen"] == "rbf-svm" and clear["tied"] == ["rbf-svm"]
+
+
+def test_a_best_point_on_the_grid_edge_is_said(image_folder, tiny_backbone, tmp_path):
+    from featx.probe.selection import edge_notes
+
+    assert edge_notes("logreg", {"C": (0.01, 0.1, 1.0)}, {"C": 1.0}) == [
+        "logreg: the best C=1 is the grid's largest value; the optimum may lie beyond it: extend the grid "
+        "(--grid logreg.C=...)"]
+    assert edge_notes("logreg", {"C": (0.01, 0.1, 1.0)}, {"C": 0.1}) == []
+    assert edge_notes("logreg", {"C": (0.1, 1.0)}, {"C": 1.0}) == [], "two values: no interior to speak of"
+    cache = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "c.h5", progress=False).path
+    result = CliRunner().invoke(main, ["grid", str(cache), "--heads", "logreg,svm,knn", "--grid",
+                                       "logreg.C=1e-6,1e-5,1e-4", "--no-baselines", "--jobs", "1",
+                                       "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    choice = results["choice"]
+    assert choice["chosen"] in choice["tied"] and "one-standard-error rule" in choice["rule"]
+    assert f"best head {choice['chosen']}" in result.stdout
+    assert "Best head: **" in (tmp_path / "r" / "report.md").read_text()
+    logreg = next(h for h in results["heads"] if h["head"] == "logreg")
+    at_edge = logreg["best_params"]["C"] in (1e-6, 1e-4)
+    assert any("logreg: the best C=" in n for n in results["notes"]) == at_edge

@@ -244,9 +244,12 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
         results, paths = run_grid(path, grids, name=name, out_dir=out_dir, options=options,
                                   baselines=_grid_baselines(path, exp if pipeline else None) if baselines else None,
                                   progress=progress_renderer(enabled=not no_progress))
-    best = max(results["heads"], key=lambda r: r["val_score"])
-    echo(f"best head {best['head']}: test top1 {best['test'].get('top1', float('nan')):.4f}; "
-               f"{time.perf_counter() - t0:.1f} s in all")
+    choice = results["choice"]
+    best = next(r for r in results["heads"] if r["head"] == choice["chosen"])
+    tied = (f" (tied within one standard error with {', '.join(h for h in choice['tied'] if h != best['head'])}; "
+            "the simplest chosen)" if len(choice["tied"]) > 1 else "")
+    echo(f"best head {best['head']}{tied}: test top1 {best['test'].get('top1', float('nan')):.4f}; "
+         f"{time.perf_counter() - t0:.1f} s in all")
     echo("wrote " + ", ".join(str(p) for p in paths))
 
 

@@ -20,6 +20,7 @@ from ..heads.registry import HEADS, clip_to_rows
 from ..util import first_line, softmax
 from ..version import __version__
 from .report import write_reports
+from .selection import edge_notes, one_se_choice
 from .search import NYSTROEM_FEW_ROWS, few_shot, grid_points, search_head
 
 __all__ = ["GridOptions", "check_grids", "run_grid"]
@@ -102,7 +103,12 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, options: GridOptions = G
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=NYSTROEM_FEW_ROWS)
         searched, failed = _search_all(fs, grids, options, progress)
-        best_result = max(searched, key=lambda r: r[0].best_score)[0]
+        choice = _choose(fs, searched)
+        best_result = next(r for r, _ in searched if r.head == choice["chosen"])
+        for r, _ in searched:
+            for note in edge_notes(r.head, r.grid, r.best_params):
+                log.warning(f"warning: {note}")
+                notes.append(note)
         curves = {}
         if options.shots:
             curves[best_result.head] = few_shot(best_result.head, best_result.best_params, fs,
@@ -118,13 +124,24 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, options: GridOptions = G
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "total_seconds": round(total, 2), "class_weight": options.class_weight,
         "heads": [dict(r.as_dict(), search_seconds=round(sec, 2)) for r, sec in searched],
-        "failed": failed, "notes": notes,
+        "failed": failed, "notes": notes, "choice": choice,
         "few_shot": curves,
         **({"baselines": baseline} if baseline is not None else {}),
         **({"transfer": baseline["transfer"]} if baseline and "transfer" in baseline else {}),
     }
     paths = write_reports(out_dir, results, _best_arrays(best_result, fs))
     return results, paths
+
+
+def _choose(fs, searched) -> dict:
+    """The best head by the one-standard-error rule over the heads' validation scores (:mod:`.selection`)."""
+    n = len(fs["val"].labelled()[1]) if "val" in fs else len(fs["train"].labelled()[1])
+    choice = one_se_choice({r.head: r.best_score for r, _ in searched}, n)
+    if len(choice["tied"]) > 1:
+        log.info(f"note: {', '.join(choice['tied'])} are within one standard error ({choice['se']:.4f}) of the best "
+                 f"validation score {choice['highest_score']:.4f}: the data cannot tell them apart; chose "
+                 f"{choice['chosen']}, the simplest (one-standard-error rule)")
+    return choice
 
 
 def _search_all(fs, grids: dict, options: GridOptions, progress) -> tuple[list, list]:

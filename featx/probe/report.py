@@ -176,6 +176,12 @@ def grid_document(results: dict, figures: list[tuple[str, str]]) -> Document:
     summary = [Table(SUMMARY_HEADER, _summary_rows(results))]
     if _failed_lines(results):
         summary.append(Bullets([line[2:] for line in _failed_lines(results)]))
+    choice = results.get("choice")
+    if choice:
+        tied = (f"{', '.join(choice['tied'])} are tied within one standard error ({choice['se']:.4f}) of the best "
+                f"validation score {choice['highest_score']:.4f}, {choice['highest']}'s: the data cannot tell them "
+                f"apart. " if len(choice["tied"]) > 1 else "")
+        summary.append(Paragraph(f"Best head: **{choice['chosen']}**. {tied}Rule: {choice['rule']}."))
     sections = [Section("Summary", summary)]
     if _transfer_line(results):
         sections.append(Section("Does pretraining help?", [Paragraph(_transfer_line(results))]))
