@@ -82,6 +82,12 @@ def test_adapt_beats_source_only_writes_reports_and_saved_heads_apply_it(shifted
         assert by[method]["target"]["top1"] > by["none"]["target"]["top1"] + 0.1, method
     assert by["coral"]["proxy_a_distance"] < record["proxy_a_distance_before"]
     assert record["ceiling"]["top1"] > 0.9
+    for method in ("standardize", "coral", "subspace"):  # +0.15 or more on 300 items: beyond the noise
+        lo, hi = by[method]["gain_ci"]
+        assert lo > 0 and lo <= by[method]["gain_over_source_only"] <= hi and by[method]["verdict"] == "helps"
+    choice = record["choice"]  # 0.947, 0.933, 0.917 on 300 items: tied; the simplest of them is chosen
+    assert choice["chosen"] == choice["tied"][0] and "none" not in choice["tied"]
+    assert record["best_method"] == choice["chosen"] and f"best: {choice['chosen']}" in result.stdout
     md = (out / "report.md").read_text()
     assert "| coral |" in md and "proxy A-distance" in md
     assert "data:image/png;base64," in (out / "report.html").read_text()

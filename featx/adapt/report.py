@@ -11,18 +11,21 @@ from ..report.plots import png, pyplot
 __all__ = ["adapt_document", "write_adapt_reports"]
 
 def _table(record: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "target top-1", "vs source-only", "proxy A-distance", "fit s", "what"]
+    header = ["method", "target top-1", "vs source-only (95% CI)", "verdict", "proxy A-distance", "fit s", "what"]
     rows = []
     for r in record["methods"]:
         t = r.get("target")
-        rows.append([r["method"], f"{t['top1']:.4f}" if t else "-",
-                     f"{r['gain_over_source_only']:+.4f}" if t else "-", f"{r['proxy_a_distance']:.3f}",
-                     f"{r['seconds']:.1f}", r["description"]])
+        gain = (f"{r['gain_over_source_only']:+.4f} ({r['gain_ci'][0]:+.4f} .. {r['gain_ci'][1]:+.4f})"
+                if t and "gain_ci" in r else "-")
+        rows.append([r["method"], f"{t['top1']:.4f}" if t else "-", gain,
+                     {"inconclusive": "can't tell"}.get(r.get("verdict"), r.get("verdict", "-")),
+                     f"{r['proxy_a_distance']:.3f}", f"{r['seconds']:.1f}", r["description"]])
     return header, rows
 
 
 def _warnings(record: dict) -> list[str]:
-    return [f"{r['method']} made target accuracy worse than no adaptation ({r['gain_over_source_only']:+.4f})"
+    return [f"{r['method']} made target accuracy worse than no adaptation beyond the noise "
+            f"({r['gain_over_source_only']:+.4f}, 95% CI {r['gain_ci'][0]:+.4f} .. {r['gain_ci'][1]:+.4f})"
             for r in record["methods"] if r.get("worse_than_source_only")]
 
 
@@ -36,8 +39,12 @@ def _summary(record: dict) -> str:
         parts.append(f"{record['target_shots']} labelled target images per class added to training.")
     if c:
         parts.append(f"Ceiling (the head trained on the target's labelled train split): {c['top1']:.4f}.")
-    if "best_method" in record:
-        parts.append(f"Best: {record['best_method']}.")
+    choice = record.get("choice")
+    if choice:
+        tied = (f" ({', '.join(choice['tied'])} are within one standard error, {choice['se']:.4f}, of the highest "
+                f"target top-1: the scored items cannot tell them apart)" if len(choice["tied"]) > 1 else "")
+        parts.append(f"Best: {choice['chosen']}{tied}; rule: {choice['rule']}. Choosing by target accuracy uses the "
+                     "target's labelled test rows: confirm the choice on images not scored here.")
     return " ".join(parts)
 
 

@@ -7,8 +7,11 @@ accuracy: on the target's labelled ``test`` rows (else every labelled target row
 target labels are never used for anything else, except ``--target-shots K``: K labelled target ``train`` rows
 per class added to the training set (mapped as target rows). Reported per method: target accuracy against
 source-only (``none``) and against the ceiling (the same head trained on the target's labelled ``train`` rows,
-when it has them), and the proxy A-distance (Ben-David et al. 2007: ``2 (1 - 2 err)`` of a domain classifier,
-logistic regression, 2-fold CV) between source and target features before and after the map.
+when it has them), with the gain's 95% paired-bootstrap interval on the same scored items and a verdict (helps /
+hurts / inconclusive, :mod:`featx.probe.verdict`), and the proxy A-distance (Ben-David et al. 2007: ``2 (1 - 2
+err)`` of a domain classifier, logistic regression, 2-fold CV) between source and target features before and after
+the map. The best method is the simplest (in the order none, standardize, coral, subspace) within one standard error
+of the highest target accuracy (:mod:`featx.probe.selection`): with few scored items, several are tied.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from ..heads.registry import head_params, make_head
 from ..version import __version__
 from ..probe.evaluate import evaluate
 from ..probe.fitting import fit_quietly
+from ..probe.selection import one_se_choice
+from ..probe.verdict import paired_gain
 
 __all__ = ["adaptation_card", "check_compatible", "proxy_a_distance", "run_adaptation", "save_adapted_heads"]
 
@@ -106,10 +111,15 @@ def run_adaptation(source_path, target_path, *, head: str, params: dict | None =
                                          (Xt_eval[scored], yt_eval[scored]), n_components=n_components, seed=seed)
         results.append(row)
     base = next(r for r in results if r["method"] == "none")
-    for r in results:
+    base_correct = base.get("_correct")
+    for r in results:  # each method against source-only on the same scored items: a paired interval
         if "target" in r:
-            r["gain_over_source_only"] = round(r["target"]["top1"] - base["target"]["top1"], 4)
-            r["worse_than_source_only"] = bool(r["gain_over_source_only"] < 0)
+            g = paired_gain(r.pop("_correct"), base_correct, seed=seed)
+            r["gain_over_source_only"] = g["gain"]
+            r["gain_ci"] = [g["ci_low"], g["ci_high"]]
+            r["verdict"] = ("helps" if g["ci_low"] > 0 else "hurts" if g["ci_high"] < 0 else
+                            "inconclusive") if r["method"] != "none" else "reference"
+            r["worse_than_source_only"] = r["verdict"] == "hurts"
     ceiling = None
     if "train" in target and has_test and scored.any():
         Xc, yc = target["train"].X, _target_labels(source, target, target["train"].y)
@@ -127,8 +137,11 @@ def run_adaptation(source_path, target_path, *, head: str, params: dict | None =
         "featx_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     scored_rows = [r for r in results if "target" in r]
-    if scored_rows:
-        record["best_method"] = max(scored_rows, key=lambda r: r["target"]["top1"])["method"]
+    if scored_rows:  # the simplest method within one standard error of the best target accuracy
+        choice = one_se_choice({r["method"]: r["target"]["top1"] for r in scored_rows}, int(scored.sum()),
+                               order=tuple(METHODS))
+        record["choice"] = choice
+        record["best_method"] = choice["chosen"]
     return record, heads
 
 
@@ -168,6 +181,7 @@ def _fit_method(method: str, head: str, params, source, target_fit, target_eval,
            "proxy_a_distance": round(proxy_a_distance(Ms, Mt, seed), 4)}
     if len(ye):
         row["target"] = evaluate(adapted, Xe, ye)
+        row["_correct"] = adapted.predict(Xe) == ye
     log.info(f"{method}: {row.get('target', {}).get('top1', float('nan')):.4f} target top-1, "
              f"PAD {row['proxy_a_distance']:.3f} ({row['seconds']:.1f} s)")
     return row, adapted

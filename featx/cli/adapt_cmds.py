@@ -57,10 +57,16 @@ def adapt(source_cache, target_cache, head_name, params, methods, target_shots, 
     save_adapted_heads(record, heads, out_dir)
     for r in record["methods"]:
         t = r.get("target")
-        echo(f"{r['method']:<12} target top-1 {t['top1']:.4f} ({r['gain_over_source_only']:+.4f} vs none); "
-                   f"proxy A-distance {r['proxy_a_distance']:.3f}" if t else
+        echo(f"{r['method']:<12} target top-1 {t['top1']:.4f} ({r['gain_over_source_only']:+.4f} vs none, 95% CI "
+             f"{r['gain_ci'][0]:+.4f} .. {r['gain_ci'][1]:+.4f}: {r['verdict']}); "
+             f"proxy A-distance {r['proxy_a_distance']:.3f}" if t else
                    f"{r['method']:<12} proxy A-distance {r['proxy_a_distance']:.3f} (target unlabelled)")
     c = record["ceiling"]
     echo(f"proxy A-distance before: {record['proxy_a_distance_before']:.3f}"
                + (f"; ceiling (target labels): {c['top1']:.4f}" if c else ""))
+    if record.get("choice"):
+        ch = record["choice"]
+        echo(f"best: {ch['chosen']}" + (f" (tied within one standard error with "
+                                         f"{', '.join(m for m in ch['tied'] if m != ch['chosen'])}; the simplest chosen)"
+                                         if len(ch["tied"]) > 1 else ""))
     echo("wrote " + ", ".join(str(p) for p in paths) + f" and {len(heads)} heads in {out_dir}")
