@@ -58,6 +58,38 @@ def near_copy(img: Image.Image, rng) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue())).convert("L")
 
 
+def held_out_copy(img: Image.Image, rng) -> Image.Image:
+    """The held-out family (never used to choose a threshold): a crop of 1-10% of each side, or a resize by
+    0.5-1.5x and back, then brightness and contrast each moved by up to 10%, then JPEG at quality 50-95."""
+    from PIL import ImageEnhance
+
+    w, h = img.size
+    if rng.random() < 0.5:
+        c = max(1, int(round(w * rng.uniform(0.01, 0.10))))
+        img = img.crop((c, c, w - c, h - c)).resize((w, h), Image.Resampling.BILINEAR)
+    else:
+        s = max(8, int(round(w * rng.uniform(0.5, 1.5))))
+        img = img.resize((s, s), Image.Resampling.BILINEAR).resize((w, h), Image.Resampling.BILINEAR)
+    img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.9, 1.1)))
+    img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(0.9, 1.1)))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(rng.integers(50, 96)))
+    return Image.open(io.BytesIO(buf.getvalue())).convert("L")
+
+
+def wilson(k: int, n: int) -> list[float]:
+    """The 95% Wilson interval of a proportion k / n."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    z = 1.96
+    centre = (k + z * z / 2) / (n + z * z)
+    half = z * np.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+    return [round(float(centre - half), 4), round(float(centre + half), 4)]
+
+
+COPY = near_copy  # the family the copies are drawn from (main sets it)
+
+
 def make_data(n_train: int, n_test: int, n_dups: int, flip: float, seed: int = 0) -> dict:
     truth_file = DATA / "truth.json"
     if truth_file.exists():
@@ -86,7 +118,7 @@ def make_data(n_train: int, n_test: int, n_dups: int, flip: float, seed: int = 0
         img.save(DATA / rel)
         if k < n_dups:
             copy = f"train/{names[y]}/copy{k:05d}.jpg"
-            near_copy(img, rng).save(DATA / copy, quality=95)
+            COPY(img, rng).save(DATA / copy, quality=95)
             truth["dups"].append([copy, rel])
     truth_file.write_text(json.dumps(truth, indent=1))
     return truth
@@ -112,7 +144,8 @@ def measure(truth: dict, thresholds) -> dict:
     def scored(leaks: set, th: float) -> dict:
         tp = len(leaks & injected)
         return {"threshold": th, "reported_leaks": len(leaks), "recall": tp / len(injected),
-                "precision": tp / len(leaks) if leaks else float("nan")}
+                "precision": tp / len(leaks) if leaks else float("nan"),
+                "recall_ci": wilson(tp, len(injected)), "precision_ci": wilson(tp, len(leaks))}
 
     table = []
     for th in thresholds["cosine"]:
@@ -157,7 +190,23 @@ def measure(truth: dict, thresholds) -> dict:
             "label_precision_top_k": len(hits) / k, "label_recall_all": len({i["id"] for i in issues} & flips) / k,
             "suggested_is_true_label": (sum(i["suggested"] == true_of[i["id"]] for i in hits) / len(hits)) if hits
             else float("nan"),
-            "outliers": len(record["outliers"]["items"])}
+            "outliers": len(record["outliers"]["items"]),
+            "relabel": _relabel_quality(issues, flips, true_of)}
+
+
+def _relabel_quality(issues, flips: set, true_of: dict) -> dict:
+    """What ``--relabel`` would do at ``--relabel-min-confidence`` 0.9 (the default) and without it: how many
+    suggestions it applies, how many of them fix an injected flip, how many change a label that was right."""
+    from featx.options import RELABEL_MIN_CONFIDENCE
+
+    out = {}
+    for name, lo in (("all", 0.0), (f"confidence >= {RELABEL_MIN_CONFIDENCE}", RELABEL_MIN_CONFIDENCE)):
+        applied = [i for i in issues if i.get("confidence", 1.0) >= lo]
+        fixes = sum(i["id"] in flips and i["suggested"] == true_of[i["id"]] for i in applied)
+        wrong = sum(i["id"] not in flips for i in applied)
+        out[name] = {"applied": len(applied), "fixes_a_flip": fixes, "changes_a_right_label": wrong,
+                     "precision_ci": wilson(fixes, len(applied))}
+    return out
 
 
 def full_size(n: int, d: int = 1280, k: int = 10) -> dict:
@@ -241,9 +290,16 @@ def main(argv=None):
     p.add_argument("--mnist", action="store_true", help="also the copy check alone on MNIST-5k with 50 copies added")
     p.add_argument("--size", type=int, default=0, help="also time the audit on this many rows (e.g. 70000)")
     p.add_argument("--out", type=Path, default=None, help="default bench/results/audit[-seedN].json")
+    p.add_argument("--family", choices=("development", "held-out"), default="development",
+                   help="development: the copies the thresholds were chosen on (JPEG 75, 1-3 px crops or resizes); "
+                        "held-out: other transformations (crops of 1-10%%, resizes 0.5-1.5x, brightness and contrast "
+                        "within 10%%, JPEG 50-95), never used to choose anything")
     args = p.parse_args(argv)
-    global DATA
-    if args.seed:
+    global DATA, COPY
+    if args.family == "held-out":
+        COPY = held_out_copy
+        DATA = HERE / "data" / f"audit-held-out-seed{args.seed}"
+    elif args.seed:
         DATA = HERE / "data" / f"audit-seed{args.seed}"
     truth = make_data(args.train, args.test, args.dups, args.flip, args.seed)
     r = measure(truth, {"cosine": (0.85, 0.90, 0.93, 0.95, 0.97, 0.99),
@@ -253,7 +309,8 @@ def main(argv=None):
     if args.size:
         r["full_size"] = full_size(args.size)
         print(json.dumps(r["full_size"]), file=sys.stderr)
-    args.out = args.out or Path(f"bench/results/audit{f'-seed{args.seed}' if args.seed else ''}.json")
+    args.out = args.out or Path(f"bench/results/audit{'-held-out' if args.family == 'held-out' else ''}"
+                                f"{f'-seed{args.seed}' if args.seed else ''}.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(r, indent=2) + "\n")
     c, d = r["copy_similarity"], r["closest_distinct"]
@@ -265,8 +322,13 @@ def main(argv=None):
           f"{c['median']:.4f}; distinct pairs among the {r['candidates']} candidates: max {d['max']:.4f}, "
           f"{d['n_above_0.98']} at >= 0.98; candidates hold {r['candidate_recall']:.2f} of the injected pairs")
     a = r["audit_default"]
-    print(f"featx audit as shipped (threshold {a['threshold']}): {a['reported_leaks']} train/test copies reported, "
-          f"leakage recall {a['recall']:.3f}, precision {a['precision']:.3f}")
+    print(f"featx audit as shipped (threshold {a['threshold']}, {args.family} copies): {a['reported_leaks']} "
+          f"train/test copies reported, leakage recall {a['recall']:.3f} (95% CI {a['recall_ci'][0]:.3f}-"
+          f"{a['recall_ci'][1]:.3f}), precision {a['precision']:.3f} (95% CI {a['precision_ci'][0]:.3f}-"
+          f"{a['precision_ci'][1]:.3f})")
+    for name, q in r["relabel"].items():
+        print(f"--relabel ({name}): applies {q['applied']} suggestions, {q['fixes_a_flip']} fix an injected flip, "
+              f"{q['changes_a_right_label']} change a label that was right")
     for name, rows in (("embedding cosine", r["leakage"]), ("pixel score, plain threshold", r["leakage_pixels_plain"]),
                        ("pixel score, standing out (featx)", r["leakage_pixels"])):
         print(f"\n| {name} >= | train/test pairs reported | leakage recall | leakage precision |\n"

@@ -139,6 +139,12 @@ def _device_verdict(value: str) -> bool | str:
     return f"unknown device {value!r} (use {DEVICE_HELP})"
 
 
+#: The least out-of-fold probability of its suggested label at which ``featx audit --relabel`` relabels an item
+#: (below it, the item is left out like any other flagged one). A convention, not tuned: at 0.9 the probe is nine
+#: times surer of the suggestion than of every other class together.
+RELABEL_MIN_CONFIDENCE = 0.9
+
+
 def setting(default: Any, help: str, *, table: str, key: str | None = None,
             choices: Callable[[], dict] | None = None, check: Callable[[Any], bool] | None = None,
             what: str = "", kind: type | tuple = (), optional: bool = False, cli: str | None = None):

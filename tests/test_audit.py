@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -133,10 +134,11 @@ def test_flipped_labels_are_found_by_confident_learning():
     flipped = rng.choice(400, 12, replace=False)
     noisy = y.copy()
     noisy[flipped] = (y[flipped] + 1) % 4
-    ranked, predicted = label_issues(X, noisy)
+    ranked, predicted, confidence = label_issues(X, noisy)
     top = set(ranked[:12].tolist())
     assert len(top & set(flipped.tolist())) >= 11  # precision among the top k = injected
     assert (predicted[flipped] == y[flipped]).mean() > 0.9  # and the suggested label is the true one
+    assert ((confidence >= 0) & (confidence <= 1)).all() and confidence[flipped].mean() > 0.5
 
 
 def test_an_item_far_from_everything_is_an_outlier():
@@ -175,6 +177,8 @@ def test_audit_on_a_folder_thumbnails_and_the_manifest_round_trip(photo_folder, 
     # and a re-encoded, cropped copy of another: not identical, the same picture
     _reupload(Image.open(photo_folder / "china" / "china_004.jpg"), "crop", 3).save(
         photo_folder / "flower" / "reupload.jpg")
+    # and a JPEG re-encode at the same size: a copy, but not "exact" (its pixels differ)
+    Image.open(photo_folder / "china" / "china_007.jpg").save(photo_folder / "flower" / "reencoded.jpg", quality=60)
     cache = tmp_path / "c.h5"
     assert run("-q", "extract", "--data", photo_folder, "--backbone", TINY, "--weights", "none",
                "--out", cache).exit_code == 0
@@ -182,12 +186,17 @@ def test_audit_on_a_folder_thumbnails_and_the_manifest_round_trip(photo_folder, 
     result = run("audit", cache, "--out", tmp_path / "a", "--write-manifest", manifest)
     assert result.exit_code == 0, result.output
     assert "Copies (the same picture on pixels" in result.output
-    assert "audit: reading thumbnails: 38/38 items" in result.stderr  # progress, as lines in a log
+    assert re.search(r"left out \d+ \(3 copies, \d+ likely label errors, \d+ outliers\)", result.stdout), result.stdout
+    assert "audit: reading thumbnails: 39/39 items" in result.stderr  # progress, as lines in a log
     record = json.loads((tmp_path / "a" / "audit.json").read_text())
     pairs = {frozenset((p["a"]["id"], p["b"]["id"])): p for p in record["duplicates"]["pairs"]}
     assert pairs[frozenset(("china/china_001.jpg", "flower/copy_of_china.jpg"))]["exact"]
-    assert frozenset(("china/china_004.jpg", "flower/reupload.jpg")) in pairs
-    assert len(pairs) == 2  # the other tiles of each photo are alike, not copies
+    assert not pairs[frozenset(("china/china_004.jpg", "flower/reupload.jpg"))]["exact"]
+    reencoded = pairs[frozenset(("china/china_007.jpg", "flower/reencoded.jpg"))]
+    assert not reencoded["exact"] and reencoded["kind"] == "copy", "a re-encode is a copy, never exact"
+    assert len(pairs) == 3  # the other tiles of each photo are alike, not copies
+    assert record["duplicates"]["exact_pairs"] == 1
+    assert all(not p["leak"] for p in record["duplicates"]["look_alikes"]["pairs"]), "a look-alike is never LEAK"
     page = (tmp_path / "a" / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') >= 4  # both pairs' thumbnails
     rows = list(csv.DictReader(open(manifest, encoding="utf-8")))
@@ -197,7 +206,8 @@ def test_audit_on_a_folder_thumbnails_and_the_manifest_round_trip(photo_folder, 
     from featx.audit.run import flagged_rows
 
     left_out, _ = flagged_rows(record)
-    assert len(rows) == 38 - len(left_out) and not ids & left_out
+    assert [left_out.get(i) for i in ("china/china_007.jpg", "flower/reencoded.jpg")].count("copy") == 1
+    assert len(rows) == 39 - len(left_out) and not ids & set(left_out)
     again = run("-q", "extract", "--data", manifest, "--backbone", TINY, "--weights", "none",
                 "--out", tmp_path / "clean.h5")
     assert again.exit_code == 0, again.output
@@ -219,6 +229,23 @@ def test_without_the_images_only_identical_embeddings_are_copies(image_folder, t
     assert [{p["a"]["id"], p["b"]["id"]} for p in record["duplicates"]["pairs"]] == \
         [{"circle/circle_001.jpg", "square/copy_of_circle.jpg"}]
     assert not record["duplicates"]["pixel_check"]["done"]
+    only = record["duplicates"]["pairs"][0]
+    assert only["identical_embeddings"] and not only["exact"], "without the pixels, exact cannot be known"
+
+
+def test_relabel_applies_only_sure_suggestions_and_says_what_it_left_out():
+    from featx.audit.run import flagged_rows
+
+    item = lambda i, split="train": {"id": i, "split": split, "row": int(i[1:])}  # noqa: E731
+    record = {"duplicates": {"groups": [[item("r1", "test"), item("r2")]]},
+              "label_issues": [{**item("r3"), "suggested": "cat", "confidence": 0.97},
+                               {**item("r4"), "suggested": "dog", "confidence": 0.55}],
+              "outliers": {"items": [item("r5")]}}
+    drop, new = flagged_rows(record, relabel=True, min_confidence=0.9)
+    assert new == {"r3": "cat"}, "only the sure suggestion is applied"
+    assert drop == {"r2": "copy", "r4": "label", "r5": "outlier"}, "the unsure one and the outlier are left out, named"
+    drop, new = flagged_rows(record)
+    assert new == {} and drop["r3"] == "label"
 
 
 def test_a_manifest_needs_image_files(fashion_cache, tmp_path):

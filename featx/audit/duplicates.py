@@ -113,11 +113,37 @@ def _pixel_thumbnails(fs, ids: list[str], root: str, progress=None):
     return thumbs, bad, (f"{len(missing)} items no longer in the source" if missing else "")
 
 
+#: Copy pairs whose full pixels are compared for "exact" (identical pixels); more are left undecided.
+MAX_EXACT_CHECKS = 5000
+
+
+def identical_pixels(fs, ids: list[str], pairs, root: str) -> set:
+    """The pairs of ``pairs`` (row indices) whose images decode to identical pixels (size, mode and every value):
+    what "exact" means in the audit (a JPEG re-encode is a copy, not an exact one)."""
+    from hashlib import sha256
+
+    source, keys, _ = open_source(fs, root)
+    if source is None:
+        return set()
+    digests: dict[int, str | None] = {}
+
+    def digest(row: int):
+        if row not in digests:
+            try:
+                img = source.open(keys[ids[row]])
+                digests[row] = sha256(f"{img.mode}{img.size}".encode() + img.tobytes()).hexdigest()
+            except Exception:  # unreadable now: not known to be identical
+                digests[row] = None
+        return digests[row]
+
+    return {(a, b) for a, b in list(pairs)[:MAX_EXACT_CHECKS] if digest(a) is not None and digest(a) == digest(b)}
+
+
 def copies_of(fs, ids: list[str], near, *, pixels: bool, threshold: float, root: str = DATASETS_ROOT,
               progress=None) -> tuple[dict, dict]:
-    """The copy pairs among a cache's items: ``{(a, b): (pixel score, runner-up)}`` found on the pixels when the
-    images can be read here (the embedding's ``near`` pairs are candidates too), else the identical embeddings
-    (scores ``None``); and the pixel check's record."""
+    """The copy pairs among a cache's items: ``{(a, b): (pixel score, runner-up, identical pixels)}`` found on the
+    pixels when the images can be read here (the embedding's ``near`` pairs are candidates too), else the identical
+    embeddings (``None`` for each); and the pixel check's record."""
     from .copies import MARGIN, SURE_COPY, find_copies
 
     thumbs, bad, note = _pixel_thumbnails(fs, ids, root, progress) if pixels else (None, [], "not asked for")
@@ -125,10 +151,12 @@ def copies_of(fs, ids: list[str], near, *, pixels: bool, threshold: float, root:
     if thumbs is not None:
         extra = np.array([(a, b) for a, b, _ in near], np.int64).reshape(-1, 2)
         cp, cs, second, checked = find_copies(thumbs, extra_pairs=extra, threshold=threshold, progress=progress)
-        copies = {(int(a), int(b)): (float(s), float(r)) for (a, b), s, r in zip(cp, cs, second)}
+        same = identical_pixels(fs, ids, [(int(a), int(b)) for a, b in cp], root)
+        copies = {(int(a), int(b)): (float(s), float(r), (int(a), int(b)) in same)
+                  for (a, b), s, r in zip(cp, cs, second)}
     else:
         log.info(f"note: no pixel check ({note}): only identical embeddings count as copies")
-        copies = {(a, b): (None, None) for a, b, s in near if s >= EXACT_THRESHOLD}
+        copies = {(a, b): (None, None, None) for a, b, s in near if s >= EXACT_THRESHOLD}
     check = {"done": thumbs is not None, "note": note, "threshold": threshold, "sure": SURE_COPY, "margin": MARGIN,
              "pairs_checked": checked, "unreadable": [ids[i] for i in bad][:100], "unreadable_count": len(bad)}
     return copies, check

@@ -19,11 +19,12 @@ OUTLIER_K = 10
 
 
 def label_issues(X: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0):
-    """Row indices of likely label errors, most likely first, and the out-of-fold predicted class of every row;
-    ``None`` when cleanlab is not installed (a one-line note says how to get it)."""
+    """Row indices of likely label errors, most likely first, the out-of-fold predicted class of every row and its
+    out-of-fold probability (the suggestion's confidence); ``None`` when cleanlab is not installed (a one-line note
+    says how to get it)."""
     if importlib.util.find_spec("cleanlab") is None:
         log.info("note: label errors need cleanlab (pip install 'featx[audit]'); that part of the audit is skipped")
-        return None, None
+        return None, None, None
     from cleanlab.filter import find_label_issues
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
@@ -33,11 +34,11 @@ def label_issues(X: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0)
     folds = int(min(folds, counts[counts > 0].min()))
     if folds < 2:
         log.info("note: a class has a single labelled item: no cross-validated label check")
-        return None, None
+        return None, None, None
     proba = cross_val_predict(make_head("logreg"), X, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
                               method="predict_proba")
     ranked = find_label_issues(y, proba, return_indices_ranked_by="self_confidence")
-    return np.asarray(ranked, dtype=np.int64), proba.argmax(axis=1)
+    return np.asarray(ranked, dtype=np.int64), proba.argmax(axis=1), proba.max(axis=1)
 
 
 def outliers(sims: np.ndarray, k: int = OUTLIER_K) -> tuple[np.ndarray, np.ndarray, float]:

@@ -28,7 +28,8 @@ def summary_lines(record: dict) -> list[str]:
            f"standing out from the runner-up, {px['pairs_checked']} candidate pairs checked" if px["done"] else f"identical embeddings only; no pixel check: {px['note']}")
     lines = [f"{record['rows']} items ({', '.join(f'{k} {v}' for k, v in record['sizes'].items())}); "
              f"{record['backbone']} {record['weights']} features.",
-             f"Copies ({how}): {len(d['pairs'])} pairs in {len(d['groups'])} groups, {d['exact_pairs']} exact; "
+             f"Copies ({how}): {len(d['pairs'])} pairs in {len(d['groups'])} groups, {d['exact_pairs']} exact "
+             f"(identical pixels); "
              f"leakage: train/test {leak['train/test']}, train/val {leak['train/val']}, val/test {leak['val/test']} "
              f"pairs.",
              f"Look-alikes (embedding cosine >= {alike['threshold']}, not the same picture; for a person to judge): "
@@ -50,8 +51,17 @@ def summary_lines(record: dict) -> list[str]:
 
 def _pair_row(p: dict) -> list[str]:
     px = "-" if p["pixel_score"] is None else f"{p['pixel_score']:.4f}"
+    cross = p["leak"] if p["kind"] == "copy" else p.get("across_splits", p["leak"])
     return [px, f"{p['similarity']:.4f}", f"{p['a']['split']}/{p['a']['id']} ({p['a']['label']})",
-            f"{p['b']['split']}/{p['b']['id']} ({p['b']['label']})", "yes" if p["leak"] else ""]
+            f"{p['b']['split']}/{p['b']['id']} ({p['b']['label']})",
+            ("yes, exact" if p["exact"] else "yes") if cross and p["kind"] == "copy" else "yes" if cross else ""]
+
+
+def _tag(p: dict) -> str:
+    """LEAK only for a copy across splits; a look-alike across splits is for a person to judge."""
+    if p["kind"] == "copy":
+        return (" EXACT" if p["exact"] else "") + (" LEAK" if p["leak"] else "")
+    return " across splits (look-alike)" if p.get("across_splits", p["leak"]) else ""
 
 
 def audit_document(record: dict, fs, *, root: str = DATASETS_ROOT) -> Document:
@@ -75,7 +85,7 @@ def audit_document(record: dict, fs, *, root: str = DATASETS_ROOT) -> Document:
     def pairs(ps) -> Gallery:
         return Gallery([Pair(card(p["a"], named(p["a"])), card(p["b"], named(p["b"])),
                              ("" if p["pixel_score"] is None else f"pixels {p['pixel_score']:.4f}, ")
-                             + f"cos {p['similarity']:.4f}{' LEAK' if p['leak'] else ''}") for p in ps[:THUMBNAILS]])
+                             + f"cos {p['similarity']:.4f}{_tag(p)}") for p in ps[:THUMBNAILS]])
 
     d = record["duplicates"]
     alike = d["look_alikes"]["pairs"]

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..cache.index import cosine_self_top_k
 from ..errors import FeatxError, FeatxUsageError
-from ..options import DATASETS_ROOT
+from ..options import DATASETS_ROOT, RELABEL_MIN_CONFIDENCE
 from ..version import __version__
 from .duplicates import DUPLICATE_THRESHOLD, EXACT_THRESHOLD, copies_of, group_pairs, near_pairs
 from .labels import OUTLIER_K, label_issues, outliers
@@ -70,10 +70,11 @@ def run_audit(fs, *, threshold: float = DUPLICATE_THRESHOLD, index: str = "exact
     duplicates["pixel_check"] = pixel_check
     t0 = time.perf_counter()
     fit_rows = np.flatnonzero(np.isin(splits, ["train", "val"]) & (y >= 0))
-    ranked, predicted = label_issues(X[fit_rows], y[fit_rows], folds=folds) if len(fit_rows) else (None, None)
+    ranked, predicted, confidence = (label_issues(X[fit_rows], y[fit_rows], folds=folds) if len(fit_rows)
+                                     else (None, None, None))
     label_s = time.perf_counter() - t0
-    issues = None if ranked is None else [{**item(fit_rows[r]), "suggested": fs.classes[predicted[r]]}
-                                          for r in ranked]
+    issues = None if ranked is None else [{**item(fit_rows[r]), "suggested": fs.classes[predicted[r]],
+                                           "confidence": round(float(confidence[r]), 4)} for r in ranked]
     score, flagged, fence = outliers(sims)
     return {
         "cache": str(fs.path), "cache_key": fs.cache_key, "backbone": fs.meta.get("backbone"),
@@ -102,13 +103,15 @@ def _duplicates(X, splits, item, copies: dict, near, threshold: float) -> dict:
     lead), their groups and leakage, and the look-alikes (embedding pairs above ``threshold`` that are not copies)."""
     norms = np.maximum(np.linalg.norm(X, axis=1), 1e-12)  # a pair's cosine (l2_normalise's, without a copy)
 
-    def pair(a, b, kind, score=None, second=None):
+    def pair(a, b, kind, score=None, second=None, identical=None):
         cos = float(X[a] @ X[b] / (norms[a] * norms[b]))
+        cross = bool(splits[a] != splits[b])
         return {"a": item(a), "b": item(b), "kind": kind, "similarity": round(cos, 5),
                 "pixel_score": None if score is None else round(score, 5),
                 "runner_up": None if second is None else round(second, 5),
-                "exact": bool(cos >= EXACT_THRESHOLD or (score is not None and score >= EXACT_THRESHOLD)),
-                "leak": bool(splits[a] != splits[b])}
+                "exact": bool(identical),  # identical pixels, decoded: a re-encode is a copy but not exact
+                "identical_embeddings": bool(cos >= EXACT_THRESHOLD),
+                "leak": cross and kind == "copy", "across_splits": cross}
 
     copy_pairs = sorted(copies, key=lambda ab: (-(2.0 if copies[ab][0] is None else copies[ab][0]), ab))
     look = [(a, b) for a, b, s in near if s >= threshold and (a, b) not in copies]
@@ -122,22 +125,27 @@ def _duplicates(X, splits, item, copies: dict, near, threshold: float) -> dict:
             "exact_threshold": EXACT_THRESHOLD}
 
 
-def flagged_rows(record: dict, *, relabel: bool = False) -> tuple[set[str], dict[str, str]]:
-    """Ids the clean manifest leaves out, and (with ``relabel``) id -> new label: every near-duplicate but one per
-    group (the test copy, else val, else the first), the likely label errors (or their relabelling) and the
+def flagged_rows(record: dict, *, relabel: bool = False,
+                 min_confidence: float = RELABEL_MIN_CONFIDENCE) -> tuple[dict[str, str], dict[str, str]]:
+    """Ids the clean manifest leaves out, each with why (``copy``, ``label``, ``outlier``), and (with ``relabel``)
+    id -> new label: every near-duplicate but one per group (the test copy, else val, else the first), the likely
+    label errors (relabelled instead when the suggestion's confidence is at least ``min_confidence``) and the
     outliers."""
     order = {"test": 0, "val": 1, "train": 2}
-    drop: set[str] = set()
+    drop: dict[str, str] = {}
     for group in record["duplicates"]["groups"]:
         keep = min(group, key=lambda i: (order.get(i["split"], 3), i["row"]))
-        drop |= {i["id"] for i in group if i is not keep}
+        drop.update({i["id"]: "copy" for i in group if i is not keep})
     new_labels = {}
     for i in record["label_issues"] or []:
-        if relabel:
+        if relabel and i.get("confidence", 0.0) >= min_confidence:
             new_labels[i["id"]] = i["suggested"]
         else:
-            drop.add(i["id"])
-    drop |= {i["id"] for i in record["outliers"]["items"]}
+            drop.setdefault(i["id"], "label")
+    for i in record["outliers"]["items"]:
+        drop.setdefault(i["id"], "outlier")
+    for item_id in drop:  # an item left out is not relabelled
+        new_labels.pop(item_id, None)
     return drop, new_labels
 
 
@@ -158,10 +166,11 @@ def check_manifest_target(fs, target) -> None:
                               f"{Path(data) / Path(target).name}", param="write_manifest")
 
 
-def write_manifest(record: dict, fs, target, *, relabel: bool = False, root: str = DATASETS_ROOT) -> tuple[int, int]:
+def write_manifest(record: dict, fs, target, *, relabel: bool = False, min_confidence: float = RELABEL_MIN_CONFIDENCE,
+                   root: str = DATASETS_ROOT) -> dict:
     """A CSV manifest of the cache's items with the flagged ones removed or relabelled, in the format
-    ``featx extract --data`` reads (:func:`featx.data.files.write_manifest_csv`). Returns (items written, items
-    left out)."""
+    ``featx extract --data`` reads (:func:`featx.data.files.write_manifest_csv`). Returns the counts: ``written``,
+    ``left_out`` by reason (``copy``, ``label``, ``outlier``) and ``relabelled``."""
     from ..data.files import write_manifest_csv
     from ..data.layout import source_from_record
     from ..data.sources import FileSource
@@ -170,7 +179,7 @@ def write_manifest(record: dict, fs, target, *, relabel: bool = False, root: str
     if not isinstance(source, FileSource):
         raise FeatxError(f"a manifest lists image files; this cache's source ({source.describe()['kind']}) has none: "
                          "use the ids in audit.json instead")
-    drop, new_labels = flagged_rows(record, relabel=relabel)
+    drop, new_labels = flagged_rows(record, relabel=relabel, min_confidence=min_confidence)
     splits = source.splits()  # lists the classes too
     names = list(source.classes)
     audited = {str(i) for split in fs.splits for i in fs[split].ids}  # files added since the extraction: not clean
@@ -183,4 +192,5 @@ def write_manifest(record: dict, fs, target, *, relabel: bool = False, root: str
         log.info(f"note: {new} file(s) of the data are newer than the cache and were not audited: the manifest "
                  "leaves them out (extract and audit again to include them)")
     write_manifest_csv(target, rows)
-    return len(rows), len(drop)
+    reasons = {r: sum(1 for why in drop.values() if why == r) for r in ("copy", "label", "outlier")}
+    return {"written": len(rows), "left_out": reasons, "relabelled": len(new_labels)}

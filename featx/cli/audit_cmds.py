@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..options import CV_FOLDS, DATASETS_ROOT, INDEXES
-from .base import REPORT_FILES, check_output, check_report_folder, echo, existing_file, force_option, out_option, progress_renderer
+from ..options import CV_FOLDS, DATASETS_ROOT, INDEXES, RELABEL_MIN_CONFIDENCE
+from .base import (REPORT_FILES, check_output, check_report_folder, echo, existing_file, force_option, out_option,
+                   progress_renderer)
 
 __all__ = ["audit"]
 
@@ -32,13 +33,17 @@ __all__ = ["audit"]
               help="Also write a CSV manifest of the items without the flagged ones (featx extract --data reads it; "
                    "image files are never deleted or edited).")
 @click.option("--relabel", is_flag=True, help="In the manifest, give likely label errors their suggested label "
-                                              "instead of leaving them out.")
+                                              "instead of leaving them out (only suggestions at least "
+                                              "--relabel-min-confidence sure; the others are left out).")
+@click.option("--relabel-min-confidence", type=click.FloatRange(0.0, 1.0), default=RELABEL_MIN_CONFIDENCE,
+              show_default=True, help="The least out-of-fold probability of the suggested label for --relabel to "
+                                      "apply it.")
 @click.option("--root", default=DATASETS_ROOT, show_default=True,
               help="Where torchvision datasets are kept (to read their images).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar (or, in a log file, the progress lines).")
 @force_option
-def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest, relabel, root, no_progress,
-          force):  # one parameter per option: click's convention
+def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest, relabel, relabel_min_confidence,
+          root, no_progress, force):  # one parameter per option: click's convention
     """Audit a dataset through its cached embeddings: copies of one picture (and train/test leakage), look-alikes,
     likely label errors, outliers. Writes audit.json, report.md and report.html (with thumbnails of what it flags)."""
     existing_file(cache, "cache file")
@@ -63,6 +68,11 @@ def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest,
         echo(line)
     echo("wrote " + ", ".join(str(p) for p in paths))
     if manifest:
-        written, left_out = write_manifest(record, fs, manifest, relabel=relabel, root=root)
-        echo(f"wrote {manifest}: {written} items, {left_out} flagged left out"
-                   f"{' or relabelled' if relabel else ''}; featx extract --data {manifest} reads it")
+        counts = write_manifest(record, fs, manifest, relabel=relabel, min_confidence=relabel_min_confidence,
+                                root=root)
+        out_ = counts["left_out"]
+        relabelled = (f"; {counts['relabelled']} relabelled (suggestion confidence >= {relabel_min_confidence:g})"
+                      if relabel else "")
+        echo(f"wrote {manifest}: {counts['written']} items; left out {sum(out_.values())} ({out_['copy']} copies, "
+             f"{out_['label']} likely label errors, {out_['outlier']} outliers){relabelled}; "
+             f"featx extract --data {manifest} reads it")
