@@ -90,6 +90,8 @@ class RowIndex:
         self._hashed: dict[str, str] = {}
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
         self.used: dict[int, int] = {}
+        #: whether a run that reused nothing says why (the caller decides: not for other datasets' caches)
+        self.explain = True
 
     def __len__(self) -> int:
         return len(self._where)

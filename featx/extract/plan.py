@@ -135,4 +135,7 @@ def row_index(plan: ExtractPlan, options: ExtractOptions, *, default_path: Path 
     if not donors:
         return None
     index = RowIndex(donors)
+    # a note when nothing was reused is worth it for a donor named with --reuse or beside the output, not for the
+    # caches of other datasets that auto mode also looks through
+    index.explain = choice != "auto" or any(d.parent.resolve() == plan.path.parent.resolve() for d in donors)
     return index if len(index) else None

@@ -146,7 +146,8 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
     work = {split: _work(source, items, writer.position(split), backbone, plan.spec.decoder, index, fingerprints[split])
             for split, items in todo.items()}
     to_embed = sum(len(ds) for ds, _ in work.values())
-    if index is not None and to_embed and to_embed == sum(len(items) - writer.position(s) for s, items in todo.items()):
+    if (index is not None and index.explain and to_embed
+            and to_embed == sum(len(items) - writer.position(s) for s, items in todo.items())):
         split, items = next(iter(todo.items()))  # the donors gave nothing: say why
         log.info(f"note: reused no row of {', '.join(str(d.path) for d in index.donors)}: "
                  f"{index.why_nothing(items.ids, fingerprints[split])}")

@@ -182,7 +182,7 @@ def verdict_line(t: dict) -> str:
     """The verdict in one sentence, with its statistic and interval."""
     what = {"helps": "pretraining helps", "hurts": "pretraining HURTS (negative transfer)",
             "inconclusive": "can't tell whether pretraining helps at this sample size"}[t["verdict"]]
-    more = (f"; about {t['n_test_needed']} test items would resolve a gain this size" if t.get("n_test_needed")
-            else "")
+    more = (f"; about {t['n_test_needed']} would resolve a gain this size" if t.get("n_test_needed") else "")
+    items = "items, out-of-fold" if "out-of-fold" in t.get("rule", "") else "test items"
     return (f"{what}: {t['head']} top-1 gain over {t['baseline'].replace('_', '-')} {t['gain']:+.4f} "
-            f"(95% CI {t['ci_low']:+.4f} .. {t['ci_high']:+.4f}, {t['n_test']} test items{more})")
+            f"(95% CI {t['ci_low']:+.4f} .. {t['ci_high']:+.4f}, {t['n_test']} {items}{more})")
