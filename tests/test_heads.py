@@ -162,3 +162,31 @@ def test_torch_linear_clones_grid_searches_and_separates_classes():
     a = TorchLinearClassifier(epochs=3).fit(X, y).coef_
     b = TorchLinearClassifier(epochs=3).fit(X, y).coef_
     np.testing.assert_array_equal(a, b)
+
+
+def test_fit_tunes_the_main_parameter_on_val_unless_it_is_pinned(image_folder, tiny_backbone, tmp_path):
+    """featx fit chooses C (here by 3-fold CV: the fixture's val split is tiny but present) over the head's grid,
+    records how in the card; --param C=... or --no-tune keeps the value as given."""
+    import json
+
+    from click.testing import CliRunner
+
+    from featx.cli import main
+    from featx.data.files import ImageFolderSource
+    from featx.extract import extract
+    from featx.heads.registry import LINEAR_SVM_C_GRID
+
+    cache = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "c.h5", progress=False).path
+    run = lambda *a: CliRunner().invoke(main, ["fit", str(cache), "--no-baselines", *map(str, a)])  # noqa: E731
+    tuned = run("--head", "svm", "--out", tmp_path / "t.skops")
+    assert tuned.exit_code == 0, tuned.output
+    card = json.loads((tmp_path / "t.json").read_text())
+    t = card["tuning"]
+    assert t["param"] == "C" and t["chosen"] in LINEAR_SVM_C_GRID and t["selection"] in ("val", "3-fold CV")
+    assert card["params"]["C"] == t["chosen"] and f"tuned C on {t['selection']}" in tuned.stdout
+    pinned = run("--head", "svm", "--param", "C=0.5", "--out", tmp_path / "p.skops")
+    assert pinned.exit_code == 0 and "tuned" not in pinned.stdout
+    card = json.loads((tmp_path / "p.json").read_text())
+    assert card["params"]["C"] == 0.5 and "tuning" not in card
+    plain = run("--head", "svm", "--no-tune", "--out", tmp_path / "n.skops")
+    assert plain.exit_code == 0 and "tuning" not in json.loads((tmp_path / "n.json").read_text())

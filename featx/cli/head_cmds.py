@@ -45,9 +45,13 @@ def _head_names(values) -> list[str]:
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also fit the head on random-init features of the same architecture and on raw pixels (same "
                    "items, a sample of at most 2,000 train / 2,000 test rows; cached) and report the transfer gain.")
+@click.option("--tune/--no-tune", default=True, show_default=True,
+              help="Choose the head's main parameter (C for logreg/svm/rbf-svm, n_neighbors for knn, weight_decay for "
+                   "torch-linear) on the val split (k-fold CV without one) over the head's own grid before fitting; "
+                   "a value given with --param or the pipeline is kept as it is.")
 @setting_option(SourceOptions, "limit")
 @force_option
-def fit(cache, pipeline, head_name, params, out, baselines, limit, force):
+def fit(cache, pipeline, head_name, params, out, baselines, tune, limit, force):
     """Train a head on the cached train split; report val and test metrics; save it.
 
     CACHE is a cache file; without it, the cache of --pipeline (default settings if none) is used.
@@ -69,7 +73,23 @@ def fit(cache, pipeline, head_name, params, out, baselines, limit, force):
     if out:  # the head and its card: never the cache (nor its companions), never another kind of file
         check_output(out, {"the cache": path}, replaces=("zip",), force=force)
         check_output(card_path(out), {"the cache": path}, replaces=("text",), force=force)
-    result = fit_head(head_name, head, path, out=out)
+    tuning = None
+    if tune:
+        from ..cache.store import open_features
+        from ..probe.search import tune_head
+
+        tuning = tune_head(head_name, open_features(path), fixed=overrides)
+        if tuning:
+            overrides = {**overrides, tuning["param"]: tuning["chosen"]}
+            head = make_head(head_name, overrides)
+            echo(f"tuned {tuning['param']} on {tuning['selection']}: {tuning['chosen']:g} of {len(tuning['values'])} "
+                 f"values ({tuning['selection']} {tuning['metric']} {tuning['score']:.4f}; {tuning['seconds']:.1f} s)")
+            from ..probe.selection import edge_notes
+
+            for note in edge_notes(head_name, {tuning["param"]: tuning["values"]}, {tuning["param"]: tuning["chosen"]},
+                                   fit=True):
+                echo(f"featx: note: {note}", err=True)
+    result = fit_head(head_name, head, path, out=out, tuning=tuning)
     shown = {k: v for k, v in result.params.items() if k in HEADS[head_name].key_params}
     echo(f"{head_name}: fit {result.fit_seconds:.1f} s on {result.n_train} x {result.n_features} "
                f"({result.n_classes} classes); {', '.join(f'{k}={v!r}' for k, v in shown.items())}")

@@ -52,9 +52,10 @@ def fit_quietly(head_name: str, head, X, y):
     return head
 
 
-def fit_head(head_name: str, head, cache, *, out=None) -> FitResult:
+def fit_head(head_name: str, head, cache, *, out=None, tuning: dict | None = None) -> FitResult:
     """Train ``head`` (a fresh estimator from :func:`featx.heads.registry.make_head`) on ``cache``'s
-    train split, evaluate on val and test, save it (default ``<cache>.<head>.skops``) and its card."""
+    train split, evaluate on val and test, save it (default ``<cache>.<head>.skops``) and its card (with
+    ``tuning``, :func:`featx.probe.search.tune_head`'s record, when its parameters were chosen on val)."""
     path = Path(cache)
     fs = open_features(path)
     if "train" not in fs:
@@ -71,7 +72,8 @@ def fit_head(head_name: str, head, cache, *, out=None) -> FitResult:
     calibration = fit_calibration(head, fs)  # saved inside the head with it: one file, one rename
     head_path, card_path = save_head(head, target, head_name=head_name, params=params, metrics=metrics,
                                      fit_seconds=fit_s, n_train=len(y), fs=fs,
-                                     extra={"calibration": calibration} if calibration else None)
+                                     extra={**({"calibration": calibration} if calibration else {}),
+                                            **({"tuning": tuning} if tuning else {})} or None)
     return FitResult(head_path, card_path, params, metrics, fit_s, len(y), int(X.shape[1]), len(fs.classes),
                      calibration)
 

@@ -28,11 +28,17 @@ from ..errors import FeatxError, FeatxUsageError
 from ..heads.registry import HEADS, bound_to_rows, check_head, head_params, make_head, param_names
 from .evaluate import evaluate
 
+#: The solver tolerance along a warm-started path: a point's validation *accuracy* needs the argmax, not the last
+#: digits of the probabilities, so the path runs at this looser tolerance (when the head's own is tighter) and the
+#: chosen point is refitted at the head's own tolerance, whose probabilities are reported (bench/bench_path.py:
+#: the same chosen C and test probabilities, the path several times faster).
+PATH_TOL = 1e-4
+
 #: scikit-learn's warning when a Nystroem map has more landmarks than rows (it then uses every row);
 #: featx says how many landmarks were used in its own words instead.
 NYSTROEM_FEW_ROWS = r"n_components > n_samples"
 
-__all__ = ["HeadSearch", "search_head", "parse_grid", "grid_points", "few_shot"]
+__all__ = ["PATH_TOL", "HeadSearch", "search_head", "tune_head", "parse_grid", "grid_points", "few_shot"]
 
 
 @dataclass
@@ -91,9 +97,12 @@ def _fit_path(head: str, fixed: dict, path: tuple, X, y, Xv, yv, metric: str):
     path_key, path_values = path
     rows = []
     est = make_head(head, fixed)
-    warm = path_key is not None and "warm_start" in est.named_steps["clf"].get_params()
+    clf = est.named_steps["clf"].get_params()
+    warm = path_key is not None and "warm_start" in clf
     if warm:
         est.set_params(clf__warm_start=True)
+        if "tol" in clf and clf["tol"] < PATH_TOL and "tol" not in fixed:
+            est.set_params(clf__tol=PATH_TOL)
     for value in path_values if path_key else [None]:
         params = dict(fixed, **({path_key: value} if path_key else {}))
         if path_key:
@@ -137,6 +146,62 @@ def _scattered(*arrays):
     return parallel_config(backend="dask", scatter=list(arrays))
 
 
+def _select(head: str, grid: dict, fs, X, y, *, folds: int, metric: str, jobs: int) -> tuple[list[dict], str]:
+    """Every point of ``grid`` fitted on the train rows ``(X, y)`` and scored on the val split, or by stratified
+    ``folds``-fold CV on train when the cache has none: the sweep rows and how they were scored."""
+    if "val" in fs:
+        Xv, yv = fs["val"].labelled()
+        return _sweep(head, grid, X, y, Xv, yv, metric=metric, jobs=jobs), "val"
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < folds:
+        raise FeatxError(
+            f"{fs.path}: no validation split, and class {classes[counts.argmin()]} has {counts.min()} "
+            f"training samples, fewer than the {folds} folds of cross-validation"
+        )
+    per_fold = [_sweep(head, grid, X[tr], y[tr], X[va], y[va], metric=metric, jobs=jobs)
+                for tr, va in StratifiedKFold(folds, shuffle=True, random_state=0).split(X, y)]
+    sweep = [{"params": rows[0]["params"], "score": float(np.mean([r["score"] for r in rows])),
+              "fit_seconds": round(float(np.sum([r["fit_seconds"] for r in rows])), 3)} for rows in zip(*per_fold)]
+    return sweep, f"{folds}-fold CV"
+
+
+#: Values of the main parameter ``featx fit`` tries (evenly spaced over the head's grid: logreg's 45 C values
+#: 1e-6 .. 1e5 become one per decade), and the folds it cross-validates with when the cache has no val split.
+FIT_TUNE_POINTS = 12
+FIT_TUNE_FOLDS = 3
+
+
+def tune_head(head: str, fs, *, fixed: dict | None = None, folds: int = FIT_TUNE_FOLDS, metric: str = "top1",
+              jobs: int = 1) -> dict | None:
+    """What ``featx fit`` does before it fits: the head's main parameter (its regularisation path, else the first
+    of its grid: logreg/svm/rbf-svm ``C``, k-NN ``n_neighbors``, torch-linear ``weight_decay``) chosen over the
+    head's own grid (:data:`FIT_TUNE_POINTS` of its values) on the val split (``folds``-fold CV on train without
+    one), warm-started along the path at
+    :data:`PATH_TOL`; the other parameters as ``fixed``. Ties go to the first value of the grid (the strongest
+    regularisation for ``C``). ``None`` when the head has no grid or ``fixed`` pins that parameter.
+
+    Returns ``{"param", "values", "chosen", "score", "metric", "selection", "seconds"}`` (for the card)."""
+    from .verdict import verdict_grid
+
+    fixed = dict(fixed or {})
+    X, y = fs["train"].labelled()
+    name, values = verdict_grid(check_head(head), fs.feature_dim, len(y), points=FIT_TUNE_POINTS)
+    if name is None or name in fixed or len(values) < 2 or len(np.unique(y)) < 2:
+        return None
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=NYSTROEM_FEW_ROWS)
+        try:
+            sweep, selection = _select(head, {**{k: (v,) for k, v in fixed.items()}, name: tuple(values)},
+                                       fs, X, y, folds=folds, metric=metric, jobs=jobs)
+        except FeatxError:  # too few rows to select on: the defaults stand
+            return None
+    order = {v: i for i, v in enumerate(values)}
+    best = max(sweep, key=lambda r: (r["score"], -order[r["params"][name]]))
+    return {"param": name, "values": list(values), "chosen": best["params"][name], "score": round(best["score"], 4),
+            "metric": metric, "selection": selection, "seconds": round(time.perf_counter() - t0, 2)}
+
+
 def search_head(head: str, fs, *, grid: dict | None = None, metric: str = "top1", jobs: int = 1,
                 folds: int = 5, class_weight: str | None = None) -> HeadSearch:
     """Run the protocol for one head on a :class:`featx.FeatureSet`.
@@ -161,25 +226,11 @@ def search_head(head: str, fs, *, grid: dict | None = None, metric: str = "top1"
     if len(classes) < 2:
         raise FeatxError(f"{fs.path}: the train split has {len(classes)} labelled class; a search needs two")
     result = HeadSearch(head=head, grid=grid, selection="val")
+    result.sweep, result.selection = _select(head, grid, fs, X, y, folds=folds, metric=metric, jobs=jobs)
     if "val" in fs:
         Xv, yv = fs["val"].labelled()
-        result.sweep = _sweep(head, grid, X, y, Xv, yv, metric=metric, jobs=jobs)
         X_all, y_all = np.concatenate([X, Xv]), np.concatenate([y, yv])
     else:
-        if counts.min() < folds:
-            raise FeatxError(
-                f"{fs.path}: no validation split, and class {classes[counts.argmin()]} has {counts.min()} "
-                f"training samples, fewer than the {folds} folds of cross-validation"
-            )
-        result.selection = f"{folds}-fold CV"
-        per_fold = []
-        for tr, va in StratifiedKFold(folds, shuffle=True, random_state=0).split(X, y):
-            per_fold.append(_sweep(head, grid, X[tr], y[tr], X[va], y[va], metric=metric, jobs=jobs))
-        result.sweep = [
-            {"params": rows[0]["params"], "score": float(np.mean([r["score"] for r in rows])),
-             "fit_seconds": round(float(np.sum([r["fit_seconds"] for r in rows])), 3)}
-            for rows in zip(*per_fold)
-        ]
         X_all, y_all = X, y
     best = max(result.sweep, key=lambda r: r["score"])
     result.best_params, result.best_score = best["params"], best["score"]

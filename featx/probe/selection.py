@@ -38,15 +38,16 @@ def one_se_choice(scores: dict, n: int, order=HEAD_SIMPLICITY) -> dict:
                     f"the best score are tied; the first of them in the order {', '.join(order)} is chosen"}
 
 
-def edge_notes(head: str, grid: dict, best_params: dict) -> list[str]:
+def edge_notes(head: str, grid: dict, best_params: dict, *, fit: bool = False) -> list[str]:
     """A note for each numeric parameter whose best value is the smallest or largest of 3+ grid values: the optimum
-    may lie beyond the grid."""
+    may lie beyond the grid (the way forward: grid's ``--grid``, or with ``fit`` fit's ``--param``)."""
     notes = []
     for name, values in grid.items():
         numeric = sorted(v for v in values if isinstance(v, Number) and not isinstance(v, bool))
         if len(numeric) < 3 or best_params.get(name) not in (numeric[0], numeric[-1]):
             continue
         side = "smallest" if best_params[name] == numeric[0] else "largest"
+        how = f"try --param {name}=... beyond it" if fit else f"extend the grid (--grid {head}.{name}=...)"
         notes.append(f"{head}: the best {name}={best_params[name]:g} is the grid's {side} value; the optimum may lie "
-                     f"beyond it: extend the grid (--grid {head}.{name}=...)")
+                     f"beyond it: {how}")
     return notes

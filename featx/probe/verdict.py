@@ -37,10 +37,11 @@ TUNE_FRACTION = 0.2
 GRID_POINTS = 5
 
 
-def verdict_grid(head_name: str, feature_dim: int, n_train: int) -> tuple[str | None, tuple]:
+def verdict_grid(head_name: str, feature_dim: int, n_train: int, points: int | None = None) -> tuple[str | None, tuple]:
     """The hyper-parameter the verdict tunes for ``head_name`` and its values: the head's search parameter (its
-    regularisation path, else the first of its grid), thinned to :data:`GRID_POINTS` evenly spaced values of its
-    default grid and bound by the train rows. ``(None, ())`` for a head without a grid."""
+    regularisation path, else the first of its grid), thinned to ``points`` (default :data:`GRID_POINTS`) evenly
+    spaced values of its default grid and bound by the train rows. ``(None, ())`` for a head without a grid."""
+    points = points or GRID_POINTS
     from ..heads.registry import HEADS
 
     spec = HEADS[head_name]
@@ -50,8 +51,8 @@ def verdict_grid(head_name: str, feature_dim: int, n_train: int) -> tuple[str | 
     name = spec.path_param if spec.path_param in grid else next(iter(grid))
     values = [v for v in grid[name] if not (name in spec.row_bound and isinstance(v, int) and v >= n_train)]
     values = values or [min(grid[name], key=lambda v: (v is None, v))]
-    if len(values) > GRID_POINTS:
-        values = [values[i] for i in np.unique(np.linspace(0, len(values) - 1, GRID_POINTS).round().astype(int))]
+    if len(values) > points:
+        values = [values[i] for i in np.unique(np.linspace(0, len(values) - 1, points).round().astype(int))]
     return name, tuple(values)
 
 
