@@ -259,7 +259,9 @@ class BackboneOptions(_Options):
         optional=True)
     layer: str | None = setting(None, (
         "Take the embedding from this intermediate node (torchvision feature_extraction name, e.g. features.14), "
-        "global-average-pooled, instead of the penultimate layer."), table="backbone", kind=str, optional=True)
+        "global-average-pooled, instead of the penultimate layer; several modules A,B,... pooled and concatenated; "
+        "or stages: the end of every stage of the model's trunk (and the penultimate layer), one forward pass "
+        "(recorded in the cache as layer_parts; part of the key)."), table="backbone", kind=str, optional=True)
 
 
 @dataclass(frozen=True)

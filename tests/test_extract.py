@@ -166,3 +166,47 @@ def test_compile_is_opt_in_recorded_and_gives_the_same_features(image_folder, ti
     for split in a.splits:
         np.testing.assert_array_equal(a[split].ids, b[split].ids)
         np.testing.assert_allclose(b[split].X, a[split].X, rtol=1e-4, atol=1e-6 * np.abs(a[split].X).max())
+
+
+def test_every_stage_in_one_pass_is_recorded_and_serves_fit_and_predict(image_folder, tiny_backbone, tmp_path):
+    """--layers stages: the pooled end of every stage, concatenated in one forward pass; the last part is the
+    penultimate embedding itself; the parts are recorded, the key differs, and a head on them predicts new images."""
+    import json
+
+    from click.testing import CliRunner
+
+    from conftest import TINY
+    from featx.cli import main
+
+    run = lambda *a: CliRunner().invoke(main, [str(x) for x in a])  # noqa: E731
+    plain = extract(ImageFolderSource(image_folder), tiny_backbone, out=tmp_path / "plain.h5", progress=False)
+    result = run("extract", "--data", image_folder, "--backbone", TINY, "--weights", "none", "--layers", "stages",
+                 "--out", tmp_path / "stages.h5", "--no-progress")
+    assert result.exit_code == 0, result.output
+    fs, ref = open_features(tmp_path / "stages.h5"), open_features(plain.path)
+    parts = fs.meta["layer_parts"]
+    assert [name for name, _ in parts][-1] == "penultimate" and len(parts) > 3
+    assert fs.feature_dim == sum(w for _, w in parts) and fs.cache_key != ref.cache_key
+    np.testing.assert_allclose(fs["train"].X[:, -parts[-1][1]:], ref["train"].X, rtol=1e-4, atol=1e-5)
+    first, width = parts[0]  # the first part is that module's output, pooled: checked against a hook of our own
+    import torch
+
+    from featx.backbones import load_backbone
+
+    bb = load_backbone(TINY, "none")
+    seen = {}
+    dict(bb.model.named_modules())[first].register_forward_hook(lambda m, i, o: seen.setdefault("x", o))
+    from featx.data.decoding import open_image
+
+    img = bb.transform(open_image(ImageFolderSource(image_folder).splits()["train"].keys[0])).unsqueeze(0)
+    with torch.inference_mode():
+        bb.model(img)
+    np.testing.assert_allclose(fs["train"].X[0, :width], seen["x"].mean(dim=(2, 3))[0].numpy(), rtol=1e-4, atol=1e-5)
+    assert run("fit", tmp_path / "stages.h5", "--head", "logreg", "--no-baselines", "--no-tune",
+               "--out", tmp_path / "h.skops").exit_code == 0
+    pred = run("predict", "--head-file", tmp_path / "h.skops", image_folder / "circle", "--out", tmp_path / "p.json")
+    assert pred.exit_code == 0, pred.output
+    assert len(json.loads((tmp_path / "p.json").read_text())["predictions"]) == 12
+    named = run("extract", "--data", image_folder, "--backbone", TINY, "--weights", "none", "--layers",
+                f"{first},nonexistent", "--out", tmp_path / "n.h5", "--no-progress")
+    assert named.exit_code == 2 and "layer 'nonexistent' is not a module of this model" in named.stderr

@@ -75,12 +75,107 @@ class _PooledLayer(nn.Module):
         self.body = create_feature_extractor(model, return_nodes={layer: "out"})
 
     def forward(self, x):
-        y = self.body(x)["out"]
-        if y.ndim == 4:
-            return y.mean(dim=(2, 3))
-        if y.ndim == 3:
-            return y.mean(dim=1)
-        return y.flatten(1)
+        return _pool(self.body(x)["out"])
+
+
+#: ``--layer stages``: the pooled output at the end of every stage of the model's trunk, concatenated.
+STAGES = "stages"
+
+
+def _pool(y: torch.Tensor) -> torch.Tensor:
+    if y.ndim == 4:
+        return y.mean(dim=(2, 3))
+    if y.ndim == 3:
+        return y.mean(dim=1)
+    return y.flatten(1)
+
+
+class _PooledLayers(nn.Module):
+    """Several modules' outputs, each global-average-pooled, concatenated in order (and, with ``with_output``, the
+    model's own penultimate embedding last): one forward pass for every layer (Head2Toe, Evci et al. 2022)."""
+
+    def __init__(self, model: nn.Module, names: list[str], with_output: bool):
+        super().__init__()
+        self.model, self.names, self.with_output = model, list(names), with_output
+        modules = dict(model.named_modules())
+        self._outputs: dict[str, torch.Tensor] = {}
+        for name in self.names:
+            modules[name].register_forward_hook(self._keep(name))
+
+    def _keep(self, name: str):
+        def hook(_module, _inputs, output):
+            self._outputs[name] = output
+        return hook
+
+    def forward(self, x):
+        self._outputs.clear()
+        out = self.model(x)
+        parts = [_pool(self._outputs[n]) for n in self.names] + ([out.flatten(1)] if self.with_output else [])
+        self._outputs.clear()
+        return torch.cat(parts, dim=1)
+
+
+def _trunk(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The blocks a model's stages are made of: its top-level ``nn.Sequential`` children when there are three or
+    more (ResNet's layer1..4), else the children of its largest one (MobileNet's and EfficientNet's ``features`` /
+    ``blocks``)."""
+    top = list(model.named_children())
+    if sum(isinstance(m, nn.Sequential) for _, m in top) >= 3:
+        return [(n, m) for n, m in top if isinstance(m, nn.Sequential)]
+    seqs = [(n, m) for n, m in top if isinstance(m, nn.Sequential)]
+    if not seqs:
+        return []
+    name, seq = max(seqs, key=lambda nm: len(nm[1]))
+    return [(f"{name}.{child}", m) for child, m in seq.named_children()]
+
+
+def stage_ends(model: nn.Module, crop: int) -> list[str]:
+    """The module names that end each stage of ``model``'s trunk: the last block of every run of blocks whose
+    output has the same shape (channels and resolution), found with one forward pass of a blank image."""
+    blocks = _trunk(model)
+    shapes: dict[str, tuple] = {}
+    handles = [m.register_forward_hook(lambda _m, _i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])))
+               for n, m in blocks]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, crop, crop))
+    finally:
+        for h in handles:
+            h.remove()
+    ran = [n for n, _ in blocks if n in shapes and len(shapes[n]) in (2, 3, 4)]
+    return [n for i, n in enumerate(ran) if i + 1 == len(ran) or shapes[ran[i + 1]] != shapes[n]]
+
+
+def _at_layers(model: nn.Module, layer: str, preset, feature_dim: int) -> tuple[nn.Module, int, list]:
+    """``--layer stages`` or ``--layer A,B,...``: the pooled outputs of several modules in one pass; the parts
+    (name, width) in order."""
+    crop = int(preset.crop_size[0])
+    modules = {name for name, _ in model.named_modules() if name}
+    if layer == STAGES:
+        names = stage_ends(model, crop)
+        if not names:
+            raise FeatxUsageError("--layer stages: featx finds no stages in this model (no sequential trunk); name "
+                                  "its modules instead, e.g. --layer a,b,c")
+    else:
+        names = [n.strip() for n in layer.split(",") if n.strip()]
+        unknown = [n for n in names if n not in modules]
+        if unknown:
+            raise FeatxUsageError(f"layer {unknown[0]!r} is not a module of this model; "
+                                  f"{did_you_mean(unknown[0], sorted(modules), cutoff=0.4)}")
+    pooled = _PooledLayers(model, names, with_output=False).eval()
+    with torch.inference_mode():
+        widths = [int(_pool(o).shape[1]) for o in _outputs_of(pooled, crop)]
+    with_output = layer == STAGES and widths[-1] != feature_dim  # the penultimate is past the trunk (EfficientNet)
+    pooled.with_output = with_output
+    parts = list(zip(names, widths)) + ([("penultimate", feature_dim)] if with_output else [])
+    return pooled, sum(w for _, w in parts), parts
+
+
+def _outputs_of(pooled: "_PooledLayers", crop: int) -> list[torch.Tensor]:
+    pooled.model(torch.zeros(1, 3, crop, crop))
+    out = [pooled._outputs[n] for n in pooled.names]
+    pooled._outputs.clear()
+    return out
 
 
 def _at_layer(model: nn.Module, layer: str, preset) -> tuple[nn.Module, int]:
@@ -141,7 +236,10 @@ def load_backbone(spec: str, weights: str | None = None, *, device: str | torch.
             raise FeatxError(f"{exc}; available offline here (featx backbones): {', '.join(here) or 'none'}") from None
     model, dim, preset = loaded.model, loaded.feature_dim, loaded.preset
     model.eval().requires_grad_(False)
-    if layer:
+    parts = []
+    if layer and (layer == STAGES or "," in layer):
+        model, dim, parts = _at_layers(model, layer, preset, dim)
+    elif layer:
         model, dim = _at_layer(model, layer, preset)
         model.requires_grad_(False)
     return Backbone(
@@ -152,7 +250,7 @@ def load_backbone(spec: str, weights: str | None = None, *, device: str | torch.
         preprocess=preprocess_record(preset),
         feature_dim=dim,
         weights_sha256=loaded.sha256,
-        meta=loaded.meta,
+        meta={**loaded.meta, **({"layer_parts": [list(p) for p in parts]} if parts else {})},
         layer=layer,
     )
 

@@ -47,7 +47,7 @@ __all__ = [
 
 PARTIAL_SUFFIX = ".partial"
 #: Attributes of ``/`` that hold JSON text rather than plain values.
-JSON_ATTRS = ("transform", "source", "reused_from")
+JSON_ATTRS = ("transform", "source", "reused_from", "layer_parts")
 _STR = h5py.string_dtype("utf-8")
 
 

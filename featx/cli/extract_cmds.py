@@ -30,7 +30,7 @@ __all__ = ["extract", "merge"]
 @setting_option(SourceOptions, "limit")
 @setting_option(BackboneOptions, "name", "-b")
 @setting_option(BackboneOptions, "weights", "-w")
-@setting_option(BackboneOptions, "layer")
+@setting_option(BackboneOptions, "layer", "--layers")
 @out_option("Cache file to write (default <cache-dir>/<dataset>/<backbone>-<key>.h5).")
 @setting_option(ExtractOptions, "cache_dir")
 @setting_option(ExtractOptions, "reuse")
