@@ -87,7 +87,7 @@ LAYERS = (
     ("backbones", "cache"),
     ("heads", "extract", "report"),
     ("probe", "pipeline"),
-    ("transfer", "adapt", "audit", "inference"),
+    ("transfer", "adapt", "audit", "inference", "finetune"),
     ("cli",),
     ("__main__", "featx"),
 )

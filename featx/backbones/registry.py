@@ -115,7 +115,7 @@ class _PooledLayers(nn.Module):
         return torch.cat(parts, dim=1)
 
 
-def _trunk(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def trunk_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The blocks a model's stages are made of: its top-level ``nn.Sequential`` children when there are three or
     more (ResNet's layer1..4), else the children of its largest one (MobileNet's and EfficientNet's ``features`` /
     ``blocks``)."""
@@ -132,7 +132,7 @@ def _trunk(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def stage_ends(model: nn.Module, crop: int) -> list[str]:
     """The module names that end each stage of ``model``'s trunk: the last block of every run of blocks whose
     output has the same shape (channels and resolution), found with one forward pass of a blank image."""
-    blocks = _trunk(model)
+    blocks = trunk_blocks(model)
     shapes: dict[str, tuple] = {}
     handles = [m.register_forward_hook(lambda _m, _i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])))
                for n, m in blocks]

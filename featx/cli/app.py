@@ -18,6 +18,7 @@ from .adapt_cmds import adapt
 from .audit_cmds import audit
 from .base import FeatxGroup, configure_output
 from .extract_cmds import extract, merge
+from .finetune_cmds import finetune
 from .head_cmds import fit, grid, rank, report
 from .info_cmds import backbones, heads, info
 from .reuse_cmds import export, export_model, neighbors, predict
@@ -41,6 +42,6 @@ def main(debug: bool, quiet: bool) -> None:
     configure_output(verbose=not quiet)
 
 
-for _command in (extract, merge, fit, grid, report, rank, adapt, audit, info, backbones, heads, predict, neighbors, export,
-                 export_model):
+for _command in (extract, merge, fit, grid, report, rank, adapt, audit, finetune, info, backbones, heads, predict,
+                 neighbors, export, export_model):
     main.add_command(_command)

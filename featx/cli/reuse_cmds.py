@@ -58,6 +58,37 @@ def _check_card(head_path: str) -> None:
                               "refit it with this featx")
 
 
+def _is_finetuned(head_path) -> bool:
+    from ..finetune.run import SUFFIX
+
+    return str(head_path).endswith(SUFFIX)
+
+
+class _SoftmaxScores:
+    """The "head" of a fine-tuned network, whose backbone already gives class scores: their softmax."""
+
+    def __init__(self, n_classes: int):
+        import numpy as np
+
+        self.classes_ = np.arange(n_classes)
+
+    def predict_proba(self, X):
+        from ..util import softmax
+
+        return softmax(X)
+
+
+def _finetuned(head_path, device: str):
+    """featx finetune's network as a backbone whose "embedding" is the class scores, and its softmax head."""
+    import dataclasses
+
+    from ..finetune.run import load_finetuned
+
+    net, card, bb = load_finetuned(head_path, device=device)
+    return _SoftmaxScores(len(card["classes"])), card, dataclasses.replace(bb, model=net,
+                                                                           feature_dim=len(card["classes"]))
+
+
 def _head_and_embedding(head_path: str, trust: bool):
     """A saved head, its card, and the embedding record of the cache it was trained on."""
     from ..cache.store import open_features
@@ -131,11 +162,16 @@ def predict(head_path, old_head, images, top_k, out, batch_size, device, trust, 
     _device(device)
     from ..inference import backbone_for, embed_images, image_paths, predict_images
 
-    head, card, emb = _head_and_embedding(head_path, trust)
+    if _is_finetuned(head_path):  # featx finetune's network: images -> class scores, softmaxed
+        head, card, bb = _finetuned(head_path, device)
+        emb = card["embedding"]
+    else:
+        head, card, emb = _head_and_embedding(head_path, trust)
+        bb = None
     paths = image_paths(images)
     if not paths:
         raise FeatxUsageError("no images found in " + ", ".join(images))
-    bb = backbone_for(emb, device=device)
+    bb = bb or backbone_for(emb, device=device)
     render = progress_renderer(enabled=not no_progress and len(paths) >= 2 * batch_size)
     done = [0]
 
@@ -261,12 +297,19 @@ def export_model(head_path, old_head, fmt, out, trust, force):
     target = Path(out) if out else Path(head_path).with_suffix(MODEL_FORMATS[fmt][0])
     check_output(target, {"the head": head_path}, replaces=("zip", "data"), force=force)
     _check_card(head_path)
-    from ..heads.export import export_model as run_export
+    from ..heads.export import export_model as run_export, export_network
     from ..inference import backbone_for
 
-    head, card, emb = _head_and_embedding(head_path, trust)
-    bb = backbone_for(emb)
-    run_export(head, bb, target, fmt)
+    if _is_finetuned(head_path):
+        from ..finetune.run import load_finetuned
+
+        net, card, bb = load_finetuned(head_path)
+        export_network(net, bb, target, fmt)
+        head = _SoftmaxScores(len(card["classes"]))
+    else:
+        head, card, emb = _head_and_embedding(head_path, trust)
+        bb = backbone_for(emb)
+        run_export(head, bb, target, fmt)
     echo(f"wrote {target}: input (N, {', '.join(map(str, bb.preprocess.get('input_size', [])))}) "
                f"preprocessed images, output (N, {len(head.classes_)}) scores for {card.get('classes')}; "
                f"load it with {MODEL_FORMATS[fmt][2]}")

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import FeatxError, FeatxUsageError
 from ..util import atomic_write
 
-__all__ = ["MODEL_FORMATS", "linear_weights", "export_model"]
+__all__ = ["export_network", "MODEL_FORMATS", "linear_weights", "export_model"]
 
 #: format -> (file suffix, what it is, how to load it)
 MODEL_FORMATS = {
@@ -60,7 +60,15 @@ def export_model(head, bb, out: Path, fmt: str) -> Path:
     with torch.no_grad():
         fc.weight.copy_(torch.from_numpy(W))
         fc.bias.copy_(torch.from_numpy(b))
-    model = torch.nn.Sequential(bb.model, fc).eval().cpu()
+    return export_network(torch.nn.Sequential(bb.model, fc), bb, out, fmt)
+
+
+def export_network(model, bb, out: Path, fmt: str) -> Path:
+    """A whole network (preprocessed image batch -> class scores) written in ``fmt`` (a head on its backbone, or a
+    fine-tuned network from :func:`featx.finetune.run.load_finetuned`)."""
+    import torch
+
+    model = model.eval().cpu()
     size = bb.preprocess.get("input_size", (3, 224, 224))
     example = torch.zeros(1, *size)
     out = Path(out)
