@@ -303,5 +303,9 @@ class ExtractOptions(_Options):
                                "every file once more, and matches a copied folder, whose modification times are "
                                "new). Recorded per row; not part of the cache key.", table="extract", kind=str,
                                choices=lambda: ("stat", "content"), what="fingerprint")
+    views: int = setting(0, "Also extract K augmented views of every train image (a seeded random resized crop and "
+                         "flip each, then the backbone's transform) into caches of their own beside this one "
+                         "(<cache>.view<k>.h5); featx fit trains on them too (default 0: none).", table="extract",
+                         kind=int, check=lambda v: 0 <= v <= 32, what="0 to 32 views")
     cache_dir: str = setting("cache", "Folder of caches (default cache).", table="cache", key="dir",
                              kind=(str, os.PathLike))

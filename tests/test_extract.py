@@ -210,3 +210,38 @@ def test_every_stage_in_one_pass_is_recorded_and_serves_fit_and_predict(image_fo
     named = run("extract", "--data", image_folder, "--backbone", TINY, "--weights", "none", "--layers",
                 f"{first},nonexistent", "--out", tmp_path / "n.h5", "--no-progress")
     assert named.exit_code == 2 and "layer 'nonexistent' is not a module of this model" in named.stderr
+
+
+def test_augmented_views_are_seeded_extracted_apart_and_train_the_head(image_folder, tmp_path):
+    """--views 2: two caches of augmented train images beside the main one, the same on a second run (seeded),
+    different from the centre view and from each other; fit trains on them and records it; --no-views does not."""
+    import json
+
+    from click.testing import CliRunner
+
+    from conftest import TINY
+    from featx.cli import main
+    from featx.data.views import AugmentedViews, view_path
+
+    run = lambda *a: CliRunner().invoke(main, [str(x) for x in a])  # noqa: E731
+    cache = tmp_path / "c.h5"
+    result = run("extract", "--data", image_folder, "--backbone", TINY, "--weights", "none", "--views", "2",
+                 "--out", cache, "--no-progress")
+    assert result.exit_code == 0, result.output
+    main_fs, v1, v2 = open_features(cache), open_features(view_path(cache, 1)), open_features(view_path(cache, 2))
+    n = len(main_fs["train"])
+    assert list(v1.splits) == ["train"] and len(v1["train"]) == n and v1.meta["source"]["views"]["of"] == main_fs.cache_key
+    assert list(v1["train"].ids) == [f"{i}#view1" for i in main_fs["train"].ids]
+    apart = lambda a, b: np.abs(a - b).max() > 1e-3 * np.abs(b).max()  # noqa: E731 (random-init: tiny values)
+    assert apart(v1["train"].X, main_fs["train"].X) and apart(v1["train"].X, v2["train"].X)
+    source = ImageFolderSource(image_folder)
+    key = source.splits()["train"].keys[0]
+    a, b = AugmentedViews(source, 1, of="k").open(key), AugmentedViews(source, 1, of="k").open(key)
+    assert np.array_equal(np.asarray(a), np.asarray(b)), "a view is a seeded draw: the same image every time"
+    fitted = run("fit", cache, "--head", "logreg", "--no-baselines", "--no-tune", "--out", tmp_path / "h.skops")
+    assert fitted.exit_code == 0, fitted.output
+    card = json.loads((tmp_path / "h.json").read_text())
+    assert card["n_train"] == 3 * n and len(card["views"]) == 2
+    plain = run("fit", cache, "--head", "logreg", "--no-baselines", "--no-tune", "--no-views",
+                "--out", tmp_path / "p.skops")
+    assert plain.exit_code == 0 and json.loads((tmp_path / "p.json").read_text())["n_train"] == n

@@ -35,6 +35,7 @@ __all__ = ["extract", "merge"]
 @setting_option(ExtractOptions, "cache_dir")
 @setting_option(ExtractOptions, "reuse")
 @setting_option(ExtractOptions, "fingerprint")
+@setting_option(ExtractOptions, "views")
 @setting_option(ExtractOptions, "batch_size")
 @setting_option(ExtractOptions, "workers")
 @setting_option(ExtractOptions, "device")
@@ -97,6 +98,9 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
     result = run_extract(source, bb, exp.extract, out=out, progress=progress)
     if result.reused:
         echo(f"reusing {result.path} (cache key {result.cache_key} matches; nothing to recompute)")
+    if exp.extract.views:
+        _extract_views(source, bb, exp.extract, result, progress)
+    if result.reused:
         return
     skipped = f", {result.n_skipped} skipped (see `featx info`)" if result.n_skipped else ""
     o = exp.extract
@@ -107,6 +111,19 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
         f"{result.n_new} new{rate} ({bb.name}, {o.precision}, {o.device}, batch {o.batch_size}"
         f"{'; ' + result.pipeline if result.pipeline else ''})"
     )
+
+
+def _extract_views(source, bb, options, result, progress) -> None:
+    """``--views K``: view k of every train image into ``<cache>.view<k>.h5`` (each a cache of its own, keyed by
+    the view, the seed and the main cache's key)."""
+    from ..data.views import AugmentedViews, view_path
+    from ..extract import extract as run_extract
+
+    plain = dataclasses.replace(options, views=0, decoder="pil", reuse="none")
+    for k in range(1, options.views + 1):
+        views = AugmentedViews(source, k, of=result.cache_key, seed=source.seed)
+        done = run_extract(views, bb, plain, out=view_path(result.path, k), progress=progress)
+        echo(f"{'reusing' if done.reused else 'wrote'} {done.path}: view {k} of {done.n_items} train items")
 
 
 def _extract_sharded(source, bb, options, *, out, rank: int, world: int, progress) -> None:

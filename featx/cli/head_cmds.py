@@ -49,9 +49,12 @@ def _head_names(values) -> list[str]:
               help="Choose the head's main parameter (C for logreg/svm/rbf-svm, n_neighbors for knn, weight_decay for "
                    "torch-linear) on the val split (k-fold CV without one) over the head's own grid before fitting; "
                    "a value given with --param or the pipeline is kept as it is.")
+@click.option("--views/--no-views", default=True, show_default=True,
+              help="Train on the augmented views of the train images too, when the cache has them (featx extract "
+                   "--views K); val and test stay the centre view.")
 @setting_option(SourceOptions, "limit")
 @force_option
-def fit(cache, pipeline, head_name, params, out, baselines, tune, limit, force):
+def fit(cache, pipeline, head_name, params, out, baselines, tune, views, limit, force):
     """Train a head on the cached train split; report val and test metrics; save it.
 
     CACHE is a cache file; without it, the cache of --pipeline (default settings if none) is used.
@@ -89,7 +92,7 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, limit, force):
             for note in edge_notes(head_name, {tuning["param"]: tuning["values"]}, {tuning["param"]: tuning["chosen"]},
                                    fit=True):
                 echo(f"featx: note: {note}", err=True)
-    result = fit_head(head_name, head, path, out=out, tuning=tuning)
+    result = fit_head(head_name, head, path, out=out, tuning=tuning, views=views)
     shown = {k: v for k, v in result.params.items() if k in HEADS[head_name].key_params}
     echo(f"{head_name}: fit {result.fit_seconds:.1f} s on {result.n_train} x {result.n_features} "
                f"({result.n_classes} classes); {', '.join(f'{k}={v!r}' for k, v in shown.items())}")

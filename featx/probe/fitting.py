@@ -17,7 +17,7 @@ from ..heads.registry import bound_to_rows, head_params
 from ..util import first_line, softmax
 from .evaluate import evaluate
 
-__all__ = ["FitResult", "fit_head", "fit_quietly"]
+__all__ = ["FitResult", "fit_head", "fit_quietly", "train_views"]
 
 log = logging.getLogger("featx")
 
@@ -52,7 +52,32 @@ def fit_quietly(head_name: str, head, X, y):
     return head
 
 
-def fit_head(head_name: str, head, cache, *, out=None, tuning: dict | None = None) -> FitResult:
+def train_views(fs) -> tuple[list, list[Path]]:
+    """The labelled train rows of the augmented views of cache ``fs`` (``featx extract --views K``: the caches
+    ``<cache>.view<k>.h5`` whose source record says they are views of this cache's key), and their paths; a view
+    cache of another cache is passed over with a note."""
+    from ..data.views import view_path
+
+    parts, paths = [], []
+    k = 1
+    while view_path(fs.path, k).is_file():
+        path = view_path(fs.path, k)
+        k += 1
+        try:
+            view = open_features(path)
+        except FeatxError as exc:
+            log.info(f"note: view {path} not used: {exc}")
+            continue
+        of = ((view.meta.get("source") or {}).get("views") or {}).get("of")
+        if of != fs.cache_key:
+            log.info(f"note: {path} holds views of another cache (key {of}, not {fs.cache_key}): not used")
+            continue
+        parts.append(view["train"].labelled())
+        paths.append(path)
+    return parts, paths
+
+
+def fit_head(head_name: str, head, cache, *, out=None, tuning: dict | None = None, views: bool = True) -> FitResult:
     """Train ``head`` (a fresh estimator from :func:`featx.heads.registry.make_head`) on ``cache``'s
     train split, evaluate on val and test, save it (default ``<cache>.<head>.skops``) and its card (with
     ``tuning``, :func:`featx.probe.search.tune_head`'s record, when its parameters were chosen on val)."""
@@ -63,6 +88,12 @@ def fit_head(head_name: str, head, cache, *, out=None, tuning: dict | None = Non
     X, y = fs["train"].labelled()
     if len(np.unique(y)) < 2:
         raise FeatxError(f"{path}: the train split needs at least two labelled classes to fit a head")
+    view_rows, view_paths = train_views(fs) if views else ([], [])
+    if view_rows:  # the augmented views train too; val and test stay the centre view
+        log.info(f"training on the train rows and {len(view_rows)} augmented view(s) of them "
+                 f"({', '.join(p.name for p in view_paths)})")
+        X = np.concatenate([X, *(v[0] for v in view_rows)])
+        y = np.concatenate([y, *(v[1] for v in view_rows)])
     t0 = time.perf_counter()
     fit_quietly(head_name, head, X, y)
     fit_s = time.perf_counter() - t0
@@ -73,7 +104,9 @@ def fit_head(head_name: str, head, cache, *, out=None, tuning: dict | None = Non
     head_path, card_path = save_head(head, target, head_name=head_name, params=params, metrics=metrics,
                                      fit_seconds=fit_s, n_train=len(y), fs=fs,
                                      extra={**({"calibration": calibration} if calibration else {}),
-                                            **({"tuning": tuning} if tuning else {})} or None)
+                                            **({"tuning": tuning} if tuning else {}),
+                                            **({"views": [str(p) for p in view_paths]} if view_paths else {})}
+                                     or None)
     return FitResult(head_path, card_path, params, metrics, fit_s, len(y), int(X.shape[1]), len(fs.classes),
                      calibration)
 
