@@ -245,3 +245,12 @@ def test_augmented_views_are_seeded_extracted_apart_and_train_the_head(image_fol
     plain = run("fit", cache, "--head", "logreg", "--no-baselines", "--no-tune", "--no-views",
                 "--out", tmp_path / "p.skops")
     assert plain.exit_code == 0 and json.loads((tmp_path / "p.json").read_text())["n_train"] == n
+
+
+def test_the_same_settings_written_as_int_or_float_give_one_key(image_folder, tiny_backbone):
+    """val/test fractions 0 and 0.0 are one setting (the API took an int, the command line a float: two keys)."""
+    from featx.extract import cache_key
+
+    keys = {cache_key(ImageFolderSource(image_folder, val_fraction=v, test_fraction=t), tiny_backbone)
+            for v, t in ((0, 0), (0.0, 0.0))}
+    assert len(keys) == 1

@@ -23,8 +23,8 @@ class ImageFolderSource(FileSource):
     def __init__(self, root: str | os.PathLike, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
                  seed: int = 0, limit: int = 0):
         self.root = Path(root)
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
+        self.val_fraction = float(val_fraction)  # 0 and 0.0 are one setting: one cache key
+        self.test_fraction = float(test_fraction)
         self.seed = seed
         self.limit = limit
         self.name = self.root.resolve().name.lower() or "images"
@@ -141,7 +141,7 @@ class ManifestSource(FileSource):
     def __init__(self, manifest: str | os.PathLike, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
                  seed: int = 0, limit: int = 0, allow_outside: bool = False):
         self.manifest = Path(manifest)
-        self.val_fraction, self.test_fraction, self.seed, self.limit = val_fraction, test_fraction, seed, limit
+        self.val_fraction, self.test_fraction, self.seed, self.limit = float(val_fraction), float(test_fraction), seed, limit
         self.allow_outside = allow_outside
         self.name = self.manifest.stem.lower()
 
@@ -236,7 +236,7 @@ class StanfordDogsSource(FileSource):
 
     def __init__(self, root: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0, limit: int = 0):
         self.root = Path(root)
-        self.val_fraction, self.seed, self.limit = val_fraction, seed, limit
+        self.val_fraction, self.seed, self.limit = float(val_fraction), seed, limit
         self.name = "stanford_dogs"
 
     @classmethod

@@ -71,8 +71,8 @@ class TorchvisionSource(Source):
         self.dataset = dataset
         self.root = Path(root)
         self.download = download
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
+        self.val_fraction = float(val_fraction)  # 0 and 0.0 are one setting: one cache key
+        self.test_fraction = float(test_fraction)
         self.seed = seed
         self.limit = limit
         self.name = dataset.lower()
