@@ -12,8 +12,8 @@ import click
 from ..errors import FeatxError, FeatxUsageError
 from ..options import (CLASS_WEIGHTS, CV_FOLDS, DATASETS_ROOT, GRID_BACKENDS, METRICS, RANK_SAMPLE, REPORT_FORMATS,
                        ExtractOptions, SourceOptions)
-from .base import (REPORT_FILES, check_output, check_report_folder, echo, existing_file, force_option, out_option, pipeline_option, progress_renderer,
-                   setting_option)
+from .base import (REPORT_FILES, check_output, check_report_folder, echo, existing_file, force_option, out_option,
+                   pipeline_option, progress_renderer, setting_option)
 from ..pipeline import check_cache_exists, experiment, resolve_cache
 
 __all__ = ["fit", "grid", "report", "rank"]

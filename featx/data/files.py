@@ -141,7 +141,8 @@ class ManifestSource(FileSource):
     def __init__(self, manifest: str | os.PathLike, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
                  seed: int = 0, limit: int = 0, allow_outside: bool = False):
         self.manifest = Path(manifest)
-        self.val_fraction, self.test_fraction, self.seed, self.limit = float(val_fraction), float(test_fraction), seed, limit
+        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
+        self.seed, self.limit = seed, limit
         self.allow_outside = allow_outside
         self.name = self.manifest.stem.lower()
 

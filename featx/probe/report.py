@@ -89,7 +89,8 @@ def _transfer_line(results: dict) -> str:
     line = verdict_line(t)
     if t["verdict"] == "hurts":
         line = f"**{line}**"
-    return (f"{b['head']} on the same {b['n_train']} train / {b['n_test']} test items, its {t['tuned']['pretrained']['param']} "
+    tuned = t["tuned"]["pretrained"]["param"]
+    return (f"{b['head']} on the same {b['n_train']} train / {b['n_test']} test items, its {tuned} "
             f"tuned on each feature set's own train rows: pretrained {b['pretrained']:.4f}, random-init "
             f"{b['random_init']:.4f}, raw pixels {b['raw_pixels']:.4f}. Verdict: {line}. Rule: {t['rule']}.")
 

@@ -132,7 +132,8 @@ def rank_backbones(source, candidates: list[tuple[str, str | None]], *, sample: 
         sets = _aligned({"pretrained": (X, y, ids), "random_init": (Xr, yr, idr), "raw_pixels": (Xp, yp, idp)})
         loaded.append(sets)
         scored = score_sets("logreg", {}, {"pretrained": sets["pretrained"]}, folds=folds, seed=seed)
-        scores = {"logme": logme(*sets["pretrained"]), "probe_top1": round(float(scored["pretrained"]["correct"].mean()), 4),
+        scores = {"logme": logme(*sets["pretrained"]),
+                  "probe_top1": round(float(scored["pretrained"]["correct"].mean()), 4),
                   "knn_top1": round(knn_accuracy(*sets["pretrained"], folds=folds, seed=seed), 4)}
         rows.append({"backbone": bb.name, "weights": bb.weights, "scores": scores, "probe_top1": scores["probe_top1"],
                      "feature_dim": bb.feature_dim, "cache": str(result.path), "reused": result.reused,

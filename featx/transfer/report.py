@@ -36,7 +36,8 @@ def _figure(record: dict) -> str:
     c = record["candidates"]
     fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(c) + 2), 3.2))
     names = [f"{r['backbone']}\n{r['weights']}\nLogME {r['scores']['logme']:.3f}" for r in c]
-    ax.bar(names, [r["probe_top1"] for r in c], color=[{"hurts": "#c44", "helps": "#48a"}.get(r["transfer"]["verdict"], "#aaa") for r in c])
+    colours = {"hurts": "#c44", "helps": "#48a"}
+    ax.bar(names, [r["probe_top1"] for r in c], color=[colours.get(r["transfer"]["verdict"], "#aaa") for r in c])
     b = record["baselines"]
     ax.axhline(b["random_init"], color="k", ls="--", label=f"random-init {b['random_init']:.3f}")
     ax.axhline(b["raw_pixels"], color="gray", ls=":", label=f"raw pixels {b['raw_pixels']:.3f}")
