@@ -121,6 +121,19 @@ def setting_option(cls, name: str, *short: str):
     return click.option(flag, *short, name, **kwargs)
 
 
+def source_options(*names: str):
+    """The :class:`~featx.options.SourceOptions` settings ``names`` as click options, in that order (the data a
+    command reads: ``data``, ``root``, ``val_fraction`` ...)."""
+    from ..options import SourceOptions
+
+    def decorate(command):
+        for name in reversed(names):
+            command = setting_option(SourceOptions, name)(command)
+        return command
+
+    return decorate
+
+
 class _RegistryChoice(click.Choice):
     """``click.Choice`` over a registry read when used, so an entry registered later is listed too."""
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import click
 
 from ..pipeline import build_backbone, build_source, experiment
-from ..options import BackboneOptions, ExtractOptions, SourceOptions
+from ..options import BackboneOptions, ExtractOptions
 from ..util import OFFLINE_ENV
-from .base import check_output, echo, existing_file, out_option, pipeline_option, progress_renderer, setting_option
+from .base import (check_output, echo, existing_file, out_option, pipeline_option, progress_renderer, setting_option,
+                   source_options)
 
 log = logging.getLogger("featx")
 
@@ -21,13 +22,7 @@ __all__ = ["extract", "merge"]
 
 @click.command()
 @pipeline_option
-@setting_option(SourceOptions, "data")
-@setting_option(SourceOptions, "root")
-@setting_option(SourceOptions, "download")
-@setting_option(SourceOptions, "val_fraction")
-@setting_option(SourceOptions, "test_fraction")
-@setting_option(SourceOptions, "seed")
-@setting_option(SourceOptions, "limit")
+@source_options("data", "root", "download", "val_fraction", "test_fraction", "seed", "limit")
 @setting_option(BackboneOptions, "name", "-b")
 @setting_option(BackboneOptions, "weights", "-w")
 @setting_option(BackboneOptions, "layer", "--layers")

@@ -7,22 +7,17 @@ from pathlib import Path
 
 import click
 
-from ..options import BackboneOptions, ExtractOptions, SourceOptions
+from ..options import BackboneOptions, ExtractOptions
 from ..pipeline import build_source, experiment
 from .base import (check_report_folder, echo, existing_file, out_option, pipeline_option, progress_renderer,
-                   setting_option)
+                   setting_option, source_options)
 
 __all__ = ["finetune"]
 
 
 @click.command()
 @pipeline_option
-@setting_option(SourceOptions, "data")
-@setting_option(SourceOptions, "root")
-@setting_option(SourceOptions, "val_fraction")
-@setting_option(SourceOptions, "test_fraction")
-@setting_option(SourceOptions, "seed")
-@setting_option(SourceOptions, "limit")
+@source_options("data", "root", "val_fraction", "test_fraction", "seed", "limit")
 @setting_option(BackboneOptions, "name", "-b")
 @setting_option(BackboneOptions, "weights", "-w")
 @click.option("--blocks", type=click.IntRange(min=1), default=1, show_default=True,
