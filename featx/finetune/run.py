@@ -110,6 +110,7 @@ def cached_maps(bb: Backbone, source, cut: str, path: Path, *, precision: str, b
         raise _Stop
 
     splits = source.splits()
+    bb.model.to(memory_format=torch.channels_last)  # as extraction runs it: 2.5x faster on 2 CPU cores here
     handle = module.register_forward_pre_hook(stop)
     dtype = np.float16 if precision == "fp16" else np.float32
     crop = int(bb.preprocess.get("input_size", (3, 224, 224))[-1])
@@ -134,7 +135,7 @@ def cached_maps(bb: Backbone, source, cut: str, path: Path, *, precision: str, b
                         continue
                     try:
                         with torch.inference_mode():
-                            bb.model(x.to(device))
+                            bb.model(x.to(device, memory_format=torch.channels_last))
                     except _Stop:
                         pass
                     maps.append(seen.pop("x").float().cpu().numpy().astype(dtype))
