@@ -207,6 +207,23 @@ def test_every_stage_in_one_pass_is_recorded_and_serves_fit_and_predict(image_fo
     pred = run("predict", "--head-file", tmp_path / "h.skops", image_folder / "circle", "--out", tmp_path / "p.json")
     assert pred.exit_code == 0, pred.output
     assert len(json.loads((tmp_path / "p.json").read_text())["predictions"]) == 12
+    # a head of two chosen layers keeps its own columns: it takes the whole vector, predicts, exports linearly
+    two = f"{parts[1][0]},{parts[-1][0]}"
+    chosen = run("fit", tmp_path / "stages.h5", "--head", "logreg", "--no-baselines", "--layers", two,
+                 "--out", tmp_path / "two.skops")
+    assert chosen.exit_code == 0, chosen.output
+    assert f"layers: {parts[1][0]}, penultimate ({parts[1][1] + parts[-1][1]} of the cache's columns)" in chosen.stdout
+    from featx.heads.export import linear_weights
+    from featx.heads.persist import load_head
+
+    head, _ = load_head(tmp_path / "two.skops")
+    W, b = linear_weights(head)
+    X = fs["test"].X
+    np.testing.assert_allclose(X @ W.T + b, head.decision_function(X), rtol=1e-3, atol=1e-3)
+    assert not W[:, :parts[0][1]].any(), "an unchosen layer (the first) has no weight"
+    assert run("predict", "--head-file", tmp_path / "two.skops", image_folder / "circle").exit_code == 0
+    wrong = run("fit", tmp_path / "stages.h5", "--head", "logreg", "--layers", "nope", "--out", tmp_path / "x.skops")
+    assert wrong.exit_code == 2 and "'nope' is not a layer of this cache" in wrong.stderr
     named = run("extract", "--data", image_folder, "--backbone", TINY, "--weights", "none", "--layers",
                 f"{first},nonexistent", "--out", tmp_path / "n.h5", "--no-progress")
     assert named.exit_code == 2 and "layer 'nonexistent' is not a module of this model" in named.stderr

@@ -49,12 +49,15 @@ def _head_names(values) -> list[str]:
               help="Choose the head's main parameter (C for logreg/svm/rbf-svm, n_neighbors for knn, weight_decay for "
                    "torch-linear) on the val split (k-fold CV without one) over the head's own grid before fitting; "
                    "a value given with --param or the pipeline is kept as it is.")
+@click.option("--layers", "layers", default="all", show_default=True,
+              help="For a cache of several layers (featx extract --layers stages): which the head uses: all, last, or "
+                   "names from the cache's layer_parts (A,B,...); the head keeps those columns itself.")
 @click.option("--views/--no-views", default=True, show_default=True,
               help="Train on the augmented views of the train images too, when the cache has them (featx extract "
                    "--views K); val and test stay the centre view.")
 @setting_option(SourceOptions, "limit")
 @force_option
-def fit(cache, pipeline, head_name, params, out, baselines, tune, views, limit, force):
+def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views, limit, force):
     """Train a head on the cached train split; report val and test metrics; save it.
 
     CACHE is a cache file; without it, the cache of --pipeline (default settings if none) is used.
@@ -76,12 +79,15 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, views, limit, 
     if out:  # the head and its card: never the cache (nor its companions), never another kind of file
         check_output(out, {"the cache": path}, replaces=("zip",), force=force)
         check_output(card_path(out), {"the cache": path}, replaces=("text",), force=force)
+    from ..cache.store import open_features
+    from ..heads.layers import layer_columns, with_layers
+
+    columns, chosen_layers = layer_columns(open_features(path).meta, layers)
     tuning = None
     if tune:
-        from ..cache.store import open_features
         from ..probe.search import tune_head
 
-        tuning = tune_head(head_name, open_features(path), fixed=overrides)
+        tuning = tune_head(head_name, open_features(path), fixed=overrides, columns=columns)
         if tuning:
             overrides = {**overrides, tuning["param"]: tuning["chosen"]}
             head = make_head(head_name, overrides)
@@ -92,7 +98,9 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, views, limit, 
             for note in edge_notes(head_name, {tuning["param"]: tuning["values"]}, {tuning["param"]: tuning["chosen"]},
                                    fit=True):
                 echo(f"featx: note: {note}", err=True)
-    result = fit_head(head_name, head, path, out=out, tuning=tuning, views=views)
+    if columns is not None:
+        echo(f"layers: {', '.join(chosen_layers)} ({len(columns)} of the cache's columns)")
+    result = fit_head(head_name, with_layers(head, columns), path, out=out, tuning=tuning, views=views)
     shown = {k: v for k, v in result.params.items() if k in HEADS[head_name].key_params}
     echo(f"{head_name}: fit {result.fit_seconds:.1f} s on {result.n_train} x {result.n_features} "
                f"({result.n_classes} classes); {', '.join(f'{k}={v!r}' for k, v in shown.items())}")

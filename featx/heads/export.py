@@ -31,7 +31,12 @@ def linear_weights(head) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from .layers import LayerColumns
+
     steps = list(head.named_steps.values()) if isinstance(head, Pipeline) else [head]
+    columns = None
+    if isinstance(steps[0], LayerColumns):  # chosen layers: their weights scattered back into the whole vector
+        columns, steps = list(steps[0].columns), steps[1:]
     *pre, clf = steps
     if not hasattr(clf, "coef_") or any(not isinstance(s, StandardScaler) for s in pre):
         kinds = ", ".join(type(s).__name__ for s in steps)
@@ -46,6 +51,10 @@ def linear_weights(head) -> tuple[np.ndarray, np.ndarray]:
         scale = scaler.scale_ if scaler.with_std else 1.0
         W = W / scale
         b = b - W @ (mean if np.ndim(mean) else np.full(W.shape[1], mean))
+    if columns is not None:
+        full = np.zeros((W.shape[0], head.named_steps["layers"].n_features_in_))
+        full[:, columns] = W
+        W = full
     return W.astype(np.float32), b.astype(np.float32)
 
 

@@ -39,6 +39,7 @@ HEAD_SUFFIX = ".skops"
 #: own estimators and domain maps (featx adapt). The skada adapters those maps wrap are trusted too
 #: (:func:`trusted_types`). Anything else in a head file is refused unless the caller passes ``trust=True``.
 TRUSTED_TYPES = ("featx.heads.solvers.LBFGSLinearClassifier", "featx.heads.solvers.TorchLinearClassifier",
+                 "featx.heads.layers.LayerColumns",
                  "featx.adapt.maps.AdaptedHead", "featx.adapt.maps.CoralMap", "featx.adapt.maps.DomainStandardizer",
                  "featx.adapt.maps.IdentityMap", "featx.adapt.maps.SkadaMap")
 _ZIP_MAGIC = b"PK\x03\x04"

@@ -146,11 +146,14 @@ def _scattered(*arrays):
     return parallel_config(backend="dask", scatter=list(arrays))
 
 
-def _select(head: str, grid: dict, fs, X, y, *, folds: int, metric: str, jobs: int) -> tuple[list[dict], str]:
+def _select(head: str, grid: dict, fs, X, y, *, folds: int, metric: str, jobs: int,
+            columns: list[int] | None = None) -> tuple[list[dict], str]:
     """Every point of ``grid`` fitted on the train rows ``(X, y)`` and scored on the val split, or by stratified
-    ``folds``-fold CV on train when the cache has none: the sweep rows and how they were scored."""
+    ``folds``-fold CV on train when the cache has none: the sweep rows and how they were scored. ``columns``: the
+    val features' columns to keep (``X`` is given with only those)."""
     if "val" in fs:
         Xv, yv = fs["val"].labelled()
+        Xv = Xv[:, columns] if columns is not None else Xv
         return _sweep(head, grid, X, y, Xv, yv, metric=metric, jobs=jobs), "val"
     classes, counts = np.unique(y, return_counts=True)
     if counts.min() < folds:
@@ -172,7 +175,7 @@ FIT_TUNE_FOLDS = 3
 
 
 def tune_head(head: str, fs, *, fixed: dict | None = None, folds: int = FIT_TUNE_FOLDS, metric: str = "top1",
-              jobs: int = 1) -> dict | None:
+              jobs: int = 1, columns: list[int] | None = None) -> dict | None:
     """What ``featx fit`` does before it fits: the head's main parameter (its regularisation path, else the first
     of its grid: logreg/svm/rbf-svm ``C``, k-NN ``n_neighbors``, torch-linear ``weight_decay``) chosen over the
     head's own grid (:data:`FIT_TUNE_POINTS` of its values) on the val split (``folds``-fold CV on train without
@@ -185,7 +188,8 @@ def tune_head(head: str, fs, *, fixed: dict | None = None, folds: int = FIT_TUNE
 
     fixed = dict(fixed or {})
     X, y = fs["train"].labelled()
-    name, values = verdict_grid(check_head(head), fs.feature_dim, len(y), points=FIT_TUNE_POINTS)
+    X = X[:, columns] if columns is not None else X
+    name, values = verdict_grid(check_head(head), X.shape[1], len(y), points=FIT_TUNE_POINTS)
     if name is None or name in fixed or len(values) < 2 or len(np.unique(y)) < 2:
         return None
     t0 = time.perf_counter()
@@ -193,7 +197,7 @@ def tune_head(head: str, fs, *, fixed: dict | None = None, folds: int = FIT_TUNE
         warnings.filterwarnings("ignore", message=NYSTROEM_FEW_ROWS)
         try:
             sweep, selection = _select(head, {**{k: (v,) for k, v in fixed.items()}, name: tuple(values)},
-                                       fs, X, y, folds=folds, metric=metric, jobs=jobs)
+                                       fs, X, y, folds=folds, metric=metric, jobs=jobs, columns=columns)
         except FeatxError:  # too few rows to select on: the defaults stand
             return None
     order = {v: i for i, v in enumerate(values)}
