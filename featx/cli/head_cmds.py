@@ -44,7 +44,8 @@ def _head_names(values) -> list[str]:
 @out_option("Where to save the fitted head (default next to the cache: <cache>.<head>.skops, plus .json card).")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also fit the head on random-init features of the same architecture and on raw pixels (same "
-                   "items, a sample of at most 2,000 train / 2,000 test rows; cached) and report the transfer gain.")
+                   "items, a sample of at most 2,000 train / 2,000 test rows; cached) and give the transfer verdict "
+                   "(helps / hurts / can't tell, with its interval).")
 @click.option("--tune/--no-tune", default=True, show_default=True,
               help="Choose the head's main parameter (C for logreg/svm/rbf-svm, n_neighbors for knn, weight_decay for "
                    "torch-linear) on the val split (k-fold CV without one) over the head's own grid before fitting; "
@@ -232,7 +233,7 @@ def _shots(shots: str | None) -> list[int]:
               help="Dask scheduler address (tcp://HOST:PORT); without it --backend dask starts a LocalCluster.")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also fit the best head on random-init features and raw pixels (same items; a sample of at most "
-                   "2,000 train / 2,000 test rows; cached) and report the transfer gain.")
+                   "2,000 train / 2,000 test rows; cached) and give the transfer verdict.")
 @setting_option(SourceOptions, "limit")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar (or, in a log file, the progress lines).")
 def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_weight, shots, tries, out, backend,
@@ -344,9 +345,9 @@ def rank(data, root, backbone_list, weights, sample, seed, folds, cache_dir, dev
     """Rank candidate backbones on a sample of a dataset before extracting it in full.
 
     Each candidate is scored on the same stratified sample by LogME, a cross-validated probe accuracy and a k-NN
-    probe, next to two baselines (the first candidate's architecture with random weights, and raw pixels); a candidate that
-    is worse than the better baseline beyond the noise is flagged as negative transfer (within the noise: "can't
-    tell"). Writes rank.json, report.md and report.html.
+    probe, next to two baselines (the first candidate's architecture with random weights, and raw pixels); a
+    candidate worse than the better baseline beyond the noise is flagged as negative transfer (within the noise:
+    "can't tell"). Writes rank.json, report.md and report.html.
     """
     from ..backbones.registry import check_backbone, parse_backbone
 
