@@ -222,6 +222,13 @@ def test_every_stage_in_one_pass_is_recorded_and_serves_fit_and_predict(image_fo
     np.testing.assert_allclose(X @ W.T + b, head.decision_function(X), rtol=1e-3, atol=1e-3)
     assert not W[:, :parts[0][1]].any(), "an unchosen layer (the first) has no weight"
     assert run("predict", "--head-file", tmp_path / "two.skops", image_folder / "circle").exit_code == 0
+    searched = run("grid", tmp_path / "stages.h5", "--heads", "logreg", "--grid", "C=0.1", "--no-baselines",
+                   "--jobs", "1", "--layers", "search", "--out", tmp_path / "g")
+    assert searched.exit_code == 0, searched.output
+    lay = json.loads((tmp_path / "g" / "results.json").read_text())["layers"]
+    assert lay["chosen"] and set(lay["chosen"]) <= {n for n, _ in parts} and lay["trace"][-1]["layers"] == lay["chosen"]
+    assert [t["score"] for t in lay["trace"]] == sorted(t["score"] for t in lay["trace"]), "each step raised val"
+    assert "Which layers?" in (tmp_path / "g" / "report.md").read_text()
     wrong = run("fit", tmp_path / "stages.h5", "--head", "logreg", "--layers", "nope", "--out", tmp_path / "x.skops")
     assert wrong.exit_code == 2 and "'nope' is not a layer of this cache" in wrong.stderr
     named = run("extract", "--data", image_folder, "--backbone", TINY, "--weights", "none", "--layers",

@@ -234,10 +234,14 @@ def _shots(shots: str | None) -> list[int]:
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also fit the best head on random-init features and raw pixels (same items; a sample of at most "
                    "2,000 train / 2,000 test rows; cached) and give the transfer verdict.")
+@click.option("--layers", "layers", default="all", show_default=True,
+              help="For a cache of several layers (featx extract --layers stages): all, last or names (every head "
+                   "searches those columns), or search: every column, then greedy forward selection of layers for "
+                   "the chosen head, reported beside it.")
 @setting_option(SourceOptions, "limit")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar (or, in a log file, the progress lines).")
 def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_weight, shots, tries, out, backend,
-         scheduler, baselines, limit, no_progress):  # one parameter per option: click's convention
+         scheduler, baselines, layers, limit, no_progress):  # one parameter per option: click's convention
     """Search each head's hyper-parameters on a cache and write report.md, report.html and results.json.
 
     Protocol: fit on train, select on val (k-fold CV if there is none), refit the best point on
@@ -261,7 +265,10 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
     from ..cache.store import open_features
     from ..probe.grid import GridOptions, run_grid
 
-    dim = open_features(path).feature_dim  # grids that scale with the features (the RBF kernel's widths)
+    from ..heads.layers import layer_columns
+
+    columns, _ = layer_columns(open_features(path).meta, None if layers == "search" else layers)  # checked first
+    dim = len(columns) if columns else open_features(path).feature_dim  # grids that scale with the features
     grids = {h: parse_grid(h, overrides[h], feature_dim=dim) for h in heads}
 
     name = exp.name if pipeline else path.stem
@@ -272,7 +279,7 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
             stack.enter_context(_dask(scheduler))
         t0 = time.perf_counter()
         options = GridOptions(metric=metric, jobs=jobs, folds=folds, class_weight=class_weight,
-                              shots=tuple(shot_list), tries=tries)
+                              shots=tuple(shot_list), tries=tries, layers=layers)
         results, paths = run_grid(path, grids, name=name, out_dir=out_dir, options=options,
                                   baselines=_grid_baselines(path, exp if pipeline else None) if baselines else None,
                                   progress=progress_renderer(enabled=not no_progress))

@@ -21,7 +21,7 @@ from ..util import first_line, softmax
 from ..version import __version__
 from .report import write_reports
 from .selection import edge_notes, one_se_choice
-from .search import NYSTROEM_FEW_ROWS, few_shot, grid_points, search_head
+from .search import NYSTROEM_FEW_ROWS, few_shot, grid_points, search_head, select_layers
 
 __all__ = ["GridOptions", "check_grids", "run_grid"]
 
@@ -73,6 +73,8 @@ class GridOptions:
         class_weight: ``"balanced"`` for every head that supports it, or ``None``.
         shots: images per class of the best head's few-shot curve (empty: no curve).
         tries: random draws per few-shot point.
+        layers: for a multi-layer cache: ``all`` columns, ``last`` or names (every head searches those), or
+            ``search`` (every column, then greedy forward selection of layers for the chosen head).
     """
 
     metric: str = "top1"
@@ -81,6 +83,7 @@ class GridOptions:
     class_weight: str | None = None
     shots: tuple = ()
     tries: int = 5
+    layers: str = "all"
 
 
 def run_grid(cache, grids: dict, *, name: str, out_dir, options: GridOptions = GridOptions(),
@@ -100,15 +103,19 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, options: GridOptions = G
     for note in notes:
         log.info(f"note: {note}")
     options = dataclasses.replace(options, folds=folds)
+    from ..heads.layers import layer_columns
+
+    columns, _ = layer_columns(fs.meta, None if options.layers == "search" else options.layers)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=NYSTROEM_FEW_ROWS)
-        searched, failed = _search_all(fs, grids, options, progress)
+        searched, failed = _search_all(fs, grids, options, progress, columns)
         choice = _choose(fs, searched)
         best_result = next(r for r, _ in searched if r.head == choice["chosen"])
         for r, _ in searched:
             for note in edge_notes(r.head, r.grid, r.best_params):
                 log.warning(f"warning: {note}")
                 notes.append(note)
+        layers = _layer_search(fs, best_result, options) if options.layers == "search" else None
         curves = {}
         if options.shots:
             curves[best_result.head] = few_shot(best_result.head, best_result.best_params, fs,
@@ -126,6 +133,7 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, options: GridOptions = G
         "heads": [dict(r.as_dict(), search_seconds=round(sec, 2)) for r, sec in searched],
         "failed": failed, "notes": notes, "choice": choice,
         "few_shot": curves,
+        **({"layers": layers} if layers else {}),
         **({"baselines": baseline} if baseline is not None else {}),
         **({"transfer": baseline["transfer"]} if baseline and "transfer" in baseline else {}),
     }
@@ -144,7 +152,28 @@ def _choose(fs, searched) -> dict:
     return choice
 
 
-def _search_all(fs, grids: dict, options: GridOptions, progress) -> tuple[list, list]:
+def _layer_search(fs, best, options: GridOptions) -> dict | None:
+    """``--layers search``: greedy forward selection of layers for the chosen head at its best point, then that head
+    searched again on the selected layers (val score and test, beside the all-layer result)."""
+    parts = fs.meta.get("layer_parts")
+    if not parts:
+        log.info("note: --layers search: this cache holds one layer; nothing to select")
+        return None
+    picked = select_layers(best.head, best.best_params, fs, parts, metric=options.metric, folds=options.folds,
+                           jobs=options.jobs)
+    from ..heads.layers import layer_columns
+
+    columns, _ = layer_columns(fs.meta, ",".join(picked["chosen"]))
+    again = search_head(best.head, fs, grid=None, metric=options.metric, jobs=options.jobs, folds=options.folds,
+                        class_weight=options.class_weight, columns=columns)
+    log.info(f"layers for {best.head}: {', '.join(picked['chosen'])} (val {again.best_score:.4f} against "
+             f"{best.best_score:.4f} with every layer; test top1 {again.test.get('top1', float('nan')):.4f} against "
+             f"{best.test.get('top1', float('nan')):.4f}); `featx fit --layers {','.join(picked['chosen'])}` uses them")
+    return {**picked, "head": best.head, "val_score": again.best_score, "best_params": again.best_params,
+            "test": again.test, "all_layers": {"val_score": best.best_score, "test": best.test}}
+
+
+def _search_all(fs, grids: dict, options: GridOptions, progress, columns=None) -> tuple[list, list]:
     """Every head's search, in order: ``[(HeadSearch, seconds)]`` and ``[{"head", "error"}]`` for the heads that
     failed (one head's failure loses no other; all failing is an error)."""
     per_point = 1 if "val" in fs else options.folds
@@ -158,7 +187,7 @@ def _search_all(fs, grids: dict, options: GridOptions, progress) -> tuple[list, 
             progress(done_fits, total_fits, f"grid {h}")
         try:
             result = search_head(h, fs, grid=grid, metric=options.metric, jobs=options.jobs, folds=options.folds,
-                                 class_weight=options.class_weight)
+                                 class_weight=options.class_weight, columns=columns)
         except (FeatxError, ValueError, RuntimeError, MemoryError) as exc:
             failed.append({"head": h, "error": f"{type(exc).__name__}: {first_line(exc)}"
                            if not isinstance(exc, FeatxError) else first_line(exc)})

@@ -188,6 +188,16 @@ def grid_document(results: dict, figures: list[tuple[str, str]]) -> Document:
         sections.append(Section("Does pretraining help?", [Paragraph(_transfer_line(results))]))
     if _calibration_line(results):
         sections.append(Section("Calibration", [Paragraph(_calibration_line(results))]))
+    lay = results.get("layers")
+    if lay:
+        sections.append(Section(f"Which layers? ({lay['head']}, greedy forward selection on val)", [
+            Table(["layers", f"val {results['metric']}"],
+                  [[", ".join(t["layers"]), f"{t['score']:.4f}"] for t in lay["trace"]]),
+            Paragraph(f"Selected {', '.join(lay['chosen'])}: val {lay['val_score']:.4f}, test top1 "
+                      f"{lay['test'].get('top1', float('nan')):.4f}; every layer: val "
+                      f"{lay['all_layers']['val_score']:.4f}, test top1 "
+                      f"{lay['all_layers']['test'].get('top1', float('nan')):.4f}. `featx fit --layers "
+                      f"{','.join(lay['chosen'])}` trains on the selected ones.")]))
     if figures:
         sections.append(Section("Plots", [Figure(data, caption) for caption, data in figures]))
     for head, curve in results.get("few_shot", {}).items():

@@ -38,7 +38,8 @@ PATH_TOL = 1e-4
 #: featx says how many landmarks were used in its own words instead.
 NYSTROEM_FEW_ROWS = r"n_components > n_samples"
 
-__all__ = ["PATH_TOL", "HeadSearch", "search_head", "tune_head", "parse_grid", "grid_points", "few_shot"]
+__all__ = ["PATH_TOL", "HeadSearch", "search_head", "select_layers", "tune_head", "parse_grid", "grid_points",
+           "few_shot"]
 
 
 @dataclass
@@ -206,8 +207,34 @@ def tune_head(head: str, fs, *, fixed: dict | None = None, folds: int = FIT_TUNE
             "metric": metric, "selection": selection, "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def select_layers(head: str, params: dict, fs, parts: list, *, metric: str = "top1", folds: int = 5,
+                  jobs: int = 1) -> dict:
+    """Greedy forward selection of layers (Head2Toe's question, its cheapest answer): start from none, add the
+    layer whose columns raise the validation score most (``head`` at ``params``, val or k-fold CV as the search),
+    stop when no layer raises it. ``parts``: the cache's ``layer_parts``. Returns ``{"chosen", "score",
+    "trace"}`` (each step: the layers so far and their score)."""
+    starts = np.cumsum([0] + [w for _, w in parts])
+    cols = {name: list(range(starts[i], starts[i + 1])) for i, (name, _) in enumerate(parts)}
+    X, y = fs["train"].labelled()
+    point = {k: (v,) for k, v in params.items()}
+    chosen, best, trace = [], -np.inf, []
+    while len(chosen) < len(parts):
+        scores = {}
+        for name in (n for n, _ in parts if n not in chosen):
+            use = [c for n, _ in parts if n in chosen or n == name for c in cols[n]]
+            sweep, _ = _select(head, point, fs, X[:, use], y, folds=folds, metric=metric, jobs=jobs, columns=use)
+            scores[name] = sweep[0]["score"]
+        name = max(scores, key=scores.get)
+        if scores[name] <= best:
+            break
+        chosen.append(name)
+        best = scores[name]
+        trace.append({"layers": [n for n, _ in parts if n in chosen], "score": round(best, 4)})
+    return {"chosen": [n for n, _ in parts if n in chosen], "score": round(float(best), 4), "trace": trace}
+
+
 def search_head(head: str, fs, *, grid: dict | None = None, metric: str = "top1", jobs: int = 1,
-                folds: int = 5, class_weight: str | None = None) -> HeadSearch:
+                folds: int = 5, class_weight: str | None = None, columns: list[int] | None = None) -> HeadSearch:
     """Run the protocol for one head on a :class:`featx.FeatureSet`.
 
     Args:
@@ -218,8 +245,12 @@ def search_head(head: str, fs, *, grid: dict | None = None, metric: str = "top1"
         jobs: parallel fits (joblib ``n_jobs``; -1 = all cores).
         folds: k of the stratified k-fold CV used when there is no validation split.
         class_weight: ``"balanced"`` for every head that supports it.
+        columns: only these feature columns (chosen layers of a multi-layer cache); the refitted head keeps them
+            itself (:class:`featx.heads.layers.LayerColumns`), so it still takes the whole vector.
     """
-    grid = dict(grid or parse_grid(head, feature_dim=fs.feature_dim))
+    from ..heads.layers import with_layers
+
+    grid = dict(grid or parse_grid(head, feature_dim=fs.feature_dim if columns is None else len(columns)))
     if class_weight:
         if "class_weight" not in param_names(make_head(head)):
             raise FeatxError(f"head {head} does not support class weights")
@@ -230,7 +261,8 @@ def search_head(head: str, fs, *, grid: dict | None = None, metric: str = "top1"
     if len(classes) < 2:
         raise FeatxError(f"{fs.path}: the train split has {len(classes)} labelled class; a search needs two")
     result = HeadSearch(head=head, grid=grid, selection="val")
-    result.sweep, result.selection = _select(head, grid, fs, X, y, folds=folds, metric=metric, jobs=jobs)
+    result.sweep, result.selection = _select(head, grid, fs, X if columns is None else X[:, columns], y,
+                                             folds=folds, metric=metric, jobs=jobs, columns=columns)
     if "val" in fs:
         Xv, yv = fs["val"].labelled()
         X_all, y_all = np.concatenate([X, Xv]), np.concatenate([y, yv])
@@ -238,7 +270,7 @@ def search_head(head: str, fs, *, grid: dict | None = None, metric: str = "top1"
         X_all, y_all = X, y
     best = max(result.sweep, key=lambda r: r["score"])
     result.best_params, result.best_score = best["params"], best["score"]
-    est = make_head(head, best["params"])
+    est = with_layers(make_head(head, best["params"]), columns)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=NYSTROEM_FEW_ROWS)
