@@ -78,9 +78,8 @@ def cut_point(model: nn.Module, blocks: int) -> tuple[str, list[str]]:
                               f"{len(units) - 1} of them", param="blocks")
     cut = units[-blocks][0]
     before = [n for n, _ in units[:-blocks]]
-    container = cut.rsplit(".", 1)[0] if "." in cut else None
     for name, _ in model.named_children():  # the stem: everything registered before the trunk
-        if name == (container or cut.split(".")[0]) or name == cut:
+        if name == cut.split(".")[0]:  # the trunk's container (features, blocks), or ResNet's stage itself
             break
         if name not in before:
             before.append(name)
@@ -109,17 +108,21 @@ def cached_maps(bb: Backbone, source, cut: str, path: Path, *, precision: str, b
         seen["x"] = inputs[0]
         raise _Stop
 
+    def bottom(x: torch.Tensor) -> torch.Tensor:
+        """The map entering the cut: the frozen bottom's forward, stopped there."""
+        try:
+            with torch.inference_mode():
+                bb.model(x.to(device, memory_format=torch.channels_last))
+        except _Stop:
+            pass
+        return seen.pop("x")
+
     splits = source.splits()
     bb.model.to(memory_format=torch.channels_last)  # as extraction runs it: 2.5x faster on 2 CPU cores here
     handle = module.register_forward_pre_hook(stop)
     dtype = np.float16 if precision == "fp16" else np.float32
     crop = int(bb.preprocess.get("input_size", (3, 224, 224))[-1])
-    try:
-        with torch.inference_mode():
-            bb.model(torch.zeros(1, 3, crop, crop, device=device))
-    except _Stop:
-        pass
-    shape = tuple(seen.pop("x").shape[1:])
+    shape = tuple(bottom(torch.zeros(1, 3, crop, crop)).shape[1:])
     n = sum(len(items) for items in splits.values())
     size = n * int(np.prod(shape)) * np.dtype(dtype).itemsize
     log.info(f"caching the maps entering {cut} of {n} items once: {'x'.join(map(str, shape))} {precision} each, "
@@ -133,12 +136,7 @@ def cached_maps(bb: Backbone, source, cut: str, path: Path, *, precision: str, b
                 for x, rows, _bad in loader:
                     if x is None:
                         continue
-                    try:
-                        with torch.inference_mode():
-                            bb.model(x.to(device, memory_format=torch.channels_last))
-                    except _Stop:
-                        pass
-                    maps.append(seen.pop("x").float().cpu().numpy().astype(dtype))
+                    maps.append(bottom(x).float().cpu().numpy().astype(dtype))
                     ys.extend(int(items.labels[j]) for j in rows)
                     ids.extend(str(items.ids[j]) for j in rows)
                 if maps:
@@ -160,11 +158,6 @@ def _top(model: nn.Module, before: list[str], n_classes: int, dim: int) -> nn.Mo
         parent, _, child = name.rpartition(".")
         setattr(top.get_submodule(parent) if parent else top, child, nn.Identity())
     return nn.Sequential(top, nn.Linear(dim, n_classes))
-
-
-def _trainable(net: nn.Module) -> None:
-    for p in net.parameters():
-        p.requires_grad_(True)
 
 
 def _freeze_bn(net: nn.Module) -> None:
@@ -211,8 +204,7 @@ def finetune(bb: Backbone, source, out: Path, *, options: FinetuneOptions = Fine
         raise FeatxError("finetune needs a train split")
     labelled = {s: (X[y >= 0], y[y >= 0]) for s, (X, y) in data.items()}
     n_classes = len(source.classes)
-    net = _top(bb.model, before, n_classes, bb.feature_dim).to(device)
-    _trainable(net)
+    net = _top(bb.model, before, n_classes, bb.feature_dim).to(device).requires_grad_(True)
     _freeze_bn(net)
     Xtr, ytr = labelled["train"]
     val = labelled.get("val")
@@ -249,7 +241,7 @@ def finetune(bb: Backbone, source, out: Path, *, options: FinetuneOptions = Fine
     net.load_state_dict(best_state)
     metrics = {s: {"n": int(len(y)), "top1": round(_accuracy(net, X, y, device), 4)}
                for s, (X, y) in labelled.items() if s != "train" and len(y)}
-    tensors = _top_tensors(net, before)
+    tensors = _top_tensors(net)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"finetuned{SUFFIX}"
     with atomic_write(weights, suffix=f".tmp{SUFFIX}") as tmp:
@@ -266,19 +258,11 @@ def finetune(bb: Backbone, source, out: Path, *, options: FinetuneOptions = Fine
     return card
 
 
-def _top_tensors(net: nn.Module, before: list[str]) -> dict[str, torch.Tensor]:
-    """The trained tensors: every parameter and buffer of the top (names as in the whole model, ``fc.*`` for the
-    new linear layer), contiguous, on the CPU."""
-    out = {}
-    for name, t in net.state_dict().items():
-        if name.startswith("0."):
-            inner = name[2:]
-            if any(inner == b or inner.startswith(b + ".") for b in before):
-                continue
-            out[f"model.{inner}"] = t.detach().cpu().contiguous()
-        else:
-            out[f"fc.{name[2:]}"] = t.detach().cpu().contiguous()
-    return out
+def _top_tensors(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The trained tensors: every parameter and buffer of the top (the frozen bottom is identities there: it has
+    none), named as in the whole model (``model.*``) and ``fc.*`` for the new linear layer, contiguous, on the CPU."""
+    return {("model." if name.startswith("0.") else "fc.") + name[2:]: t.detach().cpu().contiguous()
+            for name, t in net.state_dict().items()}
 
 
 def load_finetuned(path, *, device: str = "cpu") -> tuple[nn.Module, dict, Backbone]:
