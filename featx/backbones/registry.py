@@ -107,24 +107,25 @@ class _PooledLayers(nn.Module):
             self._outputs[name] = output
         return hook
 
-    def forward(self, x):
+    def pooled_parts(self, x) -> list[torch.Tensor]:
+        """Each layer's pooled output for the batch ``x`` (and the model's own output last, with ``with_output``)."""
         self._outputs.clear()
         out = self.model(x)
         parts = [_pool(self._outputs[n]) for n in self.names] + ([out.flatten(1)] if self.with_output else [])
         self._outputs.clear()
-        return torch.cat(parts, dim=1)
+        return parts
+
+    def forward(self, x):
+        return torch.cat(self.pooled_parts(x), dim=1)
 
 
 def trunk_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The blocks a model's stages are made of: its top-level ``nn.Sequential`` children when there are three or
     more (ResNet's layer1..4), else the children of its largest one (MobileNet's and EfficientNet's ``features`` /
     ``blocks``)."""
-    top = list(model.named_children())
-    if sum(isinstance(m, nn.Sequential) for _, m in top) >= 3:
-        return [(n, m) for n, m in top if isinstance(m, nn.Sequential)]
-    seqs = [(n, m) for n, m in top if isinstance(m, nn.Sequential)]
-    if not seqs:
-        return []
+    seqs = [(n, m) for n, m in model.named_children() if isinstance(m, nn.Sequential)]
+    if len(seqs) >= 3 or not seqs:
+        return seqs
     name, seq = max(seqs, key=lambda nm: len(nm[1]))
     return [(f"{name}.{child}", m) for child, m in seq.named_children()]
 
@@ -164,18 +165,11 @@ def _at_layers(model: nn.Module, layer: str, preset, feature_dim: int) -> tuple[
                                   f"{did_you_mean(unknown[0], sorted(modules), cutoff=0.4)}")
     pooled = _PooledLayers(model, names, with_output=False).eval()
     with torch.inference_mode():
-        widths = [int(_pool(o).shape[1]) for o in _outputs_of(pooled, crop)]
+        widths = [int(p.shape[1]) for p in pooled.pooled_parts(torch.zeros(1, 3, crop, crop))]
     with_output = layer == STAGES and widths[-1] != feature_dim  # the penultimate is past the trunk (EfficientNet)
     pooled.with_output = with_output
     parts = list(zip(names, widths)) + ([("penultimate", feature_dim)] if with_output else [])
     return pooled, sum(w for _, w in parts), parts
-
-
-def _outputs_of(pooled: "_PooledLayers", crop: int) -> list[torch.Tensor]:
-    pooled.model(torch.zeros(1, 3, crop, crop))
-    out = [pooled._outputs[n] for n in pooled.names]
-    pooled._outputs.clear()
-    return out
 
 
 def _at_layer(model: nn.Module, layer: str, preset) -> tuple[nn.Module, int]:
