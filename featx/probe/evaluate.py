@@ -7,7 +7,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, top_k_accuracy_sc
 
 from ..options import METRICS
 
-__all__ = ["METRICS", "scores", "evaluate"]
+__all__ = ["METRICS", "scores", "evaluate", "stratified_folds"]
 
 
 def scores(head, X) -> np.ndarray:
@@ -39,3 +39,14 @@ def evaluate(head, X, y) -> dict:
         "n": int(len(y)),
     }
     return out
+
+
+def stratified_folds(y, folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified, shuffled, seeded ``(train, test)`` row splits of labels ``y``: ``folds`` of them, or fewer when the
+    smallest class has fewer rows (never under 2). The same ``y`` and seed give the same folds, so scores of several
+    feature sets of the same items are paired."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y)
+    folds = max(2, min(folds, int(np.bincount(np.unique(y, return_inverse=True)[1]).min())))
+    return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))

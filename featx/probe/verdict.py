@@ -70,7 +70,7 @@ def _split(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _fit_predict(head_name: str, params: dict, Xtr, ytr, Xte) -> np.ndarray:
     from ..heads.registry import make_head
-    from ..probe.fitting import fit_quietly
+    from .fitting import fit_quietly
 
     return fit_quietly(head_name, make_head(head_name, params), Xtr, ytr).predict(Xte)
 
@@ -97,13 +97,12 @@ def oof_correct(head_name: str, params: dict, X, y, folds: int, *, seed: int = 0
     """Step 2 under cross-validation (``rank``, which has no test split): per-item correctness of out-of-fold
     predictions, each fold's head tuned on its own train rows; the folds depend only on ``y`` and ``seed``, so
     every feature set of the same items gets the same ones."""
-    from sklearn.model_selection import StratifiedKFold
+    from .evaluate import stratified_folds
 
     y = np.asarray(y)
-    folds = max(2, min(folds, int(np.bincount(np.unique(y, return_inverse=True)[1]).min())))
     correct = np.zeros(len(y), dtype=bool)
     tune_acc = []
-    for i, (train, test) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y)):
+    for i, (train, test) in enumerate(stratified_folds(y, folds, seed)):
         r = tuned_correct(head_name, params, X[train], y[train], X[test], y[test], seed=seed + i)
         correct[test] = r["correct"]
         if r["tune_top1"] is not None:

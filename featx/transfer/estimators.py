@@ -8,17 +8,17 @@
   Higher is better. Implemented here from the papers' equations (no maintained package on PyPI carries it).
 - :func:`probe_accuracy`: the cross-validated accuracy of featx's logistic-regression head on the features,
   the direct estimate that LogME approximates.
+- :func:`knn_accuracy`: the cross-validated accuracy of a cosine k-NN on the features.
 
 Both are computed on a sample; ``featx rank`` (issue 14) will run them for every candidate backbone.
 """
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
-__all__ = ["LOGME_MAX_ITER", "logme", "probe_accuracy", "gain_se"]
+__all__ = ["LOGME_MAX_ITER", "KNN_PROBE_K", "logme", "probe_accuracy", "knn_accuracy"]
 
 #: Fixed-point iterations of the (alpha, beta) update; the papers observe convergence in a few.
 LOGME_MAX_ITER = 50
@@ -72,21 +72,37 @@ def logme(X: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
-def gain_se(p1: float, p2: float, n: int) -> float:
-    """Standard error of the difference of two accuracies, each measured on ``n`` items."""
-    return math.sqrt(sum(p * (1 - p) / max(n, 1) for p in (p1, p2)))
-
-
 def probe_accuracy(X: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0) -> float:
     """Stratified ``folds``-fold cross-validated top-1 accuracy of the ``logreg`` head (its default C)."""
-    from sklearn.model_selection import StratifiedKFold
-
     from ..heads.registry import make_head
+    from ..probe.evaluate import stratified_folds
 
     y = np.asarray(y)
-    folds = max(2, min(folds, int(np.bincount(np.unique(y, return_inverse=True)[1]).min())))
     correct = 0
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
+    for train, test in stratified_folds(y, folds, seed):
         head = make_head("logreg").fit(X[train], y[train])
         correct += int((head.predict(X[test]) == y[test]).sum())
+    return correct / len(y)
+
+
+#: Neighbours of the k-NN probe score (cosine, distance-weighted; lowered to the rows there are).
+KNN_PROBE_K = 20
+
+
+def knn_accuracy(X: np.ndarray, y: np.ndarray, *, folds: int, seed: int = 0) -> float:
+    """Cross-validated top-1 of a cosine k-NN (k = :data:`KNN_PROBE_K`): a transferability score that needs no
+    fitting and tracked fine-tuned accuracy better than 23 dedicated metrics in a 2025 study of 42,000 transfer
+    experiments; ``featx rank`` reports it beside LogME and the tuned logreg probe."""
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import normalize
+
+    from ..probe.evaluate import stratified_folds
+
+    y = np.asarray(y)
+    Xn = normalize(np.asarray(X, dtype=np.float32))
+    correct = 0
+    for train, test in stratified_folds(y, folds, seed):
+        k = max(1, min(KNN_PROBE_K, len(train) - 1))
+        knn = KNeighborsClassifier(n_neighbors=k, weights="distance", algorithm="brute").fit(Xn[train], y[train])
+        correct += int((knn.predict(Xn[test]) == y[test]).sum())
     return correct / len(y)

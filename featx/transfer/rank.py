@@ -20,7 +20,7 @@ import numpy as np
 
 from ..options import CV_FOLDS, RANK_SAMPLE
 from ..version import __version__
-from .estimators import logme
+from .estimators import knn_accuracy, logme
 
 __all__ = ["RAW_PIXELS_SIZE", "rank_backbones", "raw_pixels"]
 
@@ -50,29 +50,8 @@ def raw_pixels(source, size: int = RAW_PIXELS_SIZE, *, split: str = "train") -> 
     return np.stack(rows), np.asarray(labels), ids
 
 
-#: Neighbours of the k-NN probe score (cosine, distance-weighted; lowered to the rows there are).
-KNN_PROBE_K = 20
 #: A sample at least this share of the train items costs about as much as extracting everything: said.
 LARGE_SAMPLE_SHARE = 0.5
-
-
-def knn_accuracy(X: np.ndarray, y: np.ndarray, *, folds: int, seed: int = 0) -> float:
-    """Cross-validated top-1 of a cosine k-NN (k = :data:`KNN_PROBE_K`): a transferability score that needs no
-    fitting and tracked fine-tuned accuracy better than 23 dedicated metrics in a 2025 study of 42,000 transfer
-    experiments; reported beside LogME and the tuned logreg probe."""
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.preprocessing import normalize
-
-    y = np.asarray(y)
-    folds = max(2, min(folds, int(np.bincount(np.unique(y, return_inverse=True)[1]).min())))
-    Xn = normalize(np.asarray(X, dtype=np.float32))
-    correct = 0
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(Xn, y):
-        k = max(1, min(KNN_PROBE_K, len(train) - 1))
-        knn = KNeighborsClassifier(n_neighbors=k, weights="distance", algorithm="brute").fit(Xn[train], y[train])
-        correct += int((knn.predict(Xn[test]) == y[test]).sum())
-    return correct / len(y)
 
 
 def _aligned(sets: dict) -> dict:
