@@ -54,17 +54,24 @@ def raw_pixels(source, size: int = RAW_PIXELS_SIZE, *, split: str = "train") -> 
 LARGE_SAMPLE_SHARE = 0.5
 
 
-def _aligned(sets: dict) -> dict:
+def _aligned(sets: dict) -> tuple[dict, tuple]:
     """``name -> (X, y, ids)`` restricted to the ids every set has, in one order (an unreadable item is missing
-    from the pixels, a skipped one from a cache): the verdict pairs items."""
+    from the pixels, a skipped one from a cache): the verdict pairs items. Also that order of ids."""
     common = set.intersection(*(set(ids) for _, _, ids in sets.values()))
-    order = [i for i in next(iter(sets.values()))[2] if i in common]
+    order = tuple(i for i in next(iter(sets.values()))[2] if i in common)
     out = {}
     for name, (X, y, ids) in sets.items():
         where = dict(zip(ids, range(len(ids))))
         rows = [where[i] for i in order]
         out[name] = (X[rows], np.asarray(y)[rows])
-    return out
+    return out, order
+
+
+def _scores(X: np.ndarray, y: np.ndarray, scored: dict, folds: int, seed: int) -> dict:
+    """LogME, the tuned logreg probe's out-of-fold top-1 (``scored``: :func:`featx.probe.verdict.score_sets`' entry
+    for these features) and the k-NN probe's."""
+    return {"logme": logme(X, y), "probe_top1": round(float(scored["correct"].mean()), 4),
+            "knn_top1": round(knn_accuracy(X, y, folds=folds, seed=seed), 4)}
 
 
 def rank_backbones(source, candidates: list[tuple[str, str | None]], *, sample: int = RANK_SAMPLE, seed: int = 0,
@@ -104,33 +111,24 @@ def rank_backbones(source, candidates: list[tuple[str, str | None]], *, sample: 
     arch = candidates[0][0]
     _, _, Xr, yr, idr = features(arch, "none")
     Xp, yp, idp = raw_pixels(part)
-    rows, loaded = [], []
+    rows, baselines = [], {}  # baselines: the aligned items -> their sets and scores (usually one entry)
     for spec, weights in candidates:
         t0 = time.perf_counter()
         bb, result, X, y, ids = features(spec, weights)
-        sets = _aligned({"pretrained": (X, y, ids), "random_init": (Xr, yr, idr), "raw_pixels": (Xp, yp, idp)})
-        loaded.append(sets)
+        sets, order = _aligned({"pretrained": (X, y, ids), "random_init": (Xr, yr, idr), "raw_pixels": (Xp, yp, idp)})
         scored = score_sets("logreg", {}, {"pretrained": sets["pretrained"]}, folds=folds, seed=seed)
-        scores = {"logme": logme(*sets["pretrained"]),
-                  "probe_top1": round(float(scored["pretrained"]["correct"].mean()), 4),
-                  "knn_top1": round(knn_accuracy(*sets["pretrained"], folds=folds, seed=seed), 4)}
-        rows.append({"backbone": bb.name, "weights": bb.weights, "scores": scores, "probe_top1": scores["probe_top1"],
-                     "feature_dim": bb.feature_dim, "cache": str(result.path), "reused": result.reused,
-                     "_scored": scored, "seconds": round(time.perf_counter() - t0, 2)})
-    baseline_scored = {}
-    for r, sets in zip(rows, loaded):
-        key = tuple(len(sets[k][1]) for k in sets)  # the same items (usually every candidate's): scored once
-        if key not in baseline_scored:
-            baseline_scored[key] = score_sets("logreg", {}, {k: sets[k] for k in ("random_init", "raw_pixels")},
-                                              folds=folds, seed=seed)
-        r["transfer"] = verdict_of({**r.pop("_scored"), **baseline_scored[key]}, "logreg", folds=folds, seed=seed)
-    first = next(iter(baseline_scored.values()))
-    random_init = {"probe_top1": round(float(first["random_init"]["correct"].mean()), 4),
-                   "logme": logme(*loaded[0]["random_init"]),
-                   "knn_top1": round(knn_accuracy(*loaded[0]["random_init"], folds=folds, seed=seed), 4)}
-    pixels = {"probe_top1": round(float(first["raw_pixels"]["correct"].mean()), 4),
-              "logme": logme(*loaded[0]["raw_pixels"]),
-              "knn_top1": round(knn_accuracy(*loaded[0]["raw_pixels"], folds=folds, seed=seed), 4)}
+        scores = _scores(*sets["pretrained"], scored["pretrained"], folds, seed)
+        row = {"backbone": bb.name, "weights": bb.weights, "scores": scores, "probe_top1": scores["probe_top1"],
+               "feature_dim": bb.feature_dim, "cache": str(result.path), "reused": result.reused,
+               "seconds": round(time.perf_counter() - t0, 2)}
+        if order not in baselines:  # the baselines of these very items, scored once
+            baselines[order] = (sets, score_sets("logreg", {}, {k: sets[k] for k in ("random_init", "raw_pixels")},
+                                                 folds=folds, seed=seed))
+        row["transfer"] = verdict_of({**scored, **baselines[order][1]}, "logreg", folds=folds, seed=seed)
+        rows.append(row)
+    sets, base = next(iter(baselines.values()))
+    random_init = _scores(*sets["random_init"], base["random_init"], folds, seed)
+    pixels = _scores(*sets["raw_pixels"], base["raw_pixels"], folds, seed)
     rows.sort(key=lambda r: r["scores"]["logme"], reverse=True)
     return {
         "source": part.describe(), "sample": part.sample, "n_sampled": n, "n_train_items": n_all,
