@@ -78,7 +78,8 @@ def baseline_features(fs, *, cache_dir="cache", root: str = DATASETS_ROOT, devic
     cannot be read here.
 
     Returns ``{"meta": {...}, "<split>_rows": rows of the cache's split, "<split>_random": features,
-    "<split>_random_y", "<split>_pixels": uint8 pixels, "<split>_pixels_y"}`` for the train and test splits."""
+    "<split>_pixels": uint8 pixels}`` for the train and test splits, row for row (the labels are the cache's
+    labels of ``<split>_rows``)."""
     if "train" not in fs or "test" not in fs:
         raise FeatxError("baselines need a train and a test split")
     settings = {"version": STORE_VERSION, "cache_key": fs.cache_key, "seed": seed, "max_train": max_train,
@@ -124,15 +125,13 @@ def _compute(fs, *, cache_dir, root: str, device: str, seed: int, sizes: dict) -
     arrays = {}
     for s, r in rows.items():  # the three feature sets on the same items, in the same order (the verdict pairs them)
         by_id = dict(zip(map(str, rand[s].ids), range(len(rand[s]))))
-        X, y, pixel_ids = raw_pixels(part, split=s)
+        X, _, pixel_ids = raw_pixels(part, split=s)
         by_pixel = dict(zip(pixel_ids, range(len(pixel_ids))))
         ids = [str(i) for i in fs[s].ids[r]]
         keep = [j for j, i in enumerate(ids) if i in by_id and i in by_pixel]  # unreadable items left out
         arrays[f"{s}_rows"] = np.asarray(r, dtype=np.int64)[keep]
         arrays[f"{s}_random"] = rand[s].X[[by_id[ids[j]] for j in keep]]
-        arrays[f"{s}_random_y"] = fs[s].y[r][keep].astype(np.int64)
         arrays[f"{s}_pixels"] = np.round(X[[by_pixel[ids[j]] for j in keep]] * 255).astype(np.uint8)
-        arrays[f"{s}_pixels_y"] = arrays[f"{s}_random_y"]
     return arrays, result.path
 
 
