@@ -62,10 +62,7 @@ class ImageFolderSource(FileSource):
             "kind": "imagefolder",
             "root": str(self.root.resolve()),
             "layout": "split folders" if self.presplit else "class folders",
-            "val_fraction": self.val_fraction,
-            "test_fraction": self.test_fraction,
-            "seed": self.seed,
-            "limit": self.limit, "carve_rule": CARVE_RULE,
+            **self._carving(),
         }
 
 
@@ -217,10 +214,7 @@ class ManifestSource(FileSource):
         return {
             "kind": "manifest",
             "manifest": str(self.manifest.resolve()),
-            "val_fraction": self.val_fraction,
-            "test_fraction": self.test_fraction,
-            "seed": self.seed,
-            "limit": self.limit, "carve_rule": CARVE_RULE,
+            **self._carving(),
         }
 
 

@@ -195,6 +195,11 @@ class Source(ABC):
     def describe(self) -> dict:
         """A JSON-able record of what this source is (stored in the cache)."""
 
+    def _carving(self) -> dict:
+        """The settings that decide the splits and their size, as every description records them."""
+        return {"val_fraction": self.val_fraction, "test_fraction": self.test_fraction, "seed": self.seed,
+                "limit": self.limit, "carve_rule": CARVE_RULE}
+
     def fingerprint(self) -> dict:
         """What determines the items: the description plus every split's ids and labels."""
         splits = self.splits()
