@@ -131,21 +131,23 @@ class RowIndex:
                 self._hashed[donor_file] = "?"
         return self._hashed[donor_file] == fp
 
-    def match(self, ids, fingerprints, files=None) -> list[tuple[int, str, int] | None]:
-        """For each item, the donor row of the same content (same id or same real file, in ``files``, and the same
-        fingerprint), or ``None`` (new or changed)."""
+    def match(self, ids, fingerprints, keys=None, file_of=None) -> list[tuple[int, str, int] | None]:
+        """For each item, the donor row of the same content (same id, or the same real file: ``file_of(key)`` of its
+        key in ``keys``, resolved only for an item whose id has no match; and the same fingerprint), or ``None``
+        (new or changed)."""
         from ..data.sources import recorded_file
 
         out = []
-        files = files if files is not None else [None] * len(ids)
-        for item_id, fp, path in zip(ids, fingerprints, files):
+        keys = keys if keys is not None and file_of is not None else [None] * len(ids)
+        for item_id, fp, key in zip(ids, fingerprints, keys):
             found = None
             hit = self._where.get(str(item_id))
             if hit is not None:
                 src = self.donors[hit[0]].meta.get("source") or {}
                 if self._same_content(hit, fp, recorded_file(src, str(item_id)) if fp.startswith("sha256:") else None):
                     found = hit[:3]
-            if found is None and path is not None:
+            path = file_of(key) if found is None and key is not None else None
+            if path is not None:
                 hit = self._by_file().get(path)
                 if hit is not None and self._same_content(hit, fp, path):
                     found = hit[:3]

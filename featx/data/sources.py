@@ -216,9 +216,9 @@ class Source(ABC):
         file sources override it with each file's size and modification time, or a hash of its bytes."""
         return [in_memory_fingerprint(self.describe())] * len(items)
 
-    def item_files(self, items: SplitItems) -> list[str | None]:
-        """Each item's real file, for sources of files (``None``: not a file)."""
-        return [None] * len(items)
+    def item_file(self, key) -> str | None:
+        """The real file of the item ``key``, for sources of files (``None``: not a file)."""
+        return None
 
     def _carve(self, splits: dict[str, SplitItems]) -> dict[str, SplitItems]:
         """Carve val (and test) out of train when the source has none of its own (:func:`carve_splits`: by a
@@ -289,10 +289,10 @@ class FileSource(Source):
                 out.append("missing")
         return out
 
-    def item_files(self, items: SplitItems) -> list[str]:
-        """Each item's real file (symbolic links and ``..`` resolved): row reuse matches rows by it when ids differ
+    def item_file(self, key) -> str:
+        """The item's real file (symbolic links and ``..`` resolved): row reuse matches rows by it when ids differ
         (a manifest written elsewhere names the same files with a folder prefix)."""
-        return [os.path.realpath(k) for k in items.keys]
+        return os.path.realpath(key)
 
 
 def content_fingerprint(path) -> str:

@@ -141,8 +141,13 @@ def _run(plan: ExtractPlan, writer: FeatureWriter, source: Source, backbone: Bac
     if writer.resumed:
         log.info(f"resuming {writer.partial}: {done}/{plan.total} items already done")
     todo = {s: items for s, items in plan.splits.items() if writer.position(s) < len(items)}
-    # each item's content fingerprint, recorded per row and compared by row reuse (one stat, or one hash, per file)
-    fingerprints = {split: source.item_fingerprints(items, options.fingerprint) for split, items in todo.items()}
+    # each item's content fingerprint, recorded per row and compared by row reuse (one stat, or one hash, per file;
+    # only for the items not written yet: a resumed run does not hash the done ones again)
+    fingerprints = {}
+    for split, items in todo.items():
+        start = writer.position(split)
+        fingerprints[split] = [None] * start + source.item_fingerprints(items.take(np.arange(start, len(items))),
+                                                                        options.fingerprint)
     work = {split: _work(source, items, writer.position(split), backbone, plan.spec.decoder, index, fingerprints[split])
             for split, items in todo.items()}
     to_embed = sum(len(ds) for ds, _ in work.values())
@@ -206,7 +211,8 @@ def _work(source: Source, items: SplitItems, start: int, backbone: Backbone, dec
     if index is None:
         return Items(source, items, start, backbone.transform, decoder), None
     rest = np.arange(start, len(items))
-    hits = index.match([items.ids[j] for j in rest], fingerprints[start:], source.item_files(items)[start:])
+    hits = index.match([items.ids[j] for j in rest], fingerprints[start:], [items.keys[j] for j in rest],
+                       source.item_file)
     fresh = np.array([j for j, hit in zip(rest, hits) if hit is None], dtype=np.int64)
     return (Items(source, items.take(fresh), 0, backbone.transform, decoder),
             (fresh, dict(zip(rest.tolist(), hits))))
