@@ -155,11 +155,10 @@ def _choose(fs, searched) -> dict:
 def _layer_search(fs, best, options: GridOptions) -> dict | None:
     """``--layers search``: greedy forward selection of layers for the chosen head at its best point, then that head
     searched again on the selected layers (val score and test, beside the all-layer result)."""
-    parts = fs.meta.get("layer_parts")
-    if not parts:
+    if not fs.meta.get("layer_parts"):
         log.info("note: --layers search: this cache holds one layer; nothing to select")
         return None
-    picked = select_layers(best.head, best.best_params, fs, parts, metric=options.metric, folds=options.folds,
+    picked = select_layers(best.head, best.best_params, fs, metric=options.metric, folds=options.folds,
                            jobs=options.jobs)
     from ..heads.layers import layer_columns
 

@@ -150,8 +150,9 @@ def _scattered(*arrays):
 def _select(head: str, grid: dict, fs, X, y, *, folds: int, metric: str, jobs: int,
             columns: list[int] | None = None) -> tuple[list[dict], str]:
     """Every point of ``grid`` fitted on the train rows ``(X, y)`` and scored on the val split, or by stratified
-    ``folds``-fold CV on train when the cache has none: the sweep rows and how they were scored. ``columns``: the
-    val features' columns to keep (``X`` is given with only those)."""
+    ``folds``-fold CV on train when the cache has none: the sweep rows and how they were scored. ``columns``: only
+    these feature columns (chosen layers), of the train and the val rows alike."""
+    X = X[:, columns] if columns is not None else X
     if "val" in fs:
         Xv, yv = fs["val"].labelled()
         Xv = Xv[:, columns] if columns is not None else Xv
@@ -189,8 +190,8 @@ def tune_head(head: str, fs, *, fixed: dict | None = None, folds: int = FIT_TUNE
 
     fixed = dict(fixed or {})
     X, y = fs["train"].labelled()
-    X = X[:, columns] if columns is not None else X
-    name, values = verdict_grid(check_head(head), X.shape[1], len(y), points=FIT_TUNE_POINTS)
+    dim = len(columns) if columns is not None else X.shape[1]
+    name, values = verdict_grid(check_head(head), dim, len(y), points=FIT_TUNE_POINTS)
     if name is None or name in fixed or len(values) < 2 or len(np.unique(y)) < 2:
         return None
     t0 = time.perf_counter()
@@ -207,30 +208,30 @@ def tune_head(head: str, fs, *, fixed: dict | None = None, folds: int = FIT_TUNE
             "metric": metric, "selection": selection, "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def select_layers(head: str, params: dict, fs, parts: list, *, metric: str = "top1", folds: int = 5,
-                  jobs: int = 1) -> dict:
-    """Greedy forward selection of layers (Head2Toe's question, its cheapest answer): start from none, add the
-    layer whose columns raise the validation score most (``head`` at ``params``, val or k-fold CV as the search),
-    stop when no layer raises it. ``parts``: the cache's ``layer_parts``. Returns ``{"chosen", "score",
+def select_layers(head: str, params: dict, fs, *, metric: str = "top1", folds: int = 5, jobs: int = 1) -> dict:
+    """Greedy forward selection of the layers of a multi-layer cache (its ``layer_parts``; Head2Toe's question, its
+    cheapest answer): start from none, add the layer whose columns raise the validation score most (``head`` at
+    ``params``, val or k-fold CV as the search), stop when no layer raises it. Returns ``{"chosen", "score",
     "trace"}`` (each step: the layers so far and their score)."""
-    starts = np.cumsum([0] + [w for _, w in parts])
-    cols = {name: list(range(starts[i], starts[i + 1])) for i, (name, _) in enumerate(parts)}
+    from ..heads.layers import layer_columns
+
+    names = [n for n, _ in fs.meta["layer_parts"]]
     X, y = fs["train"].labelled()
     point = {k: (v,) for k, v in params.items()}
     chosen, best, trace = [], -np.inf, []
-    while len(chosen) < len(parts):
+    while len(chosen) < len(names):
         scores = {}
-        for name in (n for n, _ in parts if n not in chosen):
-            use = [c for n, _ in parts if n in chosen or n == name for c in cols[n]]
-            sweep, _ = _select(head, point, fs, X[:, use], y, folds=folds, metric=metric, jobs=jobs, columns=use)
+        for name in (n for n in names if n not in chosen):
+            use, _ = layer_columns(fs.meta, ",".join([*chosen, name]))
+            sweep, _ = _select(head, point, fs, X, y, folds=folds, metric=metric, jobs=jobs, columns=use)
             scores[name] = sweep[0]["score"]
         name = max(scores, key=scores.get)
         if scores[name] <= best:
             break
         chosen.append(name)
         best = scores[name]
-        trace.append({"layers": [n for n, _ in parts if n in chosen], "score": round(best, 4)})
-    return {"chosen": [n for n, _ in parts if n in chosen], "score": round(float(best), 4), "trace": trace}
+        trace.append({"layers": [n for n in names if n in chosen], "score": round(best, 4)})
+    return {"chosen": [n for n in names if n in chosen], "score": round(float(best), 4), "trace": trace}
 
 
 def search_head(head: str, fs, *, grid: dict | None = None, metric: str = "top1", jobs: int = 1,
@@ -261,8 +262,8 @@ def search_head(head: str, fs, *, grid: dict | None = None, metric: str = "top1"
     if len(classes) < 2:
         raise FeatxError(f"{fs.path}: the train split has {len(classes)} labelled class; a search needs two")
     result = HeadSearch(head=head, grid=grid, selection="val")
-    result.sweep, result.selection = _select(head, grid, fs, X if columns is None else X[:, columns], y,
-                                             folds=folds, metric=metric, jobs=jobs, columns=columns)
+    result.sweep, result.selection = _select(head, grid, fs, X, y, folds=folds, metric=metric, jobs=jobs,
+                                             columns=columns)
     if "val" in fs:
         Xv, yv = fs["val"].labelled()
         X_all, y_all = np.concatenate([X, Xv]), np.concatenate([y, yv])
