@@ -91,16 +91,12 @@ def open_source(fs, root: str):
     return source, keys, ""
 
 
-def _pixel_thumbnails(fs, ids: list[str], root: str, progress=None):
-    """Grey thumbnails of the cache's items, read from its recorded source; ``(None, note)`` when the images
-    cannot be read here."""
+def _pixel_thumbnails(source, keys: dict, ids: list[str], progress=None):
+    """Grey thumbnails of the cache's items, read from its source (:func:`open_source`)."""
     from ..data.decoding import decode_scaled
     from ..data.sources import FileSource
     from .copies import SIDE, thumbnails
 
-    source, keys, why = open_source(fs, root)
-    if source is None:
-        return None, [], why
     missing = [i for i in ids if i not in keys]
 
     def open_one(item_id):
@@ -117,14 +113,12 @@ def _pixel_thumbnails(fs, ids: list[str], root: str, progress=None):
 MAX_EXACT_CHECKS = 5000
 
 
-def identical_pixels(fs, ids: list[str], pairs, root: str) -> set:
-    """The pairs of ``pairs`` (row indices) whose images decode to identical pixels (size, mode and every value):
-    what "exact" means in the audit (a JPEG re-encode is a copy, not an exact one)."""
+def identical_pixels(source, keys: dict, ids: list[str], pairs) -> set:
+    """The pairs of ``pairs`` (row indices) whose images, read from the cache's source (:func:`open_source`), decode
+    to identical pixels (size, mode and every value): what "exact" means in the audit (a JPEG re-encode is a copy,
+    not an exact one)."""
     from hashlib import sha256
 
-    source, keys, _ = open_source(fs, root)
-    if source is None:
-        return set()
     digests: dict[int, str | None] = {}
 
     def digest(row: int):
@@ -146,12 +140,15 @@ def copies_of(fs, ids: list[str], near, *, pixels: bool, threshold: float, root:
     embeddings (``None`` for each); and the pixel check's record."""
     from .copies import MARGIN, SURE_COPY, find_copies
 
-    thumbs, bad, note = _pixel_thumbnails(fs, ids, root, progress) if pixels else (None, [], "not asked for")
+    source, keys, note = open_source(fs, root) if pixels else (None, None, "not asked for")
+    thumbs, bad = (None, [])
+    if source is not None:  # the source is listed once: for the thumbnails and for the exact pixels
+        thumbs, bad, note = _pixel_thumbnails(source, keys, ids, progress)
     checked = 0
     if thumbs is not None:
         extra = np.array([(a, b) for a, b, _ in near], np.int64).reshape(-1, 2)
         cp, cs, second, checked = find_copies(thumbs, extra_pairs=extra, threshold=threshold, progress=progress)
-        same = identical_pixels(fs, ids, [(int(a), int(b)) for a, b in cp], root)
+        same = identical_pixels(source, keys, ids, [(int(a), int(b)) for a, b in cp])
         copies = {(int(a), int(b)): (float(s), float(r), (int(a), int(b)) in same)
                   for (a, b), s, r in zip(cp, cs, second)}
     else:
