@@ -12,7 +12,7 @@ import numpy as np
 
 from ..util import softmax
 
-__all__ = ["decision_scores", "fit_temperature", "temperature_for", "guarded_temperature", "calibrate",
+__all__ = ["decision_scores", "fit_temperature", "guarded_temperature", "calibrate",
            "expected_calibration_error", "ece_interval", "ECE_BINS", "MIN_VAL_ROWS", "MIN_VAL_ERRORS",
            "TEMPERATURE_BOUNDS"]
 
@@ -49,17 +49,6 @@ def fit_temperature(scores: np.ndarray, y_idx: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
-def temperature_for(head, X: np.ndarray, y: np.ndarray) -> tuple[float, int] | None:
-    """The temperature of ``head``'s scores fitted on held-out rows ``(X, y)`` (labels of classes the head does
-    not know are left out) and how many rows it used; ``None`` for a head without scores or no usable row."""
-    if not hasattr(head, "decision_function"):
-        return None
-    known = np.isin(y, head.classes_)
-    if not known.any():
-        return None
-    return fit_temperature(decision_scores(head, X[known]), np.searchsorted(head.classes_, y[known])), int(known.sum())
-
-
 def guarded_temperature(head, X: np.ndarray, y: np.ndarray) -> dict | None:
     """Temperature scaling only where the validation rows can support it: ``{"temperature", "val_rows",
     "val_errors"}``, or ``{"skipped": why, "val_rows", "val_errors"}`` (then featx keeps the head's raw scores and
@@ -79,7 +68,7 @@ def guarded_temperature(head, X: np.ndarray, y: np.ndarray) -> dict | None:
         return {**out, "skipped": f"the head gets {n - errors} of {n} val rows right ({errors} errors): too few errors "
                                   f"to fit a temperature (needs {MIN_VAL_ERRORS}; with none it would shrink toward 0 "
                                   "and print certainty)"}
-    t = temperature_for(head, X, y)[0]
+    t = fit_temperature(decision_scores(head, X[known]), np.searchsorted(head.classes_, y[known]))
     lo, hi = TEMPERATURE_BOUNDS
     if not lo <= t <= hi:
         return {**out, "skipped": f"the fitted temperature {t:.3g} is outside [{lo:g}, {hi:g}]: the val rows do not "
