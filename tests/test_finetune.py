@@ -45,6 +45,8 @@ def test_finetune_caches_the_maps_once_and_saves_safe_tensors(tuned):
     again = run(*args[:-3], "--out", root / "ft2", "--no-progress")
     assert again.exit_code == 0 and "reusing the cached maps" in again.stderr
     assert json.loads((root / "ft2" / "finetuned.json").read_text())["metrics"] == card["metrics"], "seeded"
+    rerun = run(*args[:-3], "--out", root / "ft2", "--no-progress")  # its own earlier output is replaced
+    assert rerun.exit_code == 0, rerun.output
 
 
 def test_a_finetuned_network_predicts_and_its_tensors_are_checked(tuned, tmp_path):

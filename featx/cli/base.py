@@ -306,12 +306,12 @@ def check_output(target, inputs: dict, *, replaces: tuple[str, ...] = (), force:
 REPORT_FILES = ("report.md", "report.html")
 
 
-def check_report_folder(out_dir, names, inputs: dict) -> Path:
-    """``out_dir`` as a report folder whose files ``names`` replace only earlier reports (text, or saved heads):
-    each is checked as an output (:func:`check_output`), before any work."""
+def check_report_folder(out_dir, names, inputs: dict, *, replaces: tuple[str, ...] = ("text", "zip")) -> Path:
+    """``out_dir`` as a report folder whose files ``names`` replace only earlier reports (text, or saved heads;
+    ``replaces``: the kinds its files have): each is checked as an output (:func:`check_output`), before any work."""
     out_dir = Path(out_dir)
     for name in names:
-        check_output(out_dir / name, inputs, replaces=("text", "zip"), force=None)
+        check_output(out_dir / name, inputs, replaces=replaces, force=None)
     return out_dir
 
 

@@ -55,7 +55,8 @@ def finetune(pipeline, blocks, epochs, patience, lr, batch_size, precision, out,
     source = build_source(exp)
     bb_name = exp.backbone.name.replace(":", "-")
     out_dir = check_report_folder(Path(out) if out else Path("reports") / f"finetune-{source.name}-{bb_name}-{blocks}",
-                                  ("finetuned.safetensors", "finetuned.json"), {})
+                                  ("finetuned.safetensors", "finetuned.json"), {"the data": exp.source.data},
+                                  replaces=("text", "data"))  # a card, and safetensors' binary file
     from ..backbones.registry import load_backbone
     from ..extract import check_device
     from ..finetune.run import FinetuneOptions, cut_point, finetune as run_finetune
