@@ -229,6 +229,8 @@ def test_every_stage_in_one_pass_is_recorded_and_serves_fit_and_predict(image_fo
     assert lay["chosen"] and set(lay["chosen"]) <= {n for n, _ in parts} and lay["trace"][-1]["layers"] == lay["chosen"]
     assert [t["score"] for t in lay["trace"]] == sorted(t["score"] for t in lay["trace"]), "each step raised val"
     assert "Which layers?" in (tmp_path / "g" / "report.md").read_text()
+    against = lay["against_all"]  # a handful of val rows: the selected layers cannot be told from every layer
+    assert against["verdict"] == "can't tell" and abs(against["gain"]) <= against["se"]
     wrong = run("fit", tmp_path / "stages.h5", "--head", "logreg", "--layers", "nope", "--out", tmp_path / "x.skops")
     assert wrong.exit_code == 2 and "'nope' is not a layer of this cache" in wrong.stderr
     named = run("extract", "--data", image_folder, "--backbone", TINY, "--weights", "none", "--layers",

@@ -20,7 +20,7 @@ from ..heads.registry import HEADS, clip_to_rows
 from ..util import first_line, softmax
 from ..version import __version__
 from .report import write_reports
-from .selection import edge_notes, one_se_choice
+from .selection import edge_notes, one_se_choice, score_se
 from .search import NYSTROEM_FEW_ROWS, few_shot, grid_points, search_head, select_layers
 
 __all__ = ["GridOptions", "check_grids", "run_grid"]
@@ -143,13 +143,18 @@ def run_grid(cache, grids: dict, *, name: str, out_dir, options: GridOptions = G
 
 def _choose(fs, searched) -> dict:
     """The best head by the one-standard-error rule over the heads' validation scores (:mod:`.selection`)."""
-    n = len(fs["val"].labelled()[1]) if "val" in fs else len(fs["train"].labelled()[1])
-    choice = one_se_choice({r.head: r.best_score for r, _ in searched}, n)
+    choice = one_se_choice({r.head: r.best_score for r, _ in searched}, _selection_rows(fs))
     if len(choice["tied"]) > 1:
         log.info(f"note: {', '.join(choice['tied'])} are within one standard error ({choice['se']:.4f}) of the best "
                  f"validation score {choice['highest_score']:.4f}: the data cannot tell them apart; chose "
                  f"{choice['chosen']}, the simplest (one-standard-error rule)")
     return choice
+
+
+def _selection_rows(fs) -> int:
+    """How many rows a validation score is measured on: the val split's labelled rows, else (cross-validation)
+    the train split's."""
+    return len(fs["val"].labelled()[1]) if "val" in fs else len(fs["train"].labelled()[1])
 
 
 def _layer_search(fs, best, options: GridOptions) -> dict | None:
@@ -165,11 +170,18 @@ def _layer_search(fs, best, options: GridOptions) -> dict | None:
     columns, _ = layer_columns(fs.meta, ",".join(picked["chosen"]))
     again = search_head(best.head, fs, grid=None, metric=options.metric, jobs=options.jobs, folds=options.folds,
                         class_weight=options.class_weight, columns=columns)
+    se = score_se(max(again.best_score, best.best_score), _selection_rows(fs))
+    gain = again.best_score - best.best_score
+    verdict = "better" if gain > se else "worse" if gain < -se else "can't tell"
     log.info(f"layers for {best.head}: {', '.join(picked['chosen'])} (val {again.best_score:.4f} against "
-             f"{best.best_score:.4f} with every layer; test top1 {again.test.get('top1', float('nan')):.4f} against "
-             f"{best.test.get('top1', float('nan')):.4f}); `featx fit --layers {','.join(picked['chosen'])}` uses them")
+             f"{best.best_score:.4f} with every layer: {verdict}, one standard error {se:.4f}; test top1 "
+             f"{again.test.get('top1', float('nan')):.4f} against {best.test.get('top1', float('nan')):.4f}); "
+             f"`featx fit --layers {','.join(picked['chosen'])}` uses them")
     return {**picked, "head": best.head, "val_score": again.best_score, "best_params": again.best_params,
-            "test": again.test, "all_layers": {"val_score": best.best_score, "test": best.test}}
+            "test": again.test, "all_layers": {"val_score": best.best_score, "test": best.test},
+            "against_all": {"gain": round(gain, 4), "se": round(se, 4), "verdict": verdict,
+                            "rule": "the selected layers' val score against every layer's: better or worse beyond one "
+                                    "standard error of a proportion on the selection rows, else can't tell"}}
 
 
 def _search_all(fs, grids: dict, options: GridOptions, progress, columns=None) -> tuple[list, list]:

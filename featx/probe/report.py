@@ -196,8 +196,10 @@ def grid_document(results: dict, figures: list[tuple[str, str]]) -> Document:
             Paragraph(f"Selected {', '.join(lay['chosen'])}: val {lay['val_score']:.4f}, test top1 "
                       f"{lay['test'].get('top1', float('nan')):.4f}; every layer: val "
                       f"{lay['all_layers']['val_score']:.4f}, test top1 "
-                      f"{lay['all_layers']['test'].get('top1', float('nan')):.4f}. `featx fit --layers "
-                      f"{','.join(lay['chosen'])}` trains on the selected ones.")]))
+                      f"{lay['all_layers']['test'].get('top1', float('nan')):.4f}. Against every layer: "
+                      f"**{lay['against_all']['verdict']}** (val gain {lay['against_all']['gain']:+.4f}, one standard "
+                      f"error {lay['against_all']['se']:.4f}; rule: {lay['against_all']['rule']}). `featx fit "
+                      f"--layers {','.join(lay['chosen'])}` trains on the selected ones.")]))
     if figures:
         sections.append(Section("Plots", [Figure(data, caption) for caption, data in figures]))
     for head, curve in results.get("few_shot", {}).items():
