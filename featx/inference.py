@@ -22,11 +22,11 @@ def backbone_for(meta: dict, *, device: str = "cpu"):
     error saying why the one here is not that one (weights, transform or embedding size differ)."""
     import dataclasses
 
-    from .backbones.registry import load_backbone
+    from .backbones.registry import load_backbone, recorded_weights
     from .cache.spec import EmbeddingSpec
 
     spec = EmbeddingSpec.from_attrs(meta)
-    bb = load_backbone(spec.backbone, spec.weights, device=device, layer=spec.layer)
+    bb = load_backbone(spec.backbone, recorded_weights(meta), device=device, layer=spec.layer, pooling=spec.pooling)
     here = dataclasses.replace(spec, weights_sha256=bb.weights_sha256 or None, transform=dict(bb.preprocess),
                                feature_dim=bb.feature_dim)
     if not spec.same_features(here):

@@ -251,7 +251,8 @@ class BackboneOptions(_Options):
 
     name: str = setting("mobilenet_v2", (
         "torchvision model name, optionally name:WEIGHTS (default mobilenet_v2); efficientnet_lite0/1/2 (embedded); "
-        "or timm:<name> (weights from the local Hugging Face cache)."), table="backbone", kind=str,
+        "timm:<name> (weights from the local Hugging Face cache); or clip:ARCH[/TAG] (OpenCLIP, e.g. "
+        "clip:ViT-B-32/laion2b_s34b_b79k)."), table="backbone", kind=str,
         check=lambda v: bool(v.strip()), what="a model name", cli="--backbone")
     weights: str | None = setting("IMAGENET1K_V1", (
         "Weights enum member (IMAGENET1K_V1), DEFAULT, none for random init, or a local .pth state dict "
@@ -262,6 +263,16 @@ class BackboneOptions(_Options):
         "global-average-pooled, instead of the penultimate layer; several modules A,B,... pooled and concatenated; "
         "or stages: the end of every stage of the model's trunk (and the penultimate layer), one forward pass "
         "(recorded in the cache as layer_parts; part of the key)."), table="backbone", kind=str, optional=True)
+    weights_file: str | None = setting(None, (
+        "Local weights for any family, offline: a torchvision or timm state dict / checkpoint (.pth, .pt, .bin, "
+        ".ckpt; loaded with weights_only=True), a .safetensors file, or an OpenCLIP folder (open_clip_config.json "
+        "+ weights); its sha256 is recorded. Wins over --weights."), table="backbone", kind=(str, os.PathLike),
+        optional=True)
+    pooling: str | None = setting(None, (
+        "For ViTs (timm: and clip: families): cls (the class token), mean (of the patch tokens) or cls+mean "
+        "(both concatenated, as DINOv2's linear evaluation); default: the model's own pooling. Recorded and part "
+        "of the cache key."), table="backbone", kind=str, optional=True,
+        check=lambda v: v in ("cls", "mean", "cls+mean"), what="cls, mean or cls+mean")
 
 
 @dataclass(frozen=True)

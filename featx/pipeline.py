@@ -157,7 +157,8 @@ def build_source(exp, *, allow_outside: bool = False):
 def build_backbone(exp, *, device: str = "cpu"):
     from .backbones.registry import load_backbone
 
-    return load_backbone(exp.backbone.name, exp.backbone.weights, device=device, layer=exp.backbone.layer)
+    return load_backbone(exp.backbone.name, exp.backbone.weights_file or exp.backbone.weights, device=device,
+                         layer=exp.backbone.layer, pooling=exp.backbone.pooling)
 
 
 def check_cache_exists(cache: str | None, exp) -> None:
@@ -167,8 +168,10 @@ def check_cache_exists(cache: str | None, exp) -> None:
         existing_file(cache, "cache file", "; run `featx extract` first, or name an existing .h5")
         return
     folder = Path(exp.extract.cache_dir)
-    name = exp.backbone.name.partition(":")[0] if not exp.backbone.name.startswith("timm:") else exp.backbone.name
-    name = name.replace(":", "-")
+    from .cache.spec import file_stem
+
+    family = exp.backbone.name.startswith(("timm:", "clip:"))
+    name = file_stem(exp.backbone.name if family else exp.backbone.name.partition(":")[0])
     if not any(folder.glob(f"*/{name}-*.h5")):
         raise FeatxUsageError(f"no {name} cache under {folder}/ for this pipeline yet; run `featx extract` "
                               "(make features) first, or name a cache file")
@@ -218,7 +221,9 @@ def _nearest_cache(folder: Path, source, bb, exp) -> str:
 
     want = source.describe()
     best = None
-    for other in sorted(folder.glob(f"{bb.name.replace(':', '-')}-*.h5")):
+    from .cache.spec import file_stem
+
+    for other in sorted(folder.glob(f"{file_stem(bb.name)}-*.h5")):
         try:
             meta = open_features(other).meta
         except Exception:  # a damaged or foreign file: not a candidate

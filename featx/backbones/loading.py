@@ -48,16 +48,26 @@ class LoadedModel:
 
 
 def load_state_file(path: str | os.PathLike) -> tuple[dict, str]:
-    """A local state dict, loaded with ``weights_only=True``; and the file's sha256."""
+    """A local state dict -- a torch file loaded with ``weights_only=True`` (a checkpoint's ``state_dict`` or
+    ``model`` entry taken), or a ``.safetensors`` file -- and the file's sha256."""
     path = Path(path)
     if not path.is_file():
         raise FeatxUsageError(f"weights file {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, zip errors, refused globals
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError:
+        raise FeatxError(f"weights file {path} is safetensors: `pip install 'featx[finetune]'` (make install does)") from None
+    except Exception as exc:  # pickle errors, zip errors, refused globals, a damaged safetensors header
         raise FeatxError(f"weights file {path} is not a plain state dict (weights_only=True): {first_line(exc)}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # common checkpoint wrapper
-        state = state["state_dict"]
+    for wrapper in ("state_dict", "model"):  # common checkpoint wrappers (Lightning, timm's train script)
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
     if not isinstance(state, dict):
         raise FeatxError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
     return state, file_sha256(path)

@@ -15,7 +15,7 @@ from importlib import metadata
 from ..errors import FeatxUsageError
 from ..util import did_you_mean
 
-__all__ = ["EXTRA_BACKBONES", "TORCHVISION_VERSION", "TORCHVISION_WEIGHTS", "is_file_spec", "parse_backbone",
+__all__ = ["EXTRA_BACKBONES", "FAMILIES", "SUGGESTED", "WEIGHT_FILE_SUFFIXES", "TORCHVISION_VERSION", "TORCHVISION_WEIGHTS", "is_file_spec", "parse_backbone",
            "quick_check", "table_is_current"]
 
 #: Backbones that are not torchvision models: name -> what it is (see featx/backbones/timm_models.py).
@@ -23,6 +23,33 @@ EXTRA_BACKBONES = {
     f"efficientnet_lite{n}": f"ImageNet EfficientNet-Lite{n} (timm tf_efficientnet_lite{n} architecture, embedded weights)"
     for n in (0, 1, 2)
 }
+
+#: Local weight files featx reads (``--weights-file``): torch state dicts (loaded with ``weights_only=True``) and
+#: safetensors; a folder (OpenCLIP's ``open_clip_config.json`` + its weights) is named by a path.
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+
+#: The families ``--backbone`` takes beyond torchvision's names: prefix -> (what, the optional extra it needs).
+FAMILIES = {
+    "timm:": ("any timm model, timm:NAME[.TAG] (ViTs incl. DINOv2, ConvNeXt, EfficientNet, ...)", "timm"),
+    "clip:": ("an OpenCLIP image tower, clip:ARCH or clip:ARCH/PRETRAINED_TAG (CLIP, SigLIP, ...); text tower for "
+              "the zero-shot head", "clip"),
+}
+
+#: Strong frozen-feature backbones of other families, listed by ``featx backbones`` (the name, what it is, the
+#: licence of its weights as their publishers state it). Their weights come from the Hugging Face hub when online,
+#: or a local file (``--weights-file``); ``--weights none`` builds each with random init, offline.
+SUGGESTED = (
+    ("timm:vit_small_patch14_dinov2.lvd142m", "DINOv2 ViT-S/14 (self-supervised, Meta 2023)", "Apache-2.0"),
+    ("timm:vit_base_patch14_dinov2.lvd142m", "DINOv2 ViT-B/14 (self-supervised, Meta 2023)", "Apache-2.0"),
+    ("timm:vit_small_patch14_reg4_dinov2.lvd142m", "DINOv2 ViT-S/14 with 4 registers", "Apache-2.0"),
+    ("timm:convnext_tiny.fb_in22k_ft_in1k", "ConvNeXt-T, ImageNet-22k then 1k", "Apache-2.0"),
+    ("timm:mobilenetv3_large_100.ra_in1k", "MobileNetV3-Large (timm RandAugment recipe)", "Apache-2.0"),
+    ("timm:efficientnet_b0.ra_in1k", "EfficientNet-B0 (timm recipe)", "Apache-2.0"),
+    ("timm:resnet50.a1_in1k", "ResNet-50 (ResNet strikes back A1)", "Apache-2.0"),
+    ("clip:ViT-B-32/laion2b_s34b_b79k", "OpenCLIP ViT-B/32 on LAION-2B (vision-language)", "MIT"),
+    ("clip:ViT-B-32/openai", "OpenAI CLIP ViT-B/32 (vision-language)", "MIT"),
+    ("clip:ViT-B-16-SigLIP/webli", "SigLIP ViT-B/16 (vision-language, sigmoid loss)", "Apache-2.0"),
+)
 
 TORCHVISION_VERSION = "0.29.1"
 
@@ -117,7 +144,7 @@ def parse_backbone(spec: str, weights: str | None = None) -> tuple[str, str | No
 
 def is_file_spec(weights: str | None) -> bool:
     """Whether a ``--weights`` value names a local file rather than an enum member."""
-    return bool(weights) and (weights.endswith((".pth", ".pt", ".bin")) or os.sep in weights)
+    return bool(weights) and (weights.endswith(WEIGHT_FILE_SUFFIXES) or os.sep in weights)
 
 
 def table_is_current() -> bool:
@@ -131,7 +158,7 @@ def table_is_current() -> bool:
 def quick_check(name: str, weights: str | None) -> bool:
     """Refuse an unknown torchvision backbone or weights name in one line, from the table; ``True`` when the table
     settled it (known), ``False`` when only torchvision can tell (another torchvision, a timm or file spec)."""
-    if name.startswith("timm:") or name in EXTRA_BACKBONES:
+    if name.startswith(("timm:", "clip:")) or name in EXTRA_BACKBONES:
         return False
     if name not in TORCHVISION_WEIGHTS:
         if not table_is_current():

@@ -11,6 +11,7 @@ at an intermediate layer, and wraps it as a :class:`Backbone`.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -23,7 +24,7 @@ from ..util import did_you_mean
 from . import torchvision_models
 from .names import EXTRA_BACKBONES, is_file_spec, parse_backbone, quick_check
 
-__all__ = ["EXTRA_BACKBONES", "Backbone", "BackboneInfo", "check_backbone", "load_backbone", "list_backbones", "parse_backbone"]
+__all__ = ["EXTRA_BACKBONES", "Backbone", "BackboneInfo", "FamilyRow", "check_backbone", "family_name", "family_rows", "recorded_weights", "load_backbone", "list_backbones", "parse_backbone"]
 
 @dataclass
 class Backbone:
@@ -39,6 +40,7 @@ class Backbone:
         weights_sha256: sha256 of the weight file, ``None`` for random init.
         meta: the weights' metadata (ImageNet accuracy, parameter count, ...).
         layer: the intermediate node the embedding comes from, ``None`` = penultimate.
+        pooling: how a ViT's tokens were pooled (``cls``, ``mean``, ``cls+mean``); ``None`` = the model's own.
     """
 
     name: str
@@ -50,6 +52,7 @@ class Backbone:
     weights_sha256: str | None
     meta: dict = field(default_factory=dict)
     layer: str | None = None
+    pooling: str | None = None
 
 
 @dataclass(frozen=True)
@@ -189,10 +192,32 @@ def _at_layer(model: nn.Module, layer: str, preset) -> tuple[nn.Module, int]:
     return pooled, int(dim)
 
 
+def family_name(spec: str) -> str:
+    """A backbone name as typed, or as a cache records it (``timm-NAME``, ``clip-ARCH/TAG``), in its typed form."""
+    for recorded, typed in (("timm-", "timm:"), ("clip-", "clip:")):
+        if spec.startswith(recorded):
+            return typed + spec[len(recorded):]
+    return spec
+
+
+def recorded_weights(meta: dict) -> str | None:
+    """The ``weights`` argument that rebuilds a recorded backbone: the weights' name, or for local weights
+    (``file:NAME``) the file or folder the cache recorded, when it is still there (its sha256 is checked after)."""
+    weights = meta.get("weights")
+    if not str(weights or "").startswith("file:"):
+        return weights
+    path = meta.get("weights_file")
+    if not path or not os.path.exists(path):
+        raise FeatxError(f"the embeddings were made with local weights {str(weights)[5:]!r}"
+                         f"{f' from {path}' if path else ''}, not found here; put the file back where it was")
+    return str(path)
+
+
 def check_backbone(spec: str, weights: str | None = None) -> None:
     """A usage error when ``spec`` (with ``weights``) names no backbone or weights featx knows -- checked from the
     registries alone, without building a model (``featx rank`` checks every candidate before extracting any)."""
-    if spec.startswith("timm:") or spec in EXTRA_BACKBONES:
+    spec = family_name(spec)
+    if spec.startswith(("timm:", "clip:")) or spec in EXTRA_BACKBONES:
         return  # timm's names are checked when timm loads them; the embedded ones are known
     name, weights_name = parse_backbone(spec, weights)
     if quick_check(name, weights_name):
@@ -202,7 +227,7 @@ def check_backbone(spec: str, weights: str | None = None) -> None:
 
 
 def load_backbone(spec: str, weights: str | None = None, *, device: str | torch.device = "cpu",
-                  layer: str | None = None) -> Backbone:
+                  layer: str | None = None, pooling: str | None = None) -> Backbone:
     """Build a frozen backbone.
 
     Args:
@@ -215,13 +240,27 @@ def load_backbone(spec: str, weights: str | None = None, *, device: str | torch.
         device: where the model lives.
         layer: an intermediate node (``torchvision.models.feature_extraction`` name) whose
             output is global-average-pooled instead of the penultimate embedding.
+        pooling: for ViTs (timm and OpenCLIP): ``cls``, ``mean`` or ``cls+mean`` of the last tokens instead of the
+            model's own pooling (recorded, part of the cache key).
     """
-    if spec.startswith("timm:") or spec in EXTRA_BACKBONES:
+    spec = family_name(spec)
+    if pooling and layer:
+        raise FeatxUsageError("--pooling and --layers do not combine: pooling chooses how a ViT's last tokens become "
+                              "the embedding; leave one out")
+    if spec.startswith("clip:"):
+        from . import clip_models
+
+        name = spec
+        loaded = clip_models.load(spec, weights, pooling=pooling)
+    elif spec.startswith("timm:") or spec in EXTRA_BACKBONES:
         from . import timm_models
 
         name, weights_name = (spec, weights) if spec.startswith("timm:") else parse_backbone(spec, weights)
-        loaded = timm_models.load(name, weights_name)
+        loaded = timm_models.load(name, weights_name, pooling=pooling)
     else:
+        if pooling:
+            raise FeatxUsageError("--pooling applies to the ViTs of the timm: and clip: families; leave it out for "
+                                  f"{spec}")
         name, weights_name = parse_backbone(spec, weights)
         try:
             loaded = torchvision_models.load(name, weights_name, other_names=EXTRA_BACKBONES)
@@ -246,6 +285,7 @@ def load_backbone(spec: str, weights: str | None = None, *, device: str | torch.
         weights_sha256=loaded.sha256,
         meta={**loaded.meta, **({"layer_parts": [list(p) for p in parts]} if parts else {})},
         layer=layer,
+        pooling=pooling or None,
     )
 
 
@@ -290,3 +330,64 @@ def _extra_rows() -> list[BackboneInfo]:
         rows.append(BackboneInfo(name=name, weights="IMAGENET1K", is_default=True, feature_dim=dim, params=params,
                                  top1=lite.top1, offline=have))
     return rows
+
+
+@dataclass(frozen=True)
+class FamilyRow:
+    """One row of ``featx backbones``' other families: a suggested backbone of the timm: or clip: family."""
+
+    name: str
+    what: str
+    feature_dim: int | None
+    licence: str
+    offline: bool
+    missing: str | None = None  # the extra to install when its library is not here
+
+
+def family_rows() -> list[FamilyRow]:
+    """The suggested backbones of the timm: and clip: families (:data:`featx.backbones.names.SUGGESTED`): embedding
+    size read off the architecture (built on the meta device: no memory, no weights), the weights' licence, and
+    whether the weights are on this machine (the Hugging Face / OpenCLIP cache)."""
+    from .names import FAMILIES, SUGGESTED
+
+    rows = []
+    for name, what, licence in SUGGESTED:
+        prefix = name[:5]
+        module = {"timm:": "timm", "clip:": "open_clip"}[prefix]
+        if importlib.util.find_spec(module) is None:
+            rows.append(FamilyRow(name, what, None, licence, False, missing=FAMILIES[prefix][1]))
+            continue
+        dim, offline, stated = (_timm_row if prefix == "timm:" else _clip_row)(name)
+        rows.append(FamilyRow(name, what, dim, stated or licence, offline))
+    return rows
+
+
+def _in_hf_cache(hub_id: str) -> bool:
+    """Whether the local Hugging Face cache holds files of the hub repository ``org/name`` (no network)."""
+    from pathlib import Path
+
+    cache = Path(os.environ.get("HF_HUB_CACHE", Path.home() / ".cache" / "huggingface" / "hub"))
+    repo = "--".join(hub_id.strip("/").split("/")[:2])
+    return bool(repo) and any(cache.glob(f"models--{repo}/snapshots/*/*"))
+
+
+def _timm_row(name: str) -> tuple[int, bool, str | None]:
+    import timm
+
+    from .timm_models import declared_dim
+
+    with torch.device("meta"):
+        model = timm.create_model(name.removeprefix("timm:"), pretrained=False)
+    cfg = model.pretrained_cfg
+    return declared_dim(model), _in_hf_cache(str(cfg.get("hf_hub_id") or "")), cfg.get("license")  # timm's record
+
+
+def _clip_row(name: str) -> tuple[int | None, bool, None]:
+    import open_clip
+
+    from .clip_models import parse
+
+    arch, tag = parse(name)
+    config = open_clip.get_model_config(arch) or {}
+    hub = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "") if tag else ""
+    return int(config.get("embed_dim") or 0) or None, _in_hf_cache(hub), None

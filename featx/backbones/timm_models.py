@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
-from ..data.decoding import Preset
+from ..data.decoding import CROP_MODES, Preset
 from ..errors import FeatxError, FeatxUsageError
 from ..util import file_sha256, offline
 from .loading import LoadedModel, is_file_spec, load_into, load_state_file, seeded_init
 
-__all__ = ["EMBEDDED_LITE", "EmbeddedLite", "load", "lite_shape", "lite_weights_file", "map_lukemelas_keys"]
+__all__ = ["EMBEDDED_LITE", "POOLINGS", "EmbeddedLite", "TokenPooling", "data_config", "declared_dim", "load",
+           "lite_shape", "lite_weights_file", "map_lukemelas_keys", "pooled_dim", "with_pooling"]
 
 @dataclass(frozen=True)
 class EmbeddedLite:
@@ -96,14 +97,81 @@ def map_lukemelas_keys(source: dict, target: dict) -> dict:
 
 
 def _preset(cfg: dict) -> Preset:
-    crop = int(cfg["input_size"][-1])
+    """timm's eval preprocessing (``transforms_imagenet_eval``) for a resolved data config, as a :class:`Preset`:
+    resize (short side for ``crop_mode`` center, both sides for squash) to ``floor(size / crop_pct)``, centre crop."""
+    height, width = (int(v) for v in cfg["input_size"][-2:])
+    if height != width:
+        raise FeatxUsageError(f"this timm model takes {height}x{width} inputs; featx supports square inputs only")
+    mode = cfg.get("crop_mode") or "center"
+    if mode not in CROP_MODES:
+        raise FeatxUsageError(f"this timm model's preprocessing uses crop_mode {mode!r}; featx supports "
+                              f"{' and '.join(CROP_MODES)}")
     return Preset(
-        crop_size=crop,
-        resize_size=int(math.floor(crop / cfg.get("crop_pct", 0.875))),
+        crop_size=height,
+        resize_size=int(math.floor(height / (cfg.get("crop_pct") or DEFAULT_CROP_PCT))),
         mean=tuple(cfg["mean"]),
         std=tuple(cfg["std"]),
-        interpolation=cfg.get("interpolation", "bilinear"),
+        interpolation=cfg.get("interpolation") or "bilinear",
+        crop_mode=mode,
     )
+
+
+#: timm's default ``crop_pct`` (``timm.data.DEFAULT_CROP_PCT``) when a config has none.
+DEFAULT_CROP_PCT = 0.875
+
+
+def data_config(model) -> dict:
+    """The model's eval data config through timm's public API (``timm.data.resolve_model_data_config``)."""
+    return _timm().data.resolve_model_data_config(model)
+
+
+def declared_dim(model) -> int:
+    """The pooled embedding size a timm model declares: ``head_hidden_size`` (the pre-logits width, which differs
+    from ``num_features`` where a model has a pre-logits layer, as MobileNetV3's 960 -> 1280) or ``num_features``."""
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
+def pooled_dim(model: torch.nn.Module, crop: int) -> int:
+    """The embedding size a model actually returns: one forward pass of a blank image."""
+    with torch.inference_mode():
+        return int(model(torch.zeros(1, 3, crop, crop)).flatten(1).shape[1])
+
+
+#: ``--pooling`` for ViTs: the class token, the mean of the patch tokens (prefix tokens -- class and register
+#: tokens -- left out), or both concatenated (DINOv2's linear evaluation).
+POOLINGS = ("cls", "mean", "cls+mean")
+
+
+class TokenPooling(torch.nn.Module):
+    """A timm ViT's token output pooled as ``pooling`` says; timm's own norms applied as its ``forward_head`` does
+    (``norm`` inside ``forward_features``, ``fc_norm`` after pooling, to each part)."""
+
+    def __init__(self, model: torch.nn.Module, pooling: str):
+        super().__init__()
+        self.model, self.pooling = model, pooling
+
+    def forward(self, x):
+        tokens = self.model.forward_features(x)
+        prefix = int(self.model.num_prefix_tokens)
+        parts = []
+        if self.pooling in ("cls", "cls+mean"):
+            parts.append(tokens[:, 0])
+        if self.pooling in ("mean", "cls+mean"):
+            parts.append(tokens[:, prefix:].mean(dim=1))
+        return torch.cat([self.model.fc_norm(p) for p in parts], dim=1)
+
+
+def with_pooling(model: torch.nn.Module, pooling: str, what: str) -> torch.nn.Module:
+    """``model`` pooled as ``pooling`` says, or a one-line error when it is no ViT or has no class token."""
+    if pooling not in POOLINGS:
+        raise FeatxUsageError(f"--pooling {pooling!r}: one of {', '.join(POOLINGS)}")
+    if not (hasattr(model, "num_prefix_tokens") and hasattr(model, "forward_features") and hasattr(model, "fc_norm")):
+        raise FeatxUsageError(f"--pooling applies to vision transformers; {what} is not one (leave it out)")
+    if getattr(model, "attn_pool", None) is not None:
+        raise FeatxUsageError(f"{what} pools with attention (a learnt pooling); leave --pooling out")
+    if pooling != "mean" and getattr(model, "cls_token", None) is None:
+        raise FeatxUsageError(f"{what} has no class token; use --pooling mean")
+    return TokenPooling(model, pooling)
 
 
 def _create(timm, arch: str, *, pretrained: bool):
@@ -117,7 +185,7 @@ def lite_shape(name: str) -> tuple[int, int]:
     """(embedding size, parameter count) of an EfficientNet-Lite network, read off the model."""
     with torch.device("meta"):
         model = _timm().create_model(EMBEDDED_LITE[name].arch, pretrained=False)
-    return int(model.num_features), sum(p.numel() for p in model.parameters())
+    return declared_dim(model), sum(p.numel() for p in model.parameters())
 
 
 def _lite(timm, name: str, weights: str | None):
@@ -141,9 +209,18 @@ def _lite(timm, name: str, weights: str | None):
 
 def _hub(timm, arch: str, weights: str | None):
     random_init = weights is not None and weights.lower() == "none"
+    if is_file_spec(weights):  # a local timm checkpoint or state dict (torch or safetensors); the classifier is dropped
+        if arch.split(".")[0] not in timm.list_models():
+            raise FeatxUsageError(f"timm has no model {arch!r}")
+        model = _create(timm, arch, pretrained=False)
+        classifier = model.pretrained_cfg.get("classifier") or "head"
+        model.reset_classifier(0)
+        state, sha = load_state_file(weights)
+        load_into(model, state, str(weights), drop_prefix=classifier)
+        return model, f"file:{Path(weights).name}", sha, {}
     if offline():
         os.environ["HF_HUB_OFFLINE"] = "1"
-    if arch not in timm.list_models():
+    if arch.split(".")[0] not in timm.list_models():
         raise FeatxUsageError(f"timm has no model {arch!r}")
     try:
         model = _create(timm, arch, pretrained=not random_init)
@@ -160,12 +237,17 @@ def _hub(timm, arch: str, weights: str | None):
     return model, model.pretrained_cfg.get("tag") or "pretrained", file_sha256(files[0]) if files else None, {}
 
 
-def load(name: str, weights: str | None) -> LoadedModel:
-    """A timm model returning pooled features (classifier reset), and how to feed it."""
+def load(name: str, weights: str | None, *, pooling: str | None = None) -> LoadedModel:
+    """A timm model returning pooled features (classifier reset), and how to feed it: timm's own data config; the
+    embedding size read off a forward pass (what the cache will hold), pooled as ``pooling`` says for ViTs."""
     timm = _timm()
     if name in EMBEDDED_LITE:
         model, label, sha, meta = _lite(timm, name, weights)
     else:
         model, label, sha, meta = _hub(timm, name.removeprefix("timm:"), weights)
     model.reset_classifier(0)
-    return LoadedModel(model.eval(), int(model.num_features), _preset(model.pretrained_cfg), label, sha, meta)
+    preset = _preset(data_config(model))
+    model = model.eval()
+    if pooling:
+        model = with_pooling(model, pooling, name).eval()
+    return LoadedModel(model, pooled_dim(model, int(preset.crop_size[0])), preset, label, sha, meta)

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["EmbeddingSpec", "EXACT_DECODERS", "effective_decoder", "cache_path", "SCHEMA_VERSION"]
+__all__ = ["EmbeddingSpec", "EXACT_DECODERS", "effective_decoder", "cache_path", "file_stem", "SCHEMA_VERSION"]
 
 #: Version of the HDF5 layout (the ``schema_version`` root attribute; part of every cache key).
 SCHEMA_VERSION = 1
@@ -51,6 +51,8 @@ class EmbeddingSpec:
         precision: the forward pass's precision (``featx.options.PRECISIONS``).
         decoder: the effective decoder (:func:`effective_decoder`).
         feature_dim: the embedding size; 0 when unknown (it never decides a difference then).
+        pooling: how a ViT's last tokens became the embedding (``cls``, ``mean``, ``cls+mean``, ``--pooling``);
+            ``None`` = the model's own pooling.
     """
 
     backbone: str
@@ -61,6 +63,7 @@ class EmbeddingSpec:
     precision: str = "fp32"
     decoder: str = "pil"
     feature_dim: int = 0
+    pooling: str | None = None
 
     # -- building ----------------------------------------------------------------------------------
     @classmethod
@@ -71,7 +74,7 @@ class EmbeddingSpec:
         return cls(backbone=backbone.name, weights=backbone.weights, weights_sha256=backbone.weights_sha256 or None,
                    layer=backbone.layer or None, transform=dict(backbone.preprocess), precision=precision,
                    decoder=effective_decoder(decoder, has_files=has_files, on_device=DECODERS[decoder].on_device),
-                   feature_dim=int(backbone.feature_dim))
+                   feature_dim=int(backbone.feature_dim), pooling=getattr(backbone, "pooling", None) or None)
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> "EmbeddingSpec":
@@ -84,13 +87,14 @@ class EmbeddingSpec:
                    weights_sha256=attrs.get("weights_sha256") or None,
                    layer=None if layer in (None, "", PENULTIMATE) else str(layer), transform=dict(transform),
                    precision=str(attrs.get("precision") or "fp32"), decoder=str(attrs.get("decoder") or "pil"),
-                   feature_dim=int(attrs.get("feature_dim") or 0))
+                   feature_dim=int(attrs.get("feature_dim") or 0), pooling=attrs.get("pooling") or None)
 
     def to_attrs(self) -> dict:
         """The cache attributes (and card record) that hold this spec."""
         return {"backbone": self.backbone, "weights": self.weights, "weights_sha256": self.weights_sha256 or "",
                 "layer": self.layer or PENULTIMATE, "transform": dict(self.transform), "precision": self.precision,
-                "decoder": self.decoder, "feature_dim": self.feature_dim}
+                "decoder": self.decoder, "feature_dim": self.feature_dim,
+                **({"pooling": self.pooling} if self.pooling else {})}
 
     # -- identity ----------------------------------------------------------------------------------
     def key(self, source_fingerprint) -> str:
@@ -108,6 +112,8 @@ class EmbeddingSpec:
         }
         if self.layer:  # only when set, so that penultimate-layer keys stay as they were
             record["layer"] = self.layer
+        if self.pooling:  # idem for a ViT's pooling chosen with --pooling
+            record["pooling"] = self.pooling
         if self.decoder not in EXACT_DECODERS:  # idem for the exact decoder
             record["decoder"] = self.decoder
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
@@ -151,4 +157,9 @@ def _short(value) -> str:
 
 def cache_path(cache_dir: str | os.PathLike, source_name: str, backbone_name: str, key: str) -> Path:
     """``<cache_dir>/<source>/<backbone>-<key>.h5``: where a cache of these features lives by default."""
-    return Path(cache_dir) / source_name / f"{backbone_name}-{key}.h5"
+    return Path(cache_dir) / source_name / f"{file_stem(backbone_name)}-{key}.h5"
+
+
+def file_stem(backbone_name: str) -> str:
+    """A backbone's name as it starts a file name (``clip:ViT-B-32/openai`` -> ``clip-ViT-B-32-openai``)."""
+    return backbone_name.replace(":", "-").replace("/", "-")

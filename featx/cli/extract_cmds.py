@@ -25,7 +25,9 @@ __all__ = ["extract", "merge"]
 @source_options("data", "root", "download", "val_fraction", "test_fraction", "seed", "limit")
 @setting_option(BackboneOptions, "name", "-b")
 @setting_option(BackboneOptions, "weights", "-w")
+@setting_option(BackboneOptions, "weights_file")
 @setting_option(BackboneOptions, "layer", "--layers")
+@setting_option(BackboneOptions, "pooling")
 @out_option("Cache file to write (default <cache-dir>/<dataset>/<backbone>-<key>.h5).")
 @setting_option(ExtractOptions, "cache_dir")
 @setting_option(ExtractOptions, "reuse")
@@ -60,7 +62,7 @@ def extract(pipeline, out, offline, allow_outside, no_progress, name, **settings
                      replaces=("hdf5",))
     from ..backbones.names import parse_backbone, quick_check
 
-    if not exp.backbone.name.startswith("timm:"):  # a misspelt backbone or weights: refused before torch loads
+    if not exp.backbone.name.startswith(("timm:", "clip:")):  # a misspelt backbone or weights: refused before torch loads
         quick_check(*parse_backbone(exp.backbone.name, exp.backbone.weights))
     source = build_source(exp, allow_outside=allow_outside)  # a wrong --data fails here, before torch loads
     from ..cache.shards import dist_env

@@ -49,11 +49,12 @@ def finetune(pipeline, blocks, epochs, patience, lr, batch_size, precision, out,
     if name and not settings.get("weights"):
         exp = dataclasses.replace(exp, backbone=dataclasses.replace(exp.backbone, weights=None))
     from ..backbones.names import parse_backbone, quick_check
+    from ..cache.spec import file_stem
 
-    if not exp.backbone.name.startswith("timm:"):
+    if not exp.backbone.name.startswith(("timm:", "clip:")):
         quick_check(*parse_backbone(exp.backbone.name, exp.backbone.weights))
     source = build_source(exp)
-    bb_name = exp.backbone.name.replace(":", "-")
+    bb_name = file_stem(exp.backbone.name)
     out_dir = check_report_folder(Path(out) if out else Path("reports") / f"finetune-{source.name}-{bb_name}-{blocks}",
                                   ("finetuned.safetensors", "finetuned.json"), {"the data": exp.source.data},
                                   replaces=("text", "data"))  # a card, and safetensors' binary file

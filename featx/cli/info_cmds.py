@@ -40,8 +40,9 @@ def info(cache, as_json):
     echo(f"schema         {m.get('schema_version')} (written by featx {m.get('featx_version')}, {m.get('created')})")
     echo(f"cache key      {m.get('cache_key')}")
     echo(f"backbone       {m.get('backbone')} weights {m.get('weights')} ({m.get('feature_dim')}-d, "
-               f"{m.get('layer', 'penultimate')} layer, {m.get('precision')})")
-    echo(f"weights sha256 {m.get('weights_sha256') or '-'}")
+               f"{m.get('layer', 'penultimate')} layer{', ' + m['pooling'] + ' pooling' if m.get('pooling') else ''}, "
+               f"{m.get('precision')})")
+    echo(f"weights sha256 {m.get('weights_sha256') or '-'}{'  (' + m['weights_file'] + ')' if m.get('weights_file') else ''}")
     echo(f"transform      {json.dumps(m.get('transform'))}")
     echo(f"source         {json.dumps(m.get('source'))}")
     echo(f"classes        {len(fs.classes)}: {', '.join(fs.classes[:10])}{' ...' if len(fs.classes) > 10 else ''}")
@@ -54,7 +55,8 @@ def info(cache, as_json):
 @click.command()
 @click.option("--all", "show_all", is_flag=True, help="Also list weights that would need a download.")
 def backbones(show_all):
-    """List torchvision backbones and weights: embedding size, parameters, ImageNet top-1, offline or not.
+    """List torchvision backbones and weights (embedding size, parameters, ImageNet top-1, offline or not), then the
+    timm: and clip: families with suggested backbones (embedding size, the weights' licence, offline or not).
 
     Use a row as `--backbone NAME --weights WEIGHTS` (or `--backbone NAME:WEIGHTS`).
     """
@@ -69,6 +71,19 @@ def backbones(show_all):
                    f"{'yes' if row.offline else 'no (downloads on first use)'}")
     if not show_all:
         echo("(only weights available offline are listed; --all lists every torchvision backbone)")
+    from ..backbones.names import FAMILIES
+    from ..backbones.registry import family_rows
+
+    echo("")
+    echo("Other families (--backbone PREFIX...; hub weights online, --weights-file PATH offline, --weights none for "
+         "random init):")
+    for prefix, (what, extra) in FAMILIES.items():
+        echo(f"  {prefix:<6} {what} [featx[{extra}]]")
+    echo(f"{'name':<44} {'dim':>5} {'licence':<11} offline  what")
+    for row in family_rows():
+        dim = str(row.feature_dim) if row.feature_dim else "-"
+        here = f"no: pip install 'featx[{row.missing}]'" if row.missing else ("yes" if row.offline else "no")
+        echo(f"{row.name:<44} {dim:>5} {row.licence:<11} {here:<8} {row.what}")
 
 
 @click.command()

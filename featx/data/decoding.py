@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 from ..options import DECODERS
 
-__all__ = ["open_image", "decode_tensor", "decode_scaled", "scaled_size", "scaled_decoding_hint", "resize_target", "RGBTransform", "to_rgb", "Preset", "preprocess_record", "image_input"]
+__all__ = ["open_image", "decode_tensor", "decode_scaled", "scaled_size", "scaled_decoding_hint", "resize_target", "RGBTransform", "to_rgb", "CROP_MODES", "Preset", "preprocess_record", "image_input"]
 
 
 def open_image(path) -> Image.Image:
@@ -154,8 +154,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+#: How an image becomes the crop (timm's ``crop_mode`` / OpenCLIP's ``resize_mode``): ``center`` resizes the short
+#: side and crops the centre (torchvision's and timm's default); ``squash`` resizes both sides to the same size
+#: (the aspect ratio is not kept; SigLIP's and some timm weights' own preprocessing), then crops the centre.
+CROP_MODES = ("center", "squash")
+
+
 class Preset:
-    """Resize the short side, centre-crop, scale to [0, 1], normalise: torchvision's classification eval
+    """Resize the short side (or, with ``crop_mode="squash"``, both sides), centre-crop, scale to [0, 1], normalise: torchvision's classification eval
     preset, with the same public attributes (``crop_size``, ``resize_size``, ``mean``, ``std``,
     ``interpolation``, ``antialias``) and the same steps, built from ``torchvision.transforms.functional``.
 
@@ -164,8 +170,12 @@ class Preset:
     """
 
     def __init__(self, *, crop_size: int, resize_size: int = 256, mean=(0.485, 0.456, 0.406),
-                 std=(0.229, 0.224, 0.225), interpolation=None, antialias: bool | None = True):
+                 std=(0.229, 0.224, 0.225), interpolation=None, antialias: bool | None = True,
+                 crop_mode: str = "center"):
         from torchvision.transforms import InterpolationMode
+
+        if crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode {crop_mode!r}: one of {', '.join(CROP_MODES)}")
 
         self.crop_size = [int(crop_size)]
         self.resize_size = [int(resize_size)]
@@ -173,12 +183,14 @@ class Preset:
         self.std = [float(v) for v in std]
         self.interpolation = InterpolationMode(interpolation) if interpolation is not None else InterpolationMode.BILINEAR
         self.antialias = antialias
+        self.crop_mode = crop_mode
 
     def __call__(self, img):
         import torch
         from torchvision.transforms import functional as F
 
-        img = F.resize(img, self.resize_size, interpolation=self.interpolation, antialias=self.antialias)
+        size = self.resize_size * 2 if self.crop_mode == "squash" else self.resize_size  # squash: both sides
+        img = F.resize(img, size, interpolation=self.interpolation, antialias=self.antialias)
         img = F.center_crop(img, self.crop_size)
         if not isinstance(img, torch.Tensor):
             img = F.pil_to_tensor(img)
@@ -187,7 +199,7 @@ class Preset:
 
     def __repr__(self) -> str:
         return (f"Preset(crop_size={self.crop_size}, resize_size={self.resize_size}, mean={self.mean}, "
-                f"std={self.std}, interpolation={self.interpolation})")
+                f"std={self.std}, interpolation={self.interpolation}, crop_mode={self.crop_mode!r})")
 
 
 def preprocess_record(preset) -> dict:
@@ -201,7 +213,7 @@ def preprocess_record(preset) -> dict:
         "input_size": [3, crop, crop],
         "resize_size": resize,
         "crop_pct": round(crop / resize, 6),
-        "crop_mode": "center",
+        "crop_mode": getattr(preset, "crop_mode", "center"),
         "interpolation": preset.interpolation.value,
         "antialias": bool(preset.antialias),
         "mean": [float(v) for v in preset.mean],

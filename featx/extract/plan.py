@@ -103,6 +103,8 @@ def plan_extraction(source: Source, backbone: Backbone, options: ExtractOptions,
         shard = None
     attrs.update(spec.to_attrs())
     attrs.pop("feature_dim")  # the writer records the dimension of what it writes
+    if backbone.meta.get("weights_file"):  # where the local weights were (not part of the key: their sha256 is)
+        attrs["weights_file"] = backbone.meta["weights_file"]
     if backbone.meta.get("layer_parts"):  # --layer stages / A,B: which columns are which layer (name, width)
         attrs["layer_parts"] = backbone.meta["layer_parts"]
     attrs.update({
