@@ -56,9 +56,12 @@ def _head_names(values) -> list[str]:
 @click.option("--views/--no-views", default=True, show_default=True,
               help="Train on the augmented views of the train images too, when the cache has them (featx extract "
                    "--views K); val and test stay the centre view.")
+@click.option("--templates", type=click.Path(dir_okay=False), default=None,
+              help="For --head zeroshot: a text file of prompt templates, one per line with {} where the class name "
+                   "goes (default: CLIP's 80 ImageNet templates).")
 @setting_option(SourceOptions, "limit")
 @force_option
-def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views, limit, force):
+def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views, templates, limit, force):
     """Train a head on the cached train split; report val and test metrics; save it.
 
     CACHE is a cache file; without it, the cache of --pipeline (default settings if none) is used.
@@ -84,7 +87,14 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views,
     from ..heads.layers import layer_columns, with_layers
 
     columns, chosen_layers = layer_columns(open_features(path).meta, layers)
-    tuning = None
+    tuning, card = None, None
+    if HEADS[head_name].needs_text:  # built from the text tower, not trained: nothing to tune, no baselines
+        from .zeroshot import zeroshot_head
+
+        head, card = zeroshot_head(path, overrides, templates)
+        tune = baselines = False
+    elif templates:
+        raise FeatxUsageError("--templates is for --head zeroshot")
     if tune:
         from ..probe.search import tune_head
 
@@ -101,7 +111,7 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views,
                 echo(f"featx: note: {note}", err=True)
     if columns is not None:
         echo(f"layers: {', '.join(chosen_layers)} ({len(columns)} of the cache's columns)")
-    result = fit_head(head_name, with_layers(head, columns), path, out=out, tuning=tuning, views=views)
+    result = fit_head(head_name, with_layers(head, columns), path, out=out, tuning=tuning, views=views, card=card)
     shown = {k: v for k, v in result.params.items() if k in HEADS[head_name].key_params}
     echo(f"{head_name}: fit {result.fit_seconds:.1f} s on {result.n_train} x {result.n_features} "
                f"({result.n_classes} classes); {', '.join(f'{k}={v!r}' for k, v in shown.items())}")
@@ -248,11 +258,14 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
     train+val, evaluate on test once.
     """
     shot_list = _shots(shots)
-    from ..heads.registry import HEADS, check_head
+    from ..heads.registry import HEADS, check_head, trained_heads
 
-    heads = _head_names(head_names) or list(HEADS)
+    heads = _head_names(head_names) or trained_heads()
     for h in heads:
         check_head(h)
+        if HEADS[h].needs_text:
+            raise FeatxUsageError(f"grid searches trained heads; {h} has nothing to search: on a clip: cache grid adds "
+                                  "it as a baseline row by itself (featx fit --head zeroshot fits it alone)")
     exp = _experiment_with_cache(cache, pipeline, limit)
     from ..probe.search import parse_grid
 
@@ -289,6 +302,9 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
             "the simplest chosen)" if len(choice["tied"]) > 1 else "")
     echo(f"best head {best['head']}{tied}: test top1 {best['test'].get('top1', float('nan')):.4f}; "
          f"{time.perf_counter() - t0:.1f} s in all")
+    from .zeroshot import zeroshot_row
+
+    zeroshot_row(path, out_dir)
     echo("wrote " + ", ".join(str(p) for p in paths))
 
 
@@ -335,7 +351,8 @@ def report(results, fmt, out):
 @setting_option(SourceOptions, "data")
 @setting_option(SourceOptions, "root")
 @click.option("--backbones", "-b", "backbone_list", required=True, metavar="NAME[:WEIGHTS],...",
-              help="Candidates, comma-separated, e.g. mobilenet_v2:IMAGENET1K_V1,efficientnet_lite0,efficientnet_lite2.")
+              help="Candidates, comma-separated, e.g. mobilenet_v2:IMAGENET1K_V1,efficientnet_lite0,efficientnet_lite2, "
+                   "timm:NAME or clip:ARCH/TAG (a clip: candidate also gets a zero-shot score).")
 @click.option("--weights", "-w", default=None,
               help="Weights for every candidate that names none inline (default: each model's default weights).")
 @click.option("--sample", type=click.IntRange(min=10), default=RANK_SAMPLE, show_default=True,
@@ -358,7 +375,8 @@ def rank(data, root, backbone_list, weights, sample, seed, folds, cache_dir, dev
     """
     from ..backbones.registry import check_backbone, parse_backbone
 
-    candidates = [parse_backbone(spec, weights) for spec in backbone_list.split(",") if spec.strip()]
+    candidates = [(spec.strip(), weights) if spec.strip().startswith(("timm:", "clip:")) else parse_backbone(spec, weights)
+                  for spec in backbone_list.split(",") if spec.strip()]  # a family's name keeps its own colon
     if not candidates:
         raise FeatxUsageError("--backbones: name at least one backbone")
     for name, w in candidates:  # every candidate checked before the first is extracted
@@ -383,7 +401,9 @@ def rank(data, root, backbone_list, weights, sample, seed, folds, cache_dir, dev
     b = record["baselines"]
     for i, r in enumerate(record["candidates"], 1):
         echo(f"{i}. {r['backbone']} {r['weights']}: LogME {r['scores']['logme']:.4f}, probe top-1 "
-             f"{r['probe_top1']:.4f}, k-NN top-1 {r['scores']['knn_top1']:.4f}; {verdict_line(r['transfer'])}")
+             f"{r['probe_top1']:.4f}, k-NN top-1 {r['scores']['knn_top1']:.4f}"
+             f"{f', zero-shot top-1 {z:.4f}' if (z := r.get('zeroshot_top1')) is not None else ''}; "
+             f"{verdict_line(r['transfer'])}")
     echo(f"baselines: random-init {b['random_init']:.4f}, raw pixels {b['raw_pixels']:.4f}; "
                f"{record['n_sampled']} items, {record['total_seconds']:.1f} s")
     echo("wrote " + ", ".join(str(p) for p in paths))

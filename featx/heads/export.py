@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import FeatxError, FeatxUsageError
 from ..util import atomic_write
 
-__all__ = ["export_network", "MODEL_FORMATS", "linear_weights", "export_model"]
+__all__ = ["export_network", "MODEL_FORMATS", "l2_normalised", "linear_weights", "export_model"]
 
 #: format -> (file suffix, what it is, how to load it)
 MODEL_FORMATS = {
@@ -22,8 +22,18 @@ MODEL_FORMATS = {
 }
 
 
+def l2_normalised(head) -> bool:
+    """Whether a head L2-normalises its input first (the zero-shot head): ``x / |x|`` before :func:`linear_weights`."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer
+
+    first = next(iter(head.named_steps.values())) if isinstance(head, Pipeline) else head
+    return isinstance(first, Normalizer) and first.norm == "l2"
+
+
 def linear_weights(head) -> tuple[np.ndarray, np.ndarray]:
-    """(W, b) with ``scores = x @ W.T + b`` for a linear head (scaling steps folded in).
+    """(W, b) with ``scores = x @ W.T + b`` for a linear head (scaling steps folded in; for a head that
+    L2-normalises first, :func:`l2_normalised`, ``x`` is the normalised input).
 
     Raises:
         FeatxError: the head is not linear (k-NN, a kernel map).
@@ -35,12 +45,14 @@ def linear_weights(head) -> tuple[np.ndarray, np.ndarray]:
 
     steps = list(head.named_steps.values()) if isinstance(head, Pipeline) else [head]
     columns = None
+    if l2_normalised(head):  # applied by the exported module itself (export_model)
+        steps = steps[1:]
     if isinstance(steps[0], LayerColumns):  # chosen layers: their weights scattered back into the whole vector
         columns, steps = list(steps[0].columns), steps[1:]
     *pre, clf = steps
     if not hasattr(clf, "coef_") or any(not isinstance(s, StandardScaler) for s in pre):
         kinds = ", ".join(type(s).__name__ for s in steps)
-        raise FeatxError(f"only linear heads (logreg, svm, torch-linear) can be exported as one model; this one is "
+        raise FeatxError(f"only linear heads (logreg, svm, torch-linear, zeroshot) can be exported as one model; this one is "
                          f"{kinds}")
     W = np.asarray(clf.coef_, dtype=np.float64)
     b = np.asarray(clf.intercept_, dtype=np.float64)
@@ -69,7 +81,19 @@ def export_model(head, bb, out: Path, fmt: str) -> Path:
     with torch.no_grad():
         fc.weight.copy_(torch.from_numpy(W))
         fc.bias.copy_(torch.from_numpy(b))
-    return export_network(torch.nn.Sequential(bb.model, fc), bb, out, fmt)
+    layers = [bb.model, *([_L2Normalize()] if l2_normalised(head) else []), fc]
+    return export_network(torch.nn.Sequential(*layers), bb, out, fmt)
+
+
+def _L2Normalize():
+    """``x / max(|x|, 1e-12)`` per row, as scikit-learn's ``Normalizer`` does (zero rows stay zero)."""
+    import torch
+
+    class L2Normalize(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.normalize(x, dim=1, eps=1e-12)
+
+    return L2Normalize()
 
 
 def export_network(model, bb, out: Path, fmt: str) -> Path:

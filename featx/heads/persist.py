@@ -39,6 +39,7 @@ HEAD_SUFFIX = ".skops"
 #: own estimators and domain maps (featx adapt). The skada adapters those maps wrap are trusted too
 #: (:func:`trusted_types`). Anything else in a head file is refused unless the caller passes ``trust=True``.
 TRUSTED_TYPES = ("featx.heads.solvers.LBFGSLinearClassifier", "featx.heads.solvers.TorchLinearClassifier",
+                 "featx.heads.zeroshot.ZeroShotClassifier",
                  "featx.heads.layers.LayerColumns",
                  "featx.adapt.maps.AdaptedHead", "featx.adapt.maps.CoralMap", "featx.adapt.maps.DomainStandardizer",
                  "featx.adapt.maps.IdentityMap", "featx.adapt.maps.SkadaMap")
@@ -103,7 +104,8 @@ def save_head(head, target, *, head_name: str, params: dict, metrics: dict, fit_
         "head_file": target.name,
         "head_format": "skops" if sio is not None else "joblib",
         # what `featx predict` / `export-model` need to embed new images the same way
-        "embedding": EmbeddingSpec.from_attrs(fs.meta).to_attrs(),
+        "embedding": {**EmbeddingSpec.from_attrs(fs.meta).to_attrs(),
+                      **({"weights_file": fs.meta["weights_file"]} if fs.meta.get("weights_file") else {})},
         **(extra or {}),
     }
     with atomic_write(target) as tmp:

@@ -23,6 +23,8 @@ cache, see ``docs/benchmarks.md``):
   distance-weighted votes, as in the k-NN evaluations of self-supervised features.
 - ``torch-linear``: the classic "new fc layer" trained with AdamW, see
   :class:`featx.heads.solvers.TorchLinearClassifier`.
+- ``zeroshot``: no training: the class names through a ``clip:`` backbone's text tower
+  (:mod:`featx.heads.zeroshot`).
 
 Default parameters were chosen on the default pipeline's validation split (never on test).
 """
@@ -42,7 +44,7 @@ from ..util import did_you_mean, first_line
 
 # scikit-learn and torch are imported inside the builders: naming and checking heads stays instant.
 
-__all__ = ["HEADS", "HeadSpec", "register_head", "check_head", "make_head", "parse_params", "head_params",
+__all__ = ["HEADS", "HeadSpec", "register_head", "trained_heads", "check_head", "make_head", "parse_params", "head_params",
            "param_names", "bound_to_rows", "clip_to_rows", "LOGREG_C_GRID", "LINEAR_SVM_C_GRID", "KNN_GRID",
            "TORCH_LINEAR_GRID", "rbf_svm_grid"]
 
@@ -84,6 +86,8 @@ class HeadSpec:
         path_param: the parameter the search walks in ascending order with warm starts (a regularisation path).
         row_bound: parameters that cannot exceed the training rows (k-NN's k, Nystroem landmarks); fits and
             grids lower them to the rows there are and say so.
+        needs_text: made from a text tower (the zero-shot head), not trained: ``featx fit`` builds it from the
+            cache's backbone, ``featx grid`` shows it as a baseline row beside the heads it searches.
     """
 
     name: str
@@ -93,6 +97,7 @@ class HeadSpec:
     grid: dict | Callable[[int], dict] = field(default_factory=dict)
     path_param: str | None = None
     row_bound: tuple[str, ...] = ()
+    needs_text: bool = False
 
     def default_grid(self, feature_dim: int | None = None) -> dict:
         """The default grid for features of this dimension (:data:`REFERENCE_DIM` when unknown: checking only)."""
@@ -171,6 +176,15 @@ def _torch_linear():
     return Pipeline([("scale", StandardScaler()), ("clf", TorchLinearClassifier())])
 
 
+def _zeroshot():
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer
+
+    from .zeroshot import ZeroShotClassifier
+
+    return Pipeline([("norm", Normalizer()), ("clf", ZeroShotClassifier())])
+
+
 HEADS: dict[str, HeadSpec] = {}
 
 
@@ -198,6 +212,14 @@ register_head(HeadSpec(
 register_head(HeadSpec(
     "torch-linear", _torch_linear, "linear layer trained with AdamW in torch (CPU or CUDA)",
     ("lr", "weight_decay", "epochs", "batch_size", "device"), grid=TORCH_LINEAR_GRID))
+register_head(HeadSpec(
+    "zeroshot", _zeroshot, "zero-shot: class names + prompt templates through a clip: backbone's text tower, no "
+    "training", ("logit_scale",), needs_text=True))
+
+
+def trained_heads() -> list[str]:
+    """The heads that learn from the cached features (every head but those made from a text tower)."""
+    return [name for name, spec in HEADS.items() if not spec.needs_text]
 
 
 def check_head(name: str, where: str | None = None) -> str:

@@ -77,10 +77,12 @@ def train_views(fs) -> tuple[list, list[Path]]:
     return parts, paths
 
 
-def fit_head(head_name: str, head, cache, *, out=None, tuning: dict | None = None, views: bool = True) -> FitResult:
+def fit_head(head_name: str, head, cache, *, out=None, tuning: dict | None = None, views: bool = True,
+             card: dict | None = None) -> FitResult:
     """Train ``head`` (a fresh estimator from :func:`featx.heads.registry.make_head`) on ``cache``'s
     train split, evaluate on val and test, save it (default ``<cache>.<head>.skops``) and its card (with
-    ``tuning``, :func:`featx.probe.search.tune_head`'s record, when its parameters were chosen on val)."""
+    ``tuning``, :func:`featx.probe.search.tune_head`'s record, when its parameters were chosen on val, and the
+    fields of ``card``)."""
     path = Path(cache)
     fs = open_features(path)
     if "train" not in fs:
@@ -105,7 +107,8 @@ def fit_head(head_name: str, head, cache, *, out=None, tuning: dict | None = Non
                                      fit_seconds=fit_s, n_train=len(y), fs=fs,
                                      extra={**({"calibration": calibration} if calibration else {}),
                                             **({"tuning": tuning} if tuning else {}),
-                                            **({"views": [str(p) for p in view_paths]} if view_paths else {})}
+                                            **({"views": [str(p) for p in view_paths]} if view_paths else {}),
+                                            **(card or {})}
                                      or None)
     return FitResult(head_path, card_path, params, metrics, fit_s, len(y), int(X.shape[1]), len(fs.classes),
                      calibration)

@@ -74,13 +74,34 @@ def _scores(X: np.ndarray, y: np.ndarray, scored: dict, folds: int, seed: int) -
             "knn_top1": round(knn_accuracy(X, y, folds=folds, seed=seed), 4)}
 
 
+def _architecture(spec: str) -> str:
+    """A candidate's architecture without its weights (``resnet50:IMAGENET1K_V2`` -> ``resnet50``,
+    ``clip:ViT-B-32/openai`` -> ``clip:ViT-B-32``; a timm name stays whole)."""
+    if spec.startswith("clip:"):
+        return spec.partition("/")[0]
+    return spec if spec.startswith("timm:") else spec.partition(":")[0]
+
+
+def _zeroshot_top1(meta: dict, class_names: list[str], X: np.ndarray, y: np.ndarray, device: str) -> float | None:
+    """A candidate with a text tower (``clip:``): the zero-shot head's top-1 on every sampled item (it trains on
+    none; CLIP's ImageNet templates); ``None`` for the others."""
+    from ..heads.registry import make_head
+    from ..heads.zeroshot import has_text_tower, read_templates, zeroshot_params
+
+    if not has_text_tower(meta) or not len(y):
+        return None
+    head = make_head("zeroshot", zeroshot_params(meta, class_names, read_templates(None), device=device)).fit(X[:1])
+    return round(float((head.predict(X) == y).mean()), 4)
+
+
 def rank_backbones(source, candidates: list[tuple[str, str | None]], *, sample: int = RANK_SAMPLE, seed: int = 0,
                    folds: int = CV_FOLDS, cache_dir="cache", device: str = "cpu", progress=None) -> dict:
     """Score every ``(backbone, weights)`` candidate and the two baselines on one sample of ``source``.
 
     Returns the ``rank.json`` record: ``candidates`` (ranked by LogME, best first; each with ``backbone``,
     ``weights``, ``scores`` (LogME, the tuned logreg probe's and the k-NN probe's cross-validated top-1),
-    ``probe_top1``, ``transfer`` (the verdict of :mod:`featx.probe.verdict` against the baselines, on
+    ``probe_top1``, ``zeroshot_top1`` (where the candidate has a text tower: the zero-shot head on every sampled
+    item), ``transfer`` (the verdict of :mod:`featx.probe.verdict` against the baselines, on
     out-of-fold predictions of the same items), ``cache``), ``baselines`` (``random_init``, ``raw_pixels`` probe
     accuracies), ``predicted_best``, sizes, times, ``warnings``.
     """
@@ -125,6 +146,9 @@ def rank_backbones(source, candidates: list[tuple[str, str | None]], *, sample: 
             baselines[order] = (sets, score_sets("logreg", {}, {k: sets[k] for k in ("random_init", "raw_pixels")},
                                                  folds=folds, seed=seed))
         row["transfer"] = verdict_of({**scored, **baselines[order][1]}, "logreg", folds=folds, seed=seed)
+        zeroshot = _zeroshot_top1(open_features(result.path).meta, list(part.classes), X, y, device)
+        if zeroshot is not None:
+            row["zeroshot_top1"] = zeroshot
         rows.append(row)
     sets, base = next(iter(baselines.values()))
     random_init = _scores(*sets["random_init"], base["random_init"], folds, seed)
@@ -135,7 +159,7 @@ def rank_backbones(source, candidates: list[tuple[str, str | None]], *, sample: 
         "classes": list(part.classes), "folds": folds, "candidates": rows,
         "predicted_best": {"backbone": rows[0]["backbone"], "weights": rows[0]["weights"]},
         "baselines": {"random_init": random_init["probe_top1"], "raw_pixels": pixels["probe_top1"],
-                      "random_init_backbone": arch.partition(":")[0], "random_init_scores": random_init,
+                      "random_init_backbone": _architecture(arch), "random_init_scores": random_init,
                       "raw_pixels_scores": pixels, "raw_pixels_size": RAW_PIXELS_SIZE},
         "warnings": warnings,
         "featx_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

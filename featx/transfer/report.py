@@ -17,6 +17,10 @@ def _table(record: dict) -> tuple[list[str], list[list[str]]]:
              f"{r['scores'].get('knn_top1', float('nan')):.4f}",
              f"{t['gain']:+.4f} ({t['ci_low']:+.4f} .. {t['ci_high']:+.4f})", _VERDICT_WORDS[t["verdict"]]]
             for i, r in enumerate(record["candidates"], 1) for t in [r["transfer"]]]
+    if any("zeroshot_top1" in r for r in record["candidates"]):  # a candidate with a text tower: no-training score
+        header.insert(6, "zero-shot top-1")
+        for row, r in zip(rows, record["candidates"]):
+            row.insert(6, f"{r['zeroshot_top1']:.4f}" if "zeroshot_top1" in r else "-")
     return header, rows
 
 
