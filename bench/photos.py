@@ -9,6 +9,7 @@ Generated once into a folder (``bench/data/`` is git-ignored); the tests use the
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +44,15 @@ def camera_photo(rng: np.random.Generator, size=(4032, 3024), sources=None) -> I
 
 
 def make_photos(folder: str | Path, n: int, *, size=(4032, 3024), quality: int = 92, seed: int = 0,
-                classes: int = 2) -> Path:
-    """``folder/<class>/photo_XXX.jpg``: ``n`` photos, made once (existing files are kept)."""
+                classes: int = 2, distinct: int = 0) -> Path:
+    """``folder/<class>/photo_XXX.jpg``: ``n`` photos, made once (existing files are kept). With ``distinct``, only
+    that many are made and the others are copies of them (thousands of files per benchmark row, each decoded
+    like any file, without making thousands of photos first; copies, not hard links, which featx reads once)."""
     folder = Path(folder)
     rng = np.random.default_rng(seed)
     sources = _sources()
-    for i in range(n):
+    made = n if distinct <= 0 else min(n, distinct)
+    for i in range(made):
         target = folder / f"class{i % classes}" / f"photo_{i:03d}.jpg"
         photo = camera_photo(rng, size, sources)  # drawn even when the file exists: the same photos every time
         if target.exists():
@@ -57,4 +61,10 @@ def make_photos(folder: str | Path, n: int, *, size=(4032, 3024), quality: int =
         tmp = target.with_suffix(".tmp.jpg")
         photo.save(tmp, quality=quality)
         tmp.rename(target)
+    for i in range(made, n):  # the others: copies of the distinct ones
+        target = folder / f"class{i % classes}" / f"photo_{i:05d}.jpg"
+        if not target.exists():
+            first = folder / f"class{(i % made) % classes}" / f"photo_{i % made:03d}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(first, target)
     return folder

@@ -280,3 +280,24 @@ def test_the_same_settings_written_as_int_or_float_give_one_key(image_folder, ti
     keys = {cache_key(ImageFolderSource(image_folder, val_fraction=v, test_fraction=t), tiny_backbone)
             for v, t in ((0, 0), (0.0, 0.0))}
     assert len(keys) == 1
+
+
+def test_decoding_processes_give_the_exact_batches_in_order(image_folder, tiny_backbone):
+    """Worker processes (chosen when the host only decodes) hand over the same inputs as decoding in the consumer,
+    in item order, joined from chunks small enough that every process works (36 items, 2 processes: chunks of 8
+    joined into batches of 16)."""
+    from featx.data.balance import choose
+    from featx.extract.batches import Items, collate, process_batches
+
+    source = ImageFolderSource(image_folder, val_fraction=0, test_fraction=0)
+    ds = Items(source, source.splits()["train"], 0, tiny_backbone.transform)
+    batches = list(process_batches(ds, 16, 2, torch.device("cpu"), channels_last=True))
+    assert [len(idx) for _, idx, _ in batches] == [16, 16, 4]
+    assert [j for _, idx, _ in batches for j in idx] == list(range(36))
+    x = torch.cat([xs for xs, _, _ in batches])
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x, collate([ds[i] for i in range(36)])[0], rtol=0, atol=0)
+    # when: the host only decodes (an accelerator, or a forward under a quarter of the decoding) over enough items
+    assert choose(3.0, 0.1, 16, n_items=1000).decode_processes == 16
+    assert choose(3.0, 0.1, 16, accelerator=True, n_items=20).decode_processes == 0  # too few: threads
+    assert choose(50.0, 33.0, 2, n_items=1000).decode_processes == 0  # 12 MP photos, MobileNetV2 on a CPU: threads

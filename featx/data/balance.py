@@ -12,8 +12,11 @@ On a GPU the forward pass costs the host almost nothing, so every core decodes, 
 batch per worker: on an H200 with 16 cores, 12 MP photos ran at 7 images/s against a host decode limit of
 124 (one core busy; bench/gpu.sh, docs/benchmarks.md).
 
-Decoding runs in threads, not processes: PIL and torch release the GIL while they decode, resize and
-normalise, and threads need no pickling of the items nor copying of the tensors back.
+Decoding runs in threads while the forward is a real share of the host's work: PIL and torch release the GIL while
+they decode, resize and normalise, and threads need no pickling of the items nor copying of the tensors back. When
+decoding is all the host does (the forward on an accelerator, or a nearly free model) and the run is long enough
+for a steady state, the Python parts of decoding hold the GIL long enough for threads to lose: worker processes
+decode then, a batch each (see :data:`PROCESS_MAX_FORWARD_SHARE`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-__all__ = ["Balance", "measure_balance", "threaded_batches", "usable_cores"]
+__all__ = ["Balance", "PROCESS_MAX_FORWARD_SHARE", "PROCESS_MIN_BATCHES", "choose", "measure_balance", "threaded_batches",
+           "usable_cores"]
 
 
 def usable_cores() -> int:
@@ -41,22 +45,40 @@ class Balance:
     forward_ms: float
     decode_threads: int
     torch_threads: int
+    decode_processes: int = 0
 
     def describe(self) -> str:
-        how = (f"{self.decode_threads} decoding thread{'s' if self.decode_threads != 1 else ''}"
+        how = (f"{self.decode_processes} decoding processes" if self.decode_processes else
+               f"{self.decode_threads} decoding thread{'s' if self.decode_threads != 1 else ''}"
                if self.decode_threads else "decoding between batches")
         return (f"decode {self.decode_ms:.0f} + forward {self.forward_ms:.0f} core-ms per image: {how}, "
                 f"{self.torch_threads} torch thread{'s' if self.torch_threads != 1 else ''}")
 
 
-def choose(decode_ms: float, forward_ms: float, cores: int, *, accelerator: bool = False) -> Balance:
+#: Worker processes decode instead of threads when each would get at least this many chunks of items ...
+PROCESS_MIN_BATCHES = 2
+#: ... and the forward costs the host under this share of the decoding (an accelerator's, or a nearly free model):
+#: then decoding is all the host does, and threads lose to the GIL. On 2 cores, 1,024 ImageNet-sized JPEGs with a
+#: pooling-only model: threads 456 images/s, DataLoader(num_workers=2) 549 (bench/bench_feeder.py). Where the
+#: forward is a real share (12 MP photos with MobileNetV2 on a CPU: f/d = 0.66), the threads stay: they reached
+#: 0.94 of the machine's limit there (bench/bench_camera.py).
+PROCESS_MAX_FORWARD_SHARE = 0.25
+
+
+def choose(decode_ms: float, forward_ms: float, cores: int, *, accelerator: bool = False, n_items: int = 0) -> Balance:
     """Decoding threads ``k = ceil(cores * d / (d + f))`` (0 when decoding needs under a quarter of the
-    cores), and torch keeps every core; with the forward on an ``accelerator``, ``k = cores``.
+    cores), and torch keeps every core; with the forward on an ``accelerator``, ``k = cores``. When decoding is
+    all the host does (an accelerator, or ``f < PROCESS_MAX_FORWARD_SHARE * d``) and ``n_items`` give every core
+    ``PROCESS_MIN_BATCHES`` items, ``cores`` worker processes decode instead of threads (a chunk of the batch each,
+    :func:`featx.extract.batches.process_batches`).
 
     The threads oversubscribe the cores on purpose and the OS shares them out: on 2 cores with 12 MP
     photos, giving torch ``cores - k`` threads instead left cores idle whenever one side waited (featx /
     limit 0.67 for MobileNetV2 and ResNet-50 with the scaled decoder, against 0.95 and 0.86 this way;
     ``bench/bench_camera.py``, docs/benchmarks.md)."""
+    host_decodes_only = accelerator or forward_ms < PROCESS_MAX_FORWARD_SHARE * decode_ms
+    if host_decodes_only and cores > 1 and n_items >= PROCESS_MIN_BATCHES * cores:
+        return Balance(decode_ms, forward_ms, 0, cores, decode_processes=cores)
     if accelerator:
         return Balance(decode_ms, forward_ms, cores, cores)
     share = cores * decode_ms / max(decode_ms + forward_ms, 1e-9)
@@ -88,7 +110,7 @@ def measure_balance(decode_one: Callable[[int], object], n_items: int, forward_b
     t0 = time.perf_counter()
     forward_batch()
     f = (time.perf_counter() - t0) * 1000 * threads / batch_size
-    return choose(d, f, cores, accelerator=accelerator)
+    return choose(d, f, cores, accelerator=accelerator, n_items=n_items)
 
 
 def threaded_batches(get: Callable[[int], object], n: int, batch_size: int, threads: int,

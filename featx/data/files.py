@@ -110,6 +110,9 @@ def once_each(samples: list[tuple[str, int]], *, where: str) -> list[tuple[str, 
         by_file.setdefault((st.st_dev, st.st_ino), []).append((path, label))
     kept, dropped = [], []
     for group in by_file.values():
+        if len(group) == 1:  # the usual case: no second path to this file, nothing to resolve
+            kept.append(group[0])
+            continue
         direct = [s for s in group if os.path.realpath(s[0]) == os.path.abspath(s[0])]
         keep = (direct or group)[0]
         kept.append(keep)

@@ -3,6 +3,7 @@ caches merged in order, device decoding, and the forward pass itself (:func:`emb
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Callable
@@ -50,14 +51,32 @@ class Items(Dataset):
             return None, j, f"{type(exc).__name__}: {exc}"
 
 
-def collate(batch):
+def collate(batch, channels_last: bool = False):
+    """Items -> ``(inputs, indices, unreadable)``; with ``channels_last`` the stacked batch is laid out for a
+    channels_last CPU forward already (in the decoding process, not the consumer's)."""
     good = [(x, j) for x, j, _ in batch if x is not None]
     bad = [(j, err) for x, j, err in batch if x is None]
     if good and isinstance(good[0][0], RawImage):  # the device path: stacked after preprocessing
         xs = [x for x, _ in good]
     else:
-        xs = torch.stack([x for x, _ in good]) if good else None
+        xs = _stack([x for x, _ in good], channels_last) if good else None
     return xs, [j for _, j in good], bad
+
+
+def _stack(xs: list, channels_last: bool) -> torch.Tensor:
+    """``torch.stack(xs)``; in a DataLoader worker straight into shared memory, as torch's ``default_collate`` does
+    (the batch then crosses to the consumer without a copy), and in channels_last layout when asked (one pass)."""
+    if torch.utils.data.get_worker_info() is None and not channels_last:
+        return torch.stack(xs)
+    n, (c, h, w) = len(xs), xs[0].shape
+    if torch.utils.data.get_worker_info() is not None:
+        out = xs[0].new(xs[0]._typed_storage()._new_shared(n * xs[0].numel(), device=xs[0].device))
+    else:
+        out = xs[0].new_empty(n * xs[0].numel())
+    out = out.as_strided((n, c, h, w), (c * h * w, 1, w * c, c) if channels_last else (c * h * w, h * w, w, 1))
+    for i, x in enumerate(xs):
+        out[i].copy_(x)
+    return out
 
 
 def embed(backbone: Backbone, x: torch.Tensor, *, device: torch.device, precision: str = "fp32",
@@ -91,6 +110,8 @@ def default_workers(device: torch.device) -> int:
     return min(8, cores - 1)
 
 
+#: Batches each decoding process keeps ready ahead of the consumer.
+PREFETCH_BATCHES = 4
 #: Below this many images, measuring the pipeline costs more than it can save.
 BALANCE_MIN_IMAGES = 64
 
@@ -160,6 +181,9 @@ def merged(embedded, reuse, start: int, n: int, index, batch_size: int, dim: int
 def batches(ds: "Items", options: ExtractOptions, dev: torch.device, balance: Balance | None, decoded: dict):
     """Batches of (inputs, indices, unreadable) from decoding threads (a measured balance; ``decoded`` holds
     items already decoded while measuring), or a DataLoader (``--workers N``, GPUs, small runs)."""
+    if balance is not None and balance.decode_processes > 0:  # a steady state where the host only decodes
+        return process_batches(ds, options.batch_size, balance.decode_processes, dev,
+                               channels_last=options.channels_last and dev.type == "cpu")
     if balance is not None and balance.decode_threads > 0:
         def get(i: int):
             return decoded.pop(i) if i in decoded else ds[i]
@@ -168,6 +192,44 @@ def batches(ds: "Items", options: ExtractOptions, dev: torch.device, balance: Ba
     workers = 0 if balance is not None else (default_workers(dev) if options.workers < 0 else options.workers)
     return DataLoader(ds, batch_size=options.batch_size, num_workers=workers, collate_fn=collate,
                       pin_memory=dev.type == "cuda")
+
+
+def process_batches(ds: "Items", batch_size: int, workers: int, dev: torch.device, *, channels_last: bool):
+    """Batches decoded by ``workers`` processes (a DataLoader), each process a chunk of consecutive items at a time:
+    the batch, or a divisor of it small enough that every process gets ``PROCESS_MIN_BATCHES`` chunks (512 camera
+    photos in batches of 64 would otherwise keep 8 of 16 processes busy); chunks are joined into batches here."""
+    from ..data.balance import PROCESS_MIN_BATCHES
+
+    most = max(1, len(ds) // (PROCESS_MIN_BATCHES * workers))
+    chunk = max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= most)
+    loader = DataLoader(ds, batch_size=chunk, num_workers=workers, pin_memory=dev.type == "cuda",
+                        collate_fn=functools.partial(collate, channels_last=channels_last),
+                        prefetch_factor=PREFETCH_BATCHES * max(1, batch_size // chunk))
+    if chunk == batch_size:
+        return loader
+    return _joined(loader, batch_size // chunk)
+
+
+def _joined(loader, k: int):
+    """Every ``k`` consecutive chunks of ``loader`` as one batch (inputs concatenated, or listed for the device
+    path)."""
+    parts: list = []
+    for part in loader:
+        parts.append(part)
+        if len(parts) == k:
+            yield _join(parts)
+            parts = []
+    if parts:
+        yield _join(parts)
+
+
+def _join(parts: list):
+    inputs = [xs for xs, _, _ in parts if xs is not None]
+    if inputs and isinstance(inputs[0], list):
+        xs = [x for chunk in inputs for x in chunk]
+    else:
+        xs = torch.cat(inputs) if inputs else None
+    return xs, [j for _, idx, _ in parts for j in idx], [b for _, _, bad in parts for b in bad]
 
 
 def on_device(raws, idx, bad, backbone: Backbone, dev: torch.device):
