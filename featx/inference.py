@@ -6,6 +6,7 @@ transform, precision -- and refuses when the one available here is not that one.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .errors import FeatxError
+
+log = logging.getLogger("featx")
 
 __all__ = ["backbone_for", "image_paths", "embed_images", "predict_images", "nearest"]
 
@@ -132,15 +135,23 @@ class Neighbor:
 
 
 def nearest(fs, queries: np.ndarray, k: int = 5, *, splits: Iterable[str] | None = None,
-            block: int = 16384) -> list[list[Neighbor]]:
+            block: int = 16384, use_index: bool = True) -> list[list[Neighbor]]:
     """The ``k`` cached items most similar (cosine) to each query embedding, best first.
 
-    Reads the cache block by block (:func:`featx.cache.index.cosine_top_k`), so a cache larger than memory works.
+    Searches the index kept beside the cache (``featx index``; every split) when there is one for this very cache,
+    else reads the cache block by block (:func:`featx.cache.index.cosine_top_k`), so a cache larger than memory
+    works either way.
     """
     from .cache.index import cosine_top_k
 
     names = list(splits or fs.splits)
     starts = np.cumsum([0] + [len(fs[s]) for s in names])  # every split's rows numbered one after another
+    kept = _kept_index(fs) if use_index and names == list(fs.splits) else None
+    if kept is not None:
+        from .cache.ann import search
+
+        best_s, best_i = search(kept[0], queries, k)
+        return _neighbors(fs, names, starts, best_s, best_i)
 
     def blocks():
         for split, first in zip(names, starts):
@@ -149,6 +160,30 @@ def nearest(fs, queries: np.ndarray, k: int = 5, *, splits: Iterable[str] | None
                 yield int(first + lo), view.rows(lo, min(n, lo + block))
 
     best_s, best_i = cosine_top_k(queries, blocks(), k)
+    return _neighbors(fs, names, starts, best_s, best_i)
+
+
+def _kept_index(fs):
+    """The approximate-neighbour index kept beside ``fs`` (``featx index``), when it is this cache's and FAISS is
+    here; said once in the log."""
+    import importlib.util
+
+    from .cache.ann import index_path, kept_index
+
+    if importlib.util.find_spec("faiss") is None or not index_path(fs.path).is_file():
+        return None
+    kept = kept_index(fs)
+    if kept is None:
+        log.info(f"note: {index_path(fs.path)} is an index of another state of this cache: not used (run featx "
+                 "index again)")
+    else:
+        r = kept[1]
+        log.info(f"searching the {r['kind']} index {index_path(fs.path)} (recall@10 {r.get('recall_at_10', '?')} "
+                 "against the exact search when built)")
+    return kept
+
+
+def _neighbors(fs, names, starts, best_s, best_i) -> list[list[Neighbor]]:
     where = np.searchsorted(starts, best_i, side="right") - 1  # split of each row number
     used = {names[i] for i in np.unique(where)}
     ids = {s: fs[s].ids for s in used}
@@ -156,7 +191,7 @@ def nearest(fs, queries: np.ndarray, k: int = 5, *, splits: Iterable[str] | None
     out = []
     for sims, splits_of, numbers in zip(best_s, where, best_i):
         row = []
-        for rank, (sim, si, number) in enumerate(zip(sims, splits_of, numbers), 1):
+        for rank, (sim, si, number) in enumerate(((s, w, n) for s, w, n in zip(sims, splits_of, numbers) if n >= 0), 1):
             split, r = names[si], int(number - starts[si])
             y = int(labels[split][r])
             row.append(Neighbor(rank, split, r, str(ids[split][r]), fs.classes[y] if y >= 0 else "", float(sim)))

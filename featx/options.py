@@ -117,6 +117,7 @@ EXPORT_FORMATS = {
     "npz": "one file",
     "npy": "a folder of <split>_X/_y/_ids.npy and classes.json",
     "parquet": "one table (needs pyarrow)",
+    "lance": "a Lance table, a folder (needs pylance)",
 }
 #: Nearest-neighbour search backends (``featx audit --index``).
 INDEXES = {"exact": "blocked exact cosine search (numpy)", "faiss": "a FAISS inner-product index (exact; faiss-cpu)"}

@@ -165,6 +165,7 @@ BAD_USAGE = {
     "backbones": ["backbones", "--no-such-option"],
     "heads": ["heads", "--no-such-option"],
     "predict": ["predict", "--head-file", "{missing}/h.skops", "{missing}/x.jpg"],
+    "index": ["index", "{missing}/c.h5"],
     "neighbors": ["neighbors", "{missing}/c.h5", "{missing}/x.jpg"],
     "export": ["export", "{missing}/c.h5"],
     "export-model": ["export-model", "--head-file", "{missing}/h.skops"],

@@ -83,6 +83,31 @@ def test_export_npz_and_npy_round_trip_parquet_says_when_missing(cache_and_heads
     else:
         table = pq.read_table(tmp_path / "c.parquet")
         assert table.num_rows == sum(len(fs[s]) for s in fs.splits)
+        import pandas as pd
+
+        frame = pd.read_parquet(tmp_path / "c.parquet")
+        rows = frame[frame["split"] == "test"]
+        np.testing.assert_array_equal(np.stack(rows["features"].to_numpy()), fs["test"].X)
+        assert list(rows["id"]) == list(fs["test"].ids)  # pandas reads it
+
+
+def test_export_lance_loads_in_lance_and_is_replaced_only_by_itself(cache_and_heads, tmp_path):
+    lance = pytest.importorskip("lance")
+    cache, _ = cache_and_heads
+    fs = open_features(cache)
+    out = tmp_path / "c.lance"
+    for _ in range(2):  # a second export replaces the first
+        result = run("export", cache, "--format", "lance", "--out", out)
+        assert result.exit_code == 0, result.output
+    table = lance.dataset(str(out)).to_table()
+    assert table.num_rows == sum(len(fs[s]) for s in fs.splits)
+    test = [r for r in table.to_pylist() if r["split"] == "test"]
+    np.testing.assert_allclose(np.array([r["features"] for r in test]), fs["test"].X)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    refused = run("export", cache, "--format", "lance", "--out", other)
+    assert refused.exit_code == 2 and (other / "keep.txt").read_text() == "mine"
 
 
 def _test_images(cache, image_folder):

@@ -1,8 +1,10 @@
-"""A cache's arrays for tools that do not read HDF5: npz, a folder of npy files, or one parquet table."""
+"""A cache's arrays for tools that do not read HDF5: npz, a folder of npy files, one Parquet table, or a Lance table
+(a folder, for vector databases)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,23 +38,46 @@ def export_arrays(fs, out: Path, fmt: str) -> list[Path]:
         (out / "classes.json").write_text(json.dumps(list(fs.classes), ensure_ascii=False) + "\n", encoding="utf-8")
         written.append(out / "classes.json")
     elif fmt == "parquet":
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise FeatxError("parquet needs pyarrow, which is not installed: pip install pyarrow", param="format") from None
-        tables = []
-        for s in fs.splits:
-            v = fs[s]
-            y = v.y
-            tables.append(pa.table({
-                "split": pa.array([s] * len(y)), "id": pa.array(list(v.ids)), "label": pa.array(y),
-                "class": pa.array([fs.classes[i] if i >= 0 else None for i in y]),
-                "features": pa.FixedSizeListArray.from_arrays(pa.array(v.X.reshape(-1)), int(v.X.shape[1]) if len(y) else 1),
-            }))
+        pq = _module("pyarrow.parquet", "parquet needs pyarrow")
         with atomic_write(out) as tmp:
-            pq.write_table(pa.concat_tables(tables), tmp)
+            pq.write_table(_table(fs), tmp)
+        written.append(out)
+    elif fmt == "lance":
+        lance = _module("lance", "lance needs pylance")
+        if out.exists() and not (out / "_versions").is_dir():
+            raise FeatxUsageError(f"{out} exists and is not a Lance table: name another --out", param="out")
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        lance.write_dataset(_table(fs), str(tmp))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
         written.append(out)
     else:
-        raise FeatxUsageError(f"unknown export format {fmt!r} (npz, npy or parquet)")
+        raise FeatxUsageError(f"unknown export format {fmt!r} (npz, npy, parquet or lance)")
     return written
+
+
+def _module(name: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise FeatxError(f"{what}, which is not installed: pip install 'featx[io]' (make install does)",
+                         param="format") from None
+
+
+def _table(fs):
+    """Every split as one Arrow table: split, id, label, class, features (a fixed-size list of float32)."""
+    pa = _module("pyarrow", "parquet and lance need pyarrow")
+    tables = []
+    for s in fs.splits:
+        v = fs[s]
+        y = v.y
+        tables.append(pa.table({
+            "split": pa.array([s] * len(y)), "id": pa.array(list(v.ids)), "label": pa.array(y),
+            "class": pa.array([fs.classes[i] if i >= 0 else None for i in y]),
+            "features": pa.FixedSizeListArray.from_arrays(pa.array(v.X.reshape(-1)), int(fs.feature_dim)),
+        }))
+    return pa.concat_tables(tables)

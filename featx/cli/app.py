@@ -21,7 +21,7 @@ from .extract_cmds import extract, merge
 from .finetune_cmds import finetune
 from .head_cmds import fit, grid, rank, report
 from .info_cmds import backbones, heads, info
-from .reuse_cmds import export, export_model, neighbors, predict
+from .reuse_cmds import export, export_model, index, neighbors, predict
 
 __all__ = ["main"]
 
@@ -43,5 +43,5 @@ def main(debug: bool, quiet: bool) -> None:
 
 
 for _command in (extract, merge, fit, grid, report, rank, adapt, audit, finetune, info, backbones, heads, predict,
-                 neighbors, export, export_model):
+                 index, neighbors, export, export_model):
     main.add_command(_command)
