@@ -228,8 +228,9 @@ class SourceOptions(_Options):
 
     data: str = setting("torchvision:FashionMNIST", (
         "Source: torchvision:<Name> (e.g. torchvision:FashionMNIST), an image folder (root/<class>/* or "
-        "root/{train,val,test}/<class>/*), a .csv manifest (path,label[,split]) or a Stanford Dogs root "
-        "(Images/ + lists/); the detected layout is reported."), table="source", kind=str,
+        "root/{train,val,test}/<class>/*), a .csv manifest (path,label[,split]), a Stanford Dogs root "
+        "(Images/ + lists/), or WebDataset tar shards (a .tar, a folder of them, or shards-{000..009}.tar; "
+        "KEY.jpg + KEY.cls or KEY.json); the detected layout is reported."), table="source", kind=str,
         check=lambda v: bool(v.strip()), what="a non-empty source")
     root: str = setting(DATASETS_ROOT, "Where torchvision datasets are stored or downloaded (default cache/datasets).",
                         table="source", kind=(str, os.PathLike))

@@ -96,7 +96,8 @@ def test_image_folder_flat_and_presplit(tmp_path):
 
 
 def test_bad_data_strings(tmp_path):
-    with pytest.raises(FeatxError, match="is neither torchvision:<Name>, a .csv manifest nor an existing directory"):
+    with pytest.raises(FeatxError, match="is neither torchvision:<Name>, a .csv manifest, tar shards .* nor an existing "
+                                         "directory"):
         make_source(str(tmp_path / "missing"))
     with pytest.raises(FeatxError, match="not supported"):
         make_source("torchvision:ImageNet")

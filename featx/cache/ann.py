@@ -5,8 +5,8 @@ them), L2-normalised, searched by inner product = cosine. Its kind follows the s
 
 - ``flat`` (exact) below :data:`HNSW_MIN_ROWS` rows: the exact scan is already fast there;
 - ``hnsw`` (graph, ``M = 32``) up to :data:`IVF_MIN_ROWS` rows;
-- ``ivf`` (inverted lists, ``4 * sqrt(n)`` lists, trained on a sample) above: its memory and build time grow with
-  the rows, a graph's faster.
+- ``ivf`` (inverted lists, ``sqrt(n)`` lists, k-means trained on :data:`IVF_TRAIN_PER_LIST` rows per list) above:
+  its build time grows more slowly with the rows than a graph's.
 
 The search depth (HNSW's ``efSearch``, IVF's ``nprobe``) is the smallest of a ladder whose recall@10 against the
 exact search reaches :data:`TARGET_RECALL` on :data:`RECALL_QUERIES` rows of the cache used as queries; the recall
@@ -31,7 +31,7 @@ __all__ = ["INDEX_KINDS", "build_index", "index_path", "kept_index", "search"]
 
 #: ``featx index --kind``: what each is.
 INDEX_KINDS = {"auto": "chosen by the number of rows", "flat": "exact inner product (FAISS IndexFlatIP)",
-               "hnsw": "HNSW graph, M = 32", "ivf": "inverted lists, 4 sqrt(n) lists, flat vectors"}
+               "hnsw": "HNSW graph, M = 32", "ivf": "inverted lists, sqrt(n) lists, flat vectors"}
 #: Below this many rows the index is exact (``flat``): a scan of them takes milliseconds.
 HNSW_MIN_ROWS = 20_000
 #: From this many rows, inverted lists (``ivf``) instead of a graph.
@@ -42,6 +42,8 @@ TARGET_RECALL = 0.95
 RECALL_QUERIES = 500
 #: Search depths tried, smallest first (HNSW efSearch; IVF nprobe).
 DEPTHS = {"hnsw": (16, 32, 64, 128, 256, 512), "ivf": (8, 16, 32, 64, 128, 256)}
+#: Rows per inverted list the IVF's k-means trains on (FAISS asks for 30 to 256).
+IVF_TRAIN_PER_LIST = 32
 #: Rows added to the index at a time (a cache larger than memory is read block by block).
 ADD_BLOCK = 65_536
 
@@ -103,9 +105,9 @@ def build_index(fs, kind: str = "auto", *, k: int = 10) -> dict:
         index.hnsw.efConstruction = 80
         params = {"M": 32, "efConstruction": 80}
     elif kind == "ivf":
-        nlist = max(1, int(4 * math.sqrt(n)))
+        nlist = max(1, int(math.sqrt(n)))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(_sample_queries(fs, min(n, 64 * nlist), seed=1))
+        index.train(_sample_queries(fs, min(n, IVF_TRAIN_PER_LIST * nlist), seed=1))
         params = {"nlist": nlist}
     else:
         raise FeatxError(f"unknown index kind {kind!r} ({', '.join(INDEX_KINDS)})", param="kind")

@@ -29,6 +29,13 @@ def _experiment_with_cache(cache: str | None, pipeline: str | None, limit: int |
     return exp
 
 
+memory_budget_option = click.option(
+    "--memory-budget", default=None, metavar="SIZE",
+    help="Memory the train split's features may take, e.g. 2GB (default: half of this machine's RAM). Over it, "
+         "featx fit trains logreg/svm streaming (same objective and solution, one block in memory); featx grid, "
+         "which needs the split in memory, refuses.")
+
+
 def _head_names(values) -> list[str]:
     """``--head a --head b,c`` / ``--heads "a b"`` -> ``[a, b, c]``."""
     return [h for v in values for h in v.replace(",", " ").split() if h]
@@ -59,9 +66,11 @@ def _head_names(values) -> list[str]:
 @click.option("--templates", type=click.Path(dir_okay=False), default=None,
               help="For --head zeroshot: a text file of prompt templates, one per line with {} where the class name "
                    "goes (default: CLIP's 80 ImageNet templates).")
+@memory_budget_option
 @setting_option(SourceOptions, "limit")
 @force_option
-def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views, templates, limit, force):
+def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views, templates, memory_budget, limit,
+        force):
     """Train a head on the cached train split; report val and test metrics; save it.
 
     CACHE is a cache file; without it, the cache of --pipeline (default settings if none) is used.
@@ -88,6 +97,14 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views,
 
     columns, chosen_layers = layer_columns(open_features(path).meta, layers)
     tuning, card = None, None
+    from ..heads.streaming import budget, train_bytes
+
+    budget_bytes = budget(memory_budget)
+    streamed = "train" in open_features(path) and train_bytes(open_features(path)["train"]) > budget_bytes
+    if streamed and tune and not HEADS[head_name].needs_text:
+        echo("featx: note: the train split exceeds the memory budget: fitted streaming with the head's "
+             "default or given parameters (tuning needs the split in memory)", err=True)
+        tune = False
     if HEADS[head_name].needs_text:  # built from the text tower, not trained: nothing to tune, no baselines
         from .zeroshot import zeroshot_head
 
@@ -111,7 +128,8 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views,
                 echo(f"featx: note: {note}", err=True)
     if columns is not None:
         echo(f"layers: {', '.join(chosen_layers)} ({len(columns)} of the cache's columns)")
-    result = fit_head(head_name, with_layers(head, columns), path, out=out, tuning=tuning, views=views, card=card)
+    result = fit_head(head_name, with_layers(head, columns), path, out=out, tuning=tuning, views=views, card=card,
+                      memory_budget=None if HEADS[head_name].needs_text else budget_bytes)
     shown = {k: v for k, v in result.params.items() if k in HEADS[head_name].key_params}
     echo(f"{head_name}: fit {result.fit_seconds:.1f} s on {result.n_train} x {result.n_features} "
                f"({result.n_classes} classes); {', '.join(f'{k}={v!r}' for k, v in shown.items())}")
@@ -249,9 +267,10 @@ def _shots(shots: str | None) -> list[int]:
                    "searches those columns), or search: every column, then greedy forward selection of layers for "
                    "the chosen head, reported beside it.")
 @setting_option(SourceOptions, "limit")
+@memory_budget_option
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar (or, in a log file, the progress lines).")
 def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_weight, shots, tries, out, backend,
-         scheduler, baselines, layers, limit, no_progress):  # one parameter per option: click's convention
+         scheduler, baselines, layers, memory_budget, limit, no_progress):  # one parameter per option: click's convention
     """Search each head's hyper-parameters on a cache and write report.md, report.html and results.json.
 
     Protocol: fit on train, select on val (k-fold CV if there is none), refit the best point on
@@ -276,7 +295,13 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
         parse_grid(h, overrides[h])  # every grid checked before any work
     path = resolve_cache(cache, exp)
     from ..cache.store import open_features
+    from ..heads.streaming import budget, train_bytes
     from ..probe.grid import GridOptions, run_grid
+
+    need = train_bytes(open_features(path)["train"]) if "train" in open_features(path) else 0
+    if need > budget(memory_budget):
+        raise FeatxError(f"the train split ({need / 2**20:.0f} MiB of features) exceeds the memory budget: grid needs "
+                         "it in memory; raise --memory-budget, or fit logreg/svm with featx fit, which streams it")
 
     from ..heads.layers import layer_columns
 

@@ -154,40 +154,101 @@ class LBFGSLinearClassifier(_TorchLinearBase):
         import torch
 
         self.check_params()
-        previous = (getattr(self, "coef_", None), getattr(self, "intercept_", None), getattr(self, "classes_", None))
+        previous = self._previous()
         Xt, yt, dev = self._prepare(X, y)
         n, d = Xt.shape
+        sample_w = self._sample_weights(yt.cpu().numpy(), dev)
+        W, b = self._parameters(d, dev)
+        alpha = 1.0 / (float(self.C) * n)  # sklearn's objective divided by C * n (same minimiser, float32-friendly)
+
+        def objective():
+            return self._data_loss(Xt, yt, W, b, sample_w) / n + 0.5 * alpha * W.square().sum()
+
+        def closure():
+            W.grad = b.grad = None
+            loss = objective()
+            loss.backward()
+            return loss
+
+        return self._solve(W, b, closure, previous)
+
+    def fit_blocks(self, blocks, y) -> "LBFGSLinearClassifier":
+        """The same fit, the same objective and solution, on data streamed in blocks: ``blocks()`` yields
+        ``(X_block, y_block)`` over every labelled row, in the same order each call; ``y`` holds all their labels.
+        Memory holds one block, not the rows: every objective evaluation is one pass over the blocks (a cache
+        larger than memory, :mod:`featx.heads.streaming`)."""
+        import torch
+
+        self.check_params()
+        previous = self._previous()
+        y = np.asarray(y)
+        check_classification_targets(y)
+        self.classes_ = np.unique(y)
+        lookup = {c: i for i, c in enumerate(self.classes_)}
+        dev = self._device()
+        n = len(y)
+        weights = self._class_weights(np.searchsorted(self.classes_, y))
+        W, b = None, None
+        alpha = 1.0 / (float(self.C) * n)
+        self.passes_ = 0
+
+        def closure():
+            nonlocal W, b
+            W.grad = b.grad = None
+            total = 0.0
+            for Xb, yb in blocks():
+                Xt = torch.as_tensor(np.ascontiguousarray(Xb, dtype=np.float32), device=dev)
+                idx = np.fromiter((lookup[c] for c in yb), np.int64, len(yb))
+                yt = torch.as_tensor(idx, device=dev)
+                sw = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=dev)[yt]
+                part = self._data_loss(Xt, yt, W, b, sw) / n
+                part.backward()
+                total += float(part.detach())
+            reg = 0.5 * alpha * W.square().sum()
+            reg.backward()
+            self.passes_ += 1
+            return torch.tensor(total + float(reg.detach()))
+
+        first = next(iter(blocks()))[0]
+        self.n_features_in_ = int(first.shape[1])
+        W, b = self._parameters(self.n_features_in_, dev)
+        return self._solve(W, b, closure, previous)
+
+    def _previous(self):
+        return getattr(self, "coef_", None), getattr(self, "intercept_", None), getattr(self, "classes_", None)
+
+    def _class_weights(self, y_idx: np.ndarray):
         k = len(self.classes_)
         if k < 2:
             raise ValueError(f"needs samples of at least 2 classes; the data has {k} class")
-        weights = None
         if self.class_weight == "balanced":
-            weights = compute_class_weight("balanced", classes=np.arange(k), y=yt.cpu().numpy())
-        elif isinstance(self.class_weight, dict):  # keys are labels, not indices
-            weights = np.array([self.class_weight.get(c, 1.0) for c in self.classes_], dtype=np.float64)
-        sample_w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=dev)[yt]
+            return compute_class_weight("balanced", classes=np.arange(k), y=y_idx)
+        if isinstance(self.class_weight, dict):  # keys are labels, not indices
+            return np.array([self.class_weight.get(c, 1.0) for c in self.classes_], dtype=np.float64)
+        return None
 
-        W = torch.zeros(k, d, device=dev, requires_grad=True)
-        b = torch.zeros(k, device=dev, requires_grad=True)
-        rows = torch.arange(n, device=dev)
-        # sklearn's objective divided by C * n (same minimiser, well-scaled for float32)
-        alpha = 1.0 / (float(self.C) * n)
+    def _sample_weights(self, y_idx: np.ndarray, dev):
+        import torch
 
-        def objective():
-            z = torch.nn.functional.linear(Xt, W, b)  # its weight gradient is G^T X, the fast product
-            if self.loss == "log_loss":
-                per = torch.nn.functional.cross_entropy(z, yt, reduction="none")
-            else:
-                margin = 1.0 + z  # 1 - t*z with t = -1 ...
-                margin[rows, yt] = 1.0 - z[rows, yt]  # ... and t = +1 for the true class
-                per = torch.clamp(margin, min=0.0).square().sum(dim=1)
-            if sample_w is not None:
-                per = per * sample_w
-            return per.sum() / n + 0.5 * alpha * W.square().sum()
+        weights = self._class_weights(y_idx)
+        return None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=dev)[
+            torch.as_tensor(y_idx, device=dev)]
 
-        # The stopping tolerance is relative to the gradient at zero, also when warm-starting.
-        gmax = max(float(g.abs().max()) for g in torch.autograd.grad(objective(), (W, b)))
+    def _parameters(self, d: int, dev):
+        import torch
+
+        k = len(self.classes_)
+        return torch.zeros(k, d, device=dev, requires_grad=True), torch.zeros(k, device=dev, requires_grad=True)
+
+    def _solve(self, W, b, closure, previous):
+        """L-BFGS from zero (or the previous solution, warm-starting), stopping by :attr:`tol` relative to the
+        gradient at zero; keeps ``coef_``, ``intercept_``, ``n_iter_``."""
+        import torch
+
+        closure()  # the gradient at zero: the stopping tolerance is relative to it, also when warm-starting
+        gmax = max(float(g.abs().max()) for g in (W.grad, b.grad))
         coef, intercept, classes = previous
+        k, d = W.shape
         if self.warm_start and coef is not None and coef.shape == (k, d) and np.array_equal(classes, self.classes_):
             with torch.no_grad():
                 W.copy_(torch.from_numpy(coef))
@@ -195,18 +256,27 @@ class LBFGSLinearClassifier(_TorchLinearBase):
         opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=self.max_iter, history_size=10,
                                 tolerance_grad=max(self.tol * gmax, 1e-12), tolerance_change=1e-12,
                                 line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad(set_to_none=True)
-            loss = objective()
-            loss.backward()
-            return loss
-
         opt.step(closure)
         self.n_iter_ = int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 0))
         self.coef_ = W.detach().cpu().numpy().astype(np.float64)
         self.intercept_ = b.detach().cpu().numpy().astype(np.float64)
         return self
+
+    def _data_loss(self, X, y, W, b, sample_w=None):
+        """``sum_i loss_i`` (weighted) over the rows ``X`` with class indices ``y``."""
+        import torch
+
+        z = torch.nn.functional.linear(X, W, b)  # its weight gradient is G^T X, the fast product
+        if self.loss == "log_loss":
+            per = torch.nn.functional.cross_entropy(z, y, reduction="none")
+        else:
+            rows = torch.arange(len(y), device=z.device)
+            margin = 1.0 + z  # 1 - t*z with t = -1 ...
+            margin[rows, y] = 1.0 - z[rows, y]  # ... and t = +1 for the true class
+            per = torch.clamp(margin, min=0.0).square().sum(dim=1)
+        if sample_w is not None:
+            per = per * sample_w
+        return per.sum()
 
     @available_if(lambda self: self.loss == "log_loss")
     def predict_proba(self, X):

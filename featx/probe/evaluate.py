@@ -7,7 +7,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, top_k_accuracy_sc
 
 from ..options import METRICS
 
-__all__ = ["METRICS", "scores", "evaluate", "stratified_folds"]
+__all__ = ["METRICS", "scores", "evaluate", "metrics", "stratified_folds"]
 
 
 def scores(head, X) -> np.ndarray:
@@ -28,8 +28,15 @@ def evaluate(head, X, y) -> dict:
     if not len(y):
         return {}
     s = scores(head, X)
-    classes = head.classes_
-    pred = classes[np.argmax(s, axis=1)] if s.ndim == 2 else head.predict(X)
+    return metrics(head.classes_, s, y, pred=None if s.ndim == 2 else head.predict(X))
+
+
+def metrics(classes, s: np.ndarray, y: np.ndarray, *, pred: np.ndarray | None = None) -> dict:
+    """:func:`evaluate`'s metrics from class scores ``s`` of labelled rows (``pred``: the predictions where ``s`` is
+    one score per row, a two-class decision function)."""
+    if not len(y):
+        return {}
+    pred = classes[np.argmax(s, axis=1)] if pred is None else pred
     k = min(5, len(classes) - 1) if len(classes) > 2 else 1
     out = {
         "top1": float(np.mean(pred == y)),

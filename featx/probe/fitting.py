@@ -15,7 +15,7 @@ from ..errors import FeatxError
 from ..heads.persist import default_head_path, save_head
 from ..heads.registry import bound_to_rows, head_params
 from ..util import first_line, softmax
-from .evaluate import evaluate
+from .evaluate import evaluate, metrics
 
 __all__ = ["FitResult", "fit_head", "fit_quietly", "train_views"]
 
@@ -78,15 +78,20 @@ def train_views(fs) -> tuple[list, list[Path]]:
 
 
 def fit_head(head_name: str, head, cache, *, out=None, tuning: dict | None = None, views: bool = True,
-             card: dict | None = None) -> FitResult:
+             card: dict | None = None, memory_budget: int | None = None) -> FitResult:
     """Train ``head`` (a fresh estimator from :func:`featx.heads.registry.make_head`) on ``cache``'s
     train split, evaluate on val and test, save it (default ``<cache>.<head>.skops``) and its card (with
     ``tuning``, :func:`featx.probe.search.tune_head`'s record, when its parameters were chosen on val, and the
-    fields of ``card``)."""
+    fields of ``card``). A train split larger than ``memory_budget`` bytes is fitted streaming
+    (:mod:`featx.heads.streaming`)."""
     path = Path(cache)
     fs = open_features(path)
     if "train" not in fs:
         raise FeatxError(f"{path} has no train split to fit on")
+    from ..heads.streaming import train_bytes
+
+    if memory_budget is not None and train_bytes(fs["train"]) > memory_budget:
+        return _fit_streaming(head_name, head, fs, out=out, tuning=tuning, card=card, memory_budget=memory_budget)
     X, y = fs["train"].labelled()
     if len(np.unique(y)) < 2:
         raise FeatxError(f"{path}: the train split needs at least two labelled classes to fit a head")
@@ -112,6 +117,37 @@ def fit_head(head_name: str, head, cache, *, out=None, tuning: dict | None = Non
                                      or None)
     return FitResult(head_path, card_path, params, metrics, fit_s, len(y), int(X.shape[1]), len(fs.classes),
                      calibration)
+
+
+def _fit_streaming(head_name: str, head, fs, *, out, tuning, card, memory_budget: int) -> FitResult:
+    """:func:`fit_head` for a train split larger than the memory budget: streamed fit, val and test scored block by
+    block; no views, no calibration (both would hold rows in memory), each said in the card."""
+    from ..heads.streaming import fit_streaming, scores_blocks, train_bytes
+
+    need = train_bytes(fs["train"])
+    log.info(f"the train split ({need / 2**20:.0f} MiB of features) exceeds the memory budget "
+             f"({memory_budget / 2**20:.0f} MiB): fitting {head_name} streaming, one pass over the split per L-BFGS "
+             "evaluation")
+    t0 = time.perf_counter()
+    head, record = fit_streaming(head_name, head, fs["train"])
+    fit_s = time.perf_counter() - t0
+    results = {}
+    for split in ("val", "test"):
+        if split in fs:
+            s, y = scores_blocks(head, fs[split])
+            classes = head.classes_
+            results[split] = metrics(classes, s, y, pred=classes[(s > 0).astype(int)] if s.ndim == 1 else None)
+    target = Path(out) if out else default_head_path(fs.path, head_name)
+    params = head_params(head)
+    streaming = {**record, "train_bytes": need, "memory_budget": memory_budget, "seconds": round(fit_s, 2)}
+    head_path, card_path = save_head(head, target, head_name=head_name, params=params, metrics=results,
+                                     fit_seconds=fit_s, n_train=record["rows"], fs=fs,
+                                     extra={"streaming": streaming,
+                                            "calibration": {"skipped": "a streamed fit (train split over the memory "
+                                                                       "budget) is not calibrated"},
+                                            **({"tuning": tuning} if tuning else {}), **(card or {})})
+    return FitResult(head_path, card_path, params, results, fit_s, record["rows"], int(fs.feature_dim),
+                     len(fs.classes), {"skipped": "a streamed fit is not calibrated"})
 
 
 def fit_calibration(head, fs) -> dict | None:
