@@ -42,9 +42,34 @@ def test_torchrun_two_processes_write_the_one_process_cache(image_folder, tmp_pa
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           *common, "--out", str(two)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "merged 2 shards" in run.stdout
+    assert "2 shards joined by a virtual dataset" in run.stdout
     assert_same_cache(one, two)
-    assert not find_shards(two), "shards are removed once the cache is merged"
+    assert sorted(find_shards(two)[2]) == [0, 1], "joined: the shards stay, they hold the features"
+    assert (tmp_path / "two.h5").stat().st_size < (tmp_path / "one.h5").stat().st_size / 2  # no feature copied
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for p in tmp_path.glob("two.*"):  # the folder moves whole: still readable
+        p.rename(moved / p.name)
+    assert_same_cache(one, moved / "two.h5")
+    next(moved.glob("two.shard-1-of-2.h5")).unlink()
+    with pytest.raises(FeatxError, match="two.shard-1-of-2.h5 is missing beside it"):
+        open_features(moved / "two.h5")
+
+
+def test_merge_join_equals_merge_copy(image_folder, tiny_backbone, tmp_path):
+    from featx.cache.shards import join_shards
+
+    source = ImageFolderSource(image_folder)
+    for name in ("copied", "joined"):
+        for rank in (0, 1):
+            extract(source, tiny_backbone, out=tmp_path / f"{name}.h5", batch_size=8, progress=False,
+                    shard=(rank, 2))
+    merge_shards(tmp_path / "copied.h5", world=2)
+    join_shards(tmp_path / "joined.h5", world=2)
+    assert_same_cache(tmp_path / "copied.h5", tmp_path / "joined.h5")
+    assert open_features(tmp_path / "joined.h5").meta["joined_shards"] == ["joined.shard-0-of-2.h5",
+                                                                          "joined.shard-1-of-2.h5"]
+    assert not find_shards(tmp_path / "copied.h5") and find_shards(tmp_path / "joined.h5")
 
 
 def _interrupt_after(monkeypatch, n_batches):

@@ -41,7 +41,7 @@ TARGET_RECALL = 0.95
 #: Rows of the cache searched to measure recall and speed.
 RECALL_QUERIES = 500
 #: Search depths tried, smallest first (HNSW efSearch; IVF nprobe).
-DEPTHS = {"hnsw": (16, 32, 64, 128, 256, 512), "ivf": (8, 16, 32, 64, 128, 256)}
+DEPTHS = {"hnsw": (16, 32, 64, 128, 256, 512, 1024), "ivf": (8, 16, 32, 64, 128, 256, 512)}
 #: Rows per inverted list the IVF's k-means trains on (FAISS asks for 30 to 256).
 IVF_TRAIN_PER_LIST = 32
 #: Rows added to the index at a time (a cache larger than memory is read block by block).

@@ -8,7 +8,9 @@ concatenation: shard 0's rows, then shard 1's, ..., which is the canonical item 
 
 :func:`merge_shards` runs only when every shard of one world size is complete, checks that they
 belong to the same cache key, writes the merged cache through a ``.partial`` file like any other
-cache, and deletes the shards once the merged file is in place.
+cache, and deletes the shards once the merged file is in place. :func:`join_shards` (torchrun's default) checks the
+same, and writes a small cache whose features are an HDF5 virtual dataset over the shards' (labels, ids and the
+rest copied): nothing large is copied, and the shards stay beside it (a cache whose shard is gone is refused).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..data.sources import SplitItems
 from .store import PARTIAL_SUFFIX, open_features
 from .writer import FeatureWriter
 
-__all__ = ["dist_env", "shard_items", "shard_path", "find_shards", "merge_shards", "init_distributed"]
+__all__ = ["dist_env", "shard_items", "shard_path", "find_shards", "merge_shards", "join_shards", "init_distributed"]
 
 _SHARD = re.compile(r"\.shard-(\d+)-of-(\d+)\.h5(\.partial)?$")
 #: shard rows copied per read while merging
@@ -117,6 +119,83 @@ def _complete_shards(path: Path, world: int | None) -> tuple[int, dict[int, Path
     return world, ranks
 
 
+#: Root attributes a writer sets itself (not copied from a shard).
+_AUTO_ATTRS = {"schema_version", "featx_version", "created", "feature_dim", "complete", "shard"}
+
+
+def _matching_shards(path: Path, world: int | None, key: str | None):
+    """``(world, rank -> shard file, their feature sets)`` of complete shards of one cache, or the error why not."""
+    world, ranks = _complete_shards(path, world)
+    sets = [open_features(ranks[r]) for r in range(world)]
+    first = sets[0]
+    for r, fs in enumerate(sets):
+        if fs.cache_key != (key or first.cache_key):
+            raise FeatxError(f"cannot merge {path.name}: shard {r} belongs to cache key {fs.cache_key}, "
+                             f"not {key or first.cache_key}")
+        if fs.classes != first.classes or fs.splits != first.splits or fs.meta.get("shard") != f"{r}/{world}":
+            raise FeatxError(f"cannot merge {path.name}: shard {r} ({ranks[r].name}) does not match shard 0")
+    if path.exists():
+        raise FeatxError(f"{path} already exists; not overwriting it with a merge")
+    return world, ranks, sets
+
+
+def join_shards(path: str | os.PathLike, *, world: int | None = None, key: str | None = None,
+                log=lambda msg: None) -> Path:
+    """Join the complete shards of cache ``path`` into ``path`` without copying their features: each split's
+    ``features`` is a virtual dataset over the shards' (same folder, named relative to it, so the folder may move
+    whole); labels, ids, fingerprints and skipped items are copied. The shards are kept: they hold the features.
+
+    Raises:
+        FeatxError: as :func:`merge_shards`; nothing is written then.
+    """
+    import datetime as _dt
+    import json
+
+    import h5py
+
+    from ..version import __version__
+    from .spec import SCHEMA_VERSION
+    from .store import JSON_ATTRS, partial_path
+
+    path = Path(path)
+    world, ranks, sets = _matching_shards(path, world, key)
+    first, dim = sets[0], int(sets[0].feature_dim)
+    if any(ranks[r].parent.resolve() != path.parent.resolve() for r in ranks):
+        raise FeatxError(f"cannot join {path.name}: its shards must be in its folder ({path.parent})")
+    tmp = partial_path(path)
+    str_type = h5py.string_dtype()
+    with h5py.File(tmp, "w") as f:
+        for k, v in first.meta.items():
+            if k not in _AUTO_ATTRS:
+                f.attrs[k] = json.dumps(v, sort_keys=True) if k in JSON_ATTRS else v
+        f.attrs.update({"schema_version": SCHEMA_VERSION, "featx_version": __version__, "feature_dim": dim,
+                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                        "joined_shards": json.dumps([ranks[r].name for r in range(world)])})
+        f.create_dataset("classes", data=np.array(first.classes, dtype=object), dtype=str_type)
+        for split in first.splits:
+            views = [fs[split] for fs in sets]
+            n = sum(len(v) for v in views)
+            layout = h5py.VirtualLayout(shape=(n, dim), dtype="float32")
+            at = 0
+            for r, v in enumerate(views):
+                if len(v):
+                    layout[at:at + len(v)] = h5py.VirtualSource(ranks[r].name, f"{split}/features", shape=(len(v), dim))
+                at += len(v)
+            g = f.create_group(split)
+            g.create_virtual_dataset("features", layout, fillvalue=np.nan)
+            g.create_dataset("labels", data=np.concatenate([v.y for v in views]).astype(np.int64), fletcher32=True)
+            g.create_dataset("ids", data=np.array([i for v in views for i in v.ids], dtype=object), dtype=str_type)
+            g.create_dataset("fingerprints", data=np.array([i for v in views for i in v.fingerprints], dtype=object),
+                             dtype=str_type)
+            g.attrs["n_committed"] = n
+            g.attrs["n_items"] = sum(v.n_items for v in views)
+            g.attrs["skipped"] = json.dumps([s for v in views for s in v.skipped])
+        f.attrs["complete"] = True
+    os.replace(tmp, path)
+    log(f"joined {world} shards into {path} (a virtual dataset over them: keep them beside it)")
+    return path
+
+
 def merge_shards(path: str | os.PathLike, *, world: int | None = None, key: str | None = None,
                  log=lambda msg: None) -> Path:
     """Merge the complete shards of cache ``path`` into ``path``; delete the shards after.
@@ -131,19 +210,9 @@ def merge_shards(path: str | os.PathLike, *, world: int | None = None, key: str 
             shards of different caches. Nothing is written then.
     """
     path = Path(path)
-    world, ranks = _complete_shards(path, world)
-    sets = [open_features(ranks[r]) for r in range(world)]
+    world, ranks, sets = _matching_shards(path, world, key)
     first = sets[0]
-    for r, fs in enumerate(sets):
-        if fs.cache_key != (key or first.cache_key):
-            raise FeatxError(f"cannot merge {path.name}: shard {r} belongs to cache key {fs.cache_key}, "
-                             f"not {key or first.cache_key}")
-        if fs.classes != first.classes or fs.splits != first.splits or fs.meta.get("shard") != f"{r}/{world}":
-            raise FeatxError(f"cannot merge {path.name}: shard {r} ({ranks[r].name}) does not match shard 0")
-    if path.exists():
-        raise FeatxError(f"{path} already exists; not overwriting it with a merge")
-    auto = {"schema_version", "featx_version", "created", "feature_dim", "complete", "shard"}
-    attrs = {k: v for k, v in first.meta.items() if k not in auto}
+    attrs = {k: v for k, v in first.meta.items() if k not in _AUTO_ATTRS}
     sizes = {s: sum(fs[s].n_items for fs in sets) for s in first.splits}
     # fresh: a merge killed midway starts over (the shards hold the data)
     writer = FeatureWriter(path, attrs=attrs, classes=first.classes, split_sizes=sizes,

@@ -47,7 +47,7 @@ __all__ = [
 
 PARTIAL_SUFFIX = ".partial"
 #: Attributes of ``/`` that hold JSON text rather than plain values.
-JSON_ATTRS = ("transform", "source", "reused_from", "layer_parts")
+JSON_ATTRS = ("transform", "source", "reused_from", "layer_parts", "joined_shards")
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -267,7 +267,14 @@ def _layout_problem(f: h5py.File, meta: dict, classes: tuple, splits: tuple, *, 
             return f"{s} holds {n} committed rows but arrays of {lengths}"
         if complete and int(n) != lengths["features"]:
             return f"{s} holds {n} committed rows of {lengths['features']}"
+        if feats.is_virtual:  # shards joined by a virtual dataset: each must be there, or its rows read as NaN
+            here = Path(f.filename).parent
+            gone = sorted({src.file_name for src in feats.virtual_sources() if not (here / src.file_name).is_file()})
+            if gone:
+                return f"{s}/features is joined from shard files and {gone[0]} is missing beside it"
         for name in ("features", "labels") if complete else ():  # before reading: a sparse array reads as zeros
+            if name == "features" and feats.is_virtual:
+                continue
             per_row = dim if name == "features" else 1
             written, needed = g[name].id.get_storage_size(), int(n) * per_row * g[name].dtype.itemsize
             if written < needed // 2:

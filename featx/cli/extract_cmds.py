@@ -128,7 +128,7 @@ def _extract_sharded(source, bb, options, *, out, rank: int, world: int, progres
     after a barrier."""
     import torch.distributed as dist
 
-    from ..cache.shards import init_distributed, merge_shards
+    from ..cache.shards import init_distributed, join_shards
     from ..cache.spec import cache_path
     from ..extract import extract as run_extract
 
@@ -148,8 +148,9 @@ def _extract_sharded(source, bb, options, *, out, rank: int, world: int, progres
             if final.exists():
                 echo(f"reusing {final} (cache key {result.cache_key} matches; nothing to recompute)")
             else:
-                merge_shards(final, world=world, key=result.cache_key)
-                echo(f"wrote {final}: merged {world} shards")
+                join_shards(final, world=world, key=result.cache_key)
+                echo(f"wrote {final}: {world} shards joined by a virtual dataset (no copy: keep the shard files "
+                     "beside it)")
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -158,14 +159,17 @@ def _extract_sharded(source, bb, options, *, out, rank: int, world: int, progres
 @click.command()
 @click.argument("cache", type=click.Path(dir_okay=False))
 @click.option("--world", type=click.IntRange(min=1), help="Number of shards to expect (default: the one run found).")
-def merge(cache, world):
+@click.option("--join", is_flag=True, help="Join the shards by an HDF5 virtual dataset instead of copying them "
+                                             "(what torchrun does by itself): no copy, the shards stay beside CACHE.")
+def merge(cache, world, join):
     """Merge the shard files of a sharded extraction (CACHE.shard-<rank>-of-<world>.h5) into CACHE.
 
-    `torchrun ... -m featx extract` merges by itself when every rank finishes; use this after
-    ranks ran as separate jobs (e.g. one batch job per shard with RANK and WORLD_SIZE set).
-    Refuses while a shard is missing or unfinished; deletes the shards once CACHE is complete.
+    `torchrun ... -m featx extract` joins them by itself (a virtual dataset) when every rank finishes; use this
+    after ranks ran as separate jobs (e.g. one batch job per shard with RANK and WORLD_SIZE set). Refuses while a
+    shard is missing or unfinished; copies the rows into one file and deletes the shards once CACHE is complete
+    (--join: keeps them and copies no features).
     """
-    from ..cache.shards import merge_shards
+    from ..cache.shards import join_shards, merge_shards
 
-    path = merge_shards(cache, world=world)
-    echo(f"wrote {path}")
+    path = (join_shards if join else merge_shards)(cache, world=world)
+    echo(f"wrote {path}{' (joined: keep the shard files beside it)' if join else ''}")
