@@ -82,7 +82,8 @@ def device_decode_rate(files, bb, device: str, batch: int, batches: int = 4) -> 
 
 
 def run(backbones, decoders, sets, n_camera: int, n_small: int, batch: int, workers: int | None,
-        device: str = "cpu", precisions=("fp32",), pairs=None, distinct: int = 0) -> list[dict]:
+        device: str = "cpu", precisions=("fp32",), pairs=None, distinct: int = 0,
+        encoding: str = "default") -> list[dict]:
     """``pairs``: (backbone, precision) pairs to measure (default: every backbone x precision)."""
     cores = usable_cores()
     rows = []
@@ -97,8 +98,9 @@ def run(backbones, decoders, sets, n_camera: int, n_small: int, batch: int, work
                 set_decoders = ["pil"]
             else:
                 n = n_camera if size[0] > 1000 else n_small
-                folder = make_photos(DATA / (f"{folder_name}-{n}" + (f"-{distinct}" if distinct else "")), n, size=size,
-                                     distinct=distinct)
+                folder = make_photos(DATA / (f"{folder_name}-{n}" + (f"-{distinct}" if distinct else "")
+                                             + (f"-{encoding}" if encoding != "default" else "")), n, size=size,
+                                     distinct=distinct, encoding=encoding)
                 files = sorted(str(p) for p in folder.rglob("*.jpg"))
                 source = lambda limit=0, folder=folder: ImageFolderSource(  # noqa: E731
                     folder, val_fraction=0, test_fraction=0, limit=limit)
@@ -127,7 +129,8 @@ def run(backbones, decoders, sets, n_camera: int, n_small: int, batch: int, work
                     if decoder == "device" and device != "cpu":  # the device's own limit: decode, then forward
                         dec = device_decode_rate(files, bb, device, batch)
                         limit = 1 / (1 / dec + 1 / bare)
-                    rows.append({"data": label, "backbone": name, "decoder": decoder, "images": result.n_new,
+                    rows.append({"data": label + (f" ({encoding})" if encoding != "default" and size else ""),
+                                 "backbone": name, "decoder": decoder, "images": result.n_new,
                                  "warmup_s": round(warm_s, 2), "limit_kind": "device" if decoder == "device" and
                                  device != "cpu" else "host",
                                  "device": device, "precision": precision,
@@ -156,12 +159,14 @@ def main(argv=None):
     p.add_argument("--pairs", default=None, help="backbone:precision pairs instead of every backbone x precision, "
                    "e.g. resnet50:bf16,mobilenet_v2:fp32")
     p.add_argument("--distinct", type=int, default=0, help="distinct photos per set (the rest copies; 0 = all)")
+    p.add_argument("--encoding", default="default", help="JPEG encoding of the photo sets (bench/photos.py ENCODINGS: "
+                   "default, progressive, q75-420, q97-444, exif-rotated)")
     p.add_argument("--out", type=Path, default=Path("bench/results/camera.json"))
     args = p.parse_args(argv)
     pairs = [tuple(x.split(":")) for x in args.pairs.split(",")] if args.pairs else None
     rows = run(args.backbones.split(","), args.decoders.split(","), args.sets.split(","), args.camera_images,
                args.small_images, args.batch, args.workers, args.device, args.precisions.split(","), pairs,
-               args.distinct)
+               args.distinct, args.encoding)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
     print("| data | backbone | device | precision | decoder | images | warm-up s | featx img/s | bare img/s "

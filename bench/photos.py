@@ -43,8 +43,19 @@ def camera_photo(rng: np.random.Generator, size=(4032, 3024), sources=None) -> I
     return Image.fromarray(out)
 
 
+#: JPEG encodings other than the default (baseline, quality 92, PIL's 4:2:0), for the decoders' robustness check:
+#: name -> (quality, progressive, subsampling (0 = 4:4:4, 2 = 4:2:0), EXIF orientation or None).
+ENCODINGS = {
+    "default": (92, False, None, None),
+    "progressive": (92, True, None, None),
+    "q75-420": (75, False, 2, None),
+    "q97-444": (97, False, 0, None),
+    "exif-rotated": (92, False, None, 6),
+}
+
+
 def make_photos(folder: str | Path, n: int, *, size=(4032, 3024), quality: int = 92, seed: int = 0,
-                classes: int = 2, distinct: int = 0) -> Path:
+                classes: int = 2, distinct: int = 0, encoding: str = "default") -> Path:
     """``folder/<class>/photo_XXX.jpg``: ``n`` photos, made once (existing files are kept). With ``distinct``, only
     that many are made and the others are copies of them (thousands of files per benchmark row, each decoded
     like any file, without making thousands of photos first; copies, not hard links, which featx reads once)."""
@@ -59,7 +70,16 @@ def make_photos(folder: str | Path, n: int, *, size=(4032, 3024), quality: int =
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp.jpg")
-        photo.save(tmp, quality=quality)
+        q, progressive, subsampling, orientation = ENCODINGS[encoding]
+        options = {"quality": q if encoding != "default" else quality, "progressive": progressive}
+        if subsampling is not None:
+            options["subsampling"] = subsampling
+        if orientation is not None:  # stored sideways with the tag that says so, as phones do
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            photo = photo.transpose(Image.Transpose.ROTATE_90)
+            options["exif"] = exif.tobytes()
+        photo.save(tmp, **options)
         tmp.rename(target)
     for i in range(made, n):  # the others: copies of the distinct ones
         target = folder / f"class{i % classes}" / f"photo_{i:05d}.jpg"
