@@ -284,7 +284,7 @@ def test_the_same_settings_written_as_int_or_float_give_one_key(image_folder, ti
 
 def test_decoding_processes_give_the_exact_batches_in_order(image_folder, tiny_backbone):
     """Worker processes (chosen when the host only decodes) hand over the same inputs as decoding in the consumer,
-    in item order, joined from chunks small enough that every process works (36 items, 2 processes: chunks of 8
+    in item order, joined from chunks small enough that every process works (36 items, 2 processes: chunks of 2
     joined into batches of 16)."""
     from featx.data.balance import choose
     from featx.extract.batches import Items, collate, process_batches
@@ -299,5 +299,7 @@ def test_decoding_processes_give_the_exact_batches_in_order(image_folder, tiny_b
     torch.testing.assert_close(x, collate([ds[i] for i in range(36)])[0], rtol=0, atol=0)
     # when: the host only decodes (an accelerator, or a forward under a quarter of the decoding) over enough items
     assert choose(3.0, 0.1, 16, n_items=1000).decode_processes == 16
-    assert choose(3.0, 0.1, 16, accelerator=True, n_items=20).decode_processes == 0  # too few: threads
+    assert choose(3.0, 0.1, 16, accelerator=True, n_items=200).decode_processes == 0  # too few: threads
     assert choose(50.0, 33.0, 2, n_items=1000).decode_processes == 0  # 12 MP photos, MobileNetV2 on a CPU: threads
+    assert choose(33.0, 8.0, 2, n_items=1000).decode_processes == 0  # 12 MP photos decode without the GIL: threads
+    assert choose(33.0, 0.5, 16, accelerator=True, n_items=1000).decode_threads == 16  # idem on a GPU host

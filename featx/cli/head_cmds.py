@@ -14,6 +14,7 @@ from ..options import (CLASS_WEIGHTS, CV_FOLDS, DATASETS_ROOT, GRID_BACKENDS, ME
                        ExtractOptions, SourceOptions)
 from .base import (REPORT_FILES, check_output, check_report_folder, echo, existing_file, force_option, out_option,
                    pipeline_option, progress_renderer, setting_option)
+from .leaks import echo_leaks, leak_options, leaked_for
 from ..pipeline import check_cache_exists, experiment, resolve_cache
 
 __all__ = ["fit", "grid", "report", "rank"]
@@ -67,10 +68,11 @@ def _head_names(values) -> list[str]:
               help="For --head zeroshot: a text file of prompt templates, one per line with {} where the class name "
                    "goes (default: CLIP's 80 ImageNet templates).")
 @memory_budget_option
+@leak_options
 @setting_option(SourceOptions, "limit")
 @force_option
-def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views, templates, memory_budget, limit,
-        force):
+def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views, templates, memory_budget,
+        exclude_leaked, audit_file, limit, force):
     """Train a head on the cached train split; report val and test metrics; save it.
 
     CACHE is a cache file; without it, the cache of --pipeline (default settings if none) is used.
@@ -128,15 +130,18 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views,
                 echo(f"featx: note: {note}", err=True)
     if columns is not None:
         echo(f"layers: {', '.join(chosen_layers)} ({len(columns)} of the cache's columns)")
+    leaked, leak_card = leaked_for(path, audit_file, exclude_leaked)
+    card = {**(card or {}), **({"leakage": leak_card} if leak_card else {})} or None
     result = fit_head(head_name, with_layers(head, columns), path, out=out, tuning=tuning, views=views, card=card,
-                      memory_budget=None if HEADS[head_name].needs_text else budget_bytes)
+                      memory_budget=None if HEADS[head_name].needs_text else budget_bytes, leaked=leaked)
     shown = {k: v for k, v in result.params.items() if k in HEADS[head_name].key_params}
     echo(f"{head_name}: fit {result.fit_seconds:.1f} s on {result.n_train} x {result.n_features} "
                f"({result.n_classes} classes); {', '.join(f'{k}={v!r}' for k, v in shown.items())}")
     echo(f"{'split':<6} {'n':>6} " + " ".join(f"{m:>14}" for m in METRICS))
     for split, m in result.metrics.items():
-        if m:
+        if m and not split.endswith("_without_leaked"):
             echo(f"{split:<6} {m['n']:>6} " + " ".join(f"{m[k]:>14.4f}" for k in METRICS))
+    echo_leaks(result.metrics, leak_card)
     cal = result.calibration
     if cal and "temperature" in cal:
         ece = (f"; test ECE {cal['test_ece']:.4f} [{cal['test_ece_ci'][0]:.4f}, {cal['test_ece_ci'][1]:.4f}] -> "

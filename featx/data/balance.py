@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-__all__ = ["Balance", "PROCESS_MAX_FORWARD_SHARE", "PROCESS_MIN_BATCHES", "choose", "measure_balance", "threaded_batches",
-           "usable_cores"]
+__all__ = ["Balance", "PROCESS_MAX_DECODE_MS", "PROCESS_MAX_FORWARD_SHARE", "PROCESS_MIN_ITEMS_PER_CORE", "choose",
+           "measure_balance", "threaded_batches", "usable_cores"]
 
 
 def usable_cores() -> int:
@@ -55,21 +55,26 @@ class Balance:
                 f"{self.torch_threads} torch thread{'s' if self.torch_threads != 1 else ''}")
 
 
-#: Worker processes decode instead of threads when each would get at least this many chunks of items ...
-PROCESS_MIN_BATCHES = 2
-#: ... and the forward costs the host under this share of the decoding (an accelerator's, or a nearly free model):
-#: then decoding is all the host does, and threads lose to the GIL. On 2 cores, 1,024 ImageNet-sized JPEGs with a
-#: pooling-only model: threads 456 images/s, DataLoader(num_workers=2) 549 (bench/bench_feeder.py). Where the
-#: forward is a real share (12 MP photos with MobileNetV2 on a CPU: f/d = 0.66), the threads stay: they reached
-#: 0.94 of the machine's limit there (bench/bench_camera.py).
+#: Worker processes decode instead of threads when each would get at least this many items (a process's start
+#: is paid back) ...
+PROCESS_MIN_ITEMS_PER_CORE = 16
+#: ... and the forward costs the host under this share of the decoding (an accelerator's, or a nearly free model) ...
 PROCESS_MAX_FORWARD_SHARE = 0.25
+#: ... and an item decodes in under this many core-ms: then the Python parts of decoding (opening, converting,
+#: normalising), which hold the GIL, are a large share of it and threads lose. Chosen on two measurements on 2
+#: cores: ImageNet-sized JPEGs (d = 2-3 ms) with a pooling-only model, threads 0.81 and processes 0.97 of
+#: DataLoader(num_workers=2) (bench/bench_feeder.py, 5,120 images); 12 MP photos with the scaled decoder
+#: (d = 31-35 ms, the forward 8 ms), threads 0.87-0.89 and processes 0.65 of the machine's limit (bench_camera.py,
+#: 64 photos): there the decoding releases the GIL and processes only add their start.
+PROCESS_MAX_DECODE_MS = 10.0
 
 
 def choose(decode_ms: float, forward_ms: float, cores: int, *, accelerator: bool = False, n_items: int = 0) -> Balance:
     """Decoding threads ``k = ceil(cores * d / (d + f))`` (0 when decoding needs under a quarter of the
     cores), and torch keeps every core; with the forward on an ``accelerator``, ``k = cores``. When decoding is
-    all the host does (an accelerator, or ``f < PROCESS_MAX_FORWARD_SHARE * d``) and ``n_items`` give every core
-    ``PROCESS_MIN_BATCHES`` items, ``cores`` worker processes decode instead of threads (a chunk of the batch each,
+    all the host does (an accelerator, or ``f < PROCESS_MAX_FORWARD_SHARE * d``), an item is cheap to decode
+    (``d < PROCESS_MAX_DECODE_MS``: the GIL-held Python share is large) and ``n_items`` give every core
+    ``PROCESS_MIN_ITEMS_PER_CORE`` items, ``cores`` worker processes decode instead of threads (a chunk of the batch each,
     :func:`featx.extract.batches.process_batches`).
 
     The threads oversubscribe the cores on purpose and the OS shares them out: on 2 cores with 12 MP
@@ -77,7 +82,7 @@ def choose(decode_ms: float, forward_ms: float, cores: int, *, accelerator: bool
     limit 0.67 for MobileNetV2 and ResNet-50 with the scaled decoder, against 0.95 and 0.86 this way;
     ``bench/bench_camera.py``, docs/benchmarks.md)."""
     host_decodes_only = accelerator or forward_ms < PROCESS_MAX_FORWARD_SHARE * decode_ms
-    if host_decodes_only and cores > 1 and n_items >= PROCESS_MIN_BATCHES * cores:
+    if host_decodes_only and decode_ms < PROCESS_MAX_DECODE_MS and cores > 1 and n_items >= PROCESS_MIN_ITEMS_PER_CORE * cores:
         return Balance(decode_ms, forward_ms, 0, cores, decode_processes=cores)
     if accelerator:
         return Balance(decode_ms, forward_ms, cores, cores)

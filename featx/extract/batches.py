@@ -110,6 +110,9 @@ def default_workers(device: torch.device) -> int:
     return min(8, cores - 1)
 
 
+#: Chunks of items each decoding process gets at least: the finer the chunks, the sooner the first forward starts and
+#: the less the last one waits (64 camera photos on 2 cores: chunks of 4, not 16).
+PROCESS_CHUNKS_PER_WORKER = 8
 #: Batches each decoding process keeps ready ahead of the consumer.
 PREFETCH_BATCHES = 4
 #: Below this many images, measuring the pipeline costs more than it can save.
@@ -196,11 +199,10 @@ def batches(ds: "Items", options: ExtractOptions, dev: torch.device, balance: Ba
 
 def process_batches(ds: "Items", batch_size: int, workers: int, dev: torch.device, *, channels_last: bool):
     """Batches decoded by ``workers`` processes (a DataLoader), each process a chunk of consecutive items at a time:
-    the batch, or a divisor of it small enough that every process gets ``PROCESS_MIN_BATCHES`` chunks (512 camera
-    photos in batches of 64 would otherwise keep 8 of 16 processes busy); chunks are joined into batches here."""
-    from ..data.balance import PROCESS_MIN_BATCHES
-
-    most = max(1, len(ds) // (PROCESS_MIN_BATCHES * workers))
+    the batch, or a divisor of it small enough that every process gets :data:`PROCESS_CHUNKS_PER_WORKER` chunks (512
+    camera photos in batches of 64 would otherwise keep 8 of 16 processes busy, and the first forward would wait
+    for a whole batch to be decoded by one process); chunks are joined into batches here."""
+    most = max(1, len(ds) // (PROCESS_CHUNKS_PER_WORKER * workers))
     chunk = max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= most)
     loader = DataLoader(ds, batch_size=chunk, num_workers=workers, pin_memory=dev.type == "cuda",
                         collate_fn=functools.partial(collate, channels_last=channels_last),

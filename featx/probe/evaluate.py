@@ -40,7 +40,9 @@ def metrics(classes, s: np.ndarray, y: np.ndarray, *, pred: np.ndarray | None = 
     k = min(5, len(classes) - 1) if len(classes) > 2 else 1
     out = {
         "top1": float(np.mean(pred == y)),
-        "top5": float(top_k_accuracy_score(y, s, k=k, labels=classes)) if s.ndim == 2 else float(np.mean(pred == y)),
+        # two classes: top-5 is top-1 (scikit-learn's top_k refuses a two-column score when a split holds one class)
+        "top5": float(top_k_accuracy_score(y, s, k=k, labels=classes)) if s.ndim == 2 and len(classes) > 2
+        else float(np.mean(pred == y)),
         "mean_per_class": float(balanced_accuracy_score(y, pred)),
         "macro_f1": float(f1_score(y, pred, average="macro")),
         "n": int(len(y)),

@@ -78,12 +78,14 @@ def train_views(fs) -> tuple[list, list[Path]]:
 
 
 def fit_head(head_name: str, head, cache, *, out=None, tuning: dict | None = None, views: bool = True,
-             card: dict | None = None, memory_budget: int | None = None) -> FitResult:
+             card: dict | None = None, memory_budget: int | None = None,
+             leaked: dict[str, set[str]] | None = None) -> FitResult:
     """Train ``head`` (a fresh estimator from :func:`featx.heads.registry.make_head`) on ``cache``'s
     train split, evaluate on val and test, save it (default ``<cache>.<head>.skops``) and its card (with
     ``tuning``, :func:`featx.probe.search.tune_head`'s record, when its parameters were chosen on val, and the
     fields of ``card``). A train split larger than ``memory_budget`` bytes is fitted streaming
-    (:mod:`featx.heads.streaming`)."""
+    (:mod:`featx.heads.streaming`). ``leaked`` (``{split: ids}``, items that copy a train item, from an audit):
+    each such split is also scored without them, as ``<split>_without_leaked``."""
     path = Path(cache)
     fs = open_features(path)
     if "train" not in fs:
@@ -105,6 +107,10 @@ def fit_head(head_name: str, head, cache, *, out=None, tuning: dict | None = Non
     fit_quietly(head_name, head, X, y)
     fit_s = time.perf_counter() - t0
     metrics = {split: evaluate(head, fs[split].X, fs[split].y) for split in ("val", "test") if split in fs}
+    for split, ids in (leaked or {}).items():
+        if split in fs and ids:
+            keep = ~np.isin(np.asarray(fs[split].ids, dtype=str), list(ids))
+            metrics[f"{split}_without_leaked"] = evaluate(head, fs[split].X[keep], fs[split].y[keep])
     target = Path(out) if out else default_head_path(path, head_name)
     params = head_params(head)
     calibration = fit_calibration(head, fs)  # saved inside the head with it: one file, one rename
