@@ -28,10 +28,13 @@ case there is for telling a copy from a look-alike.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from ..cache.index import self_top_k
 
+log = logging.getLogger("featx")
 __all__ = ["SIDE", "CROPS", "COPY_THRESHOLD", "SURE_COPY", "MARGIN", "COARSE_MIN", "CANDIDATES", "thumbnails",
            "candidate_pairs", "register_pairs", "runner_up", "copy_decisions", "find_copies"]
 
@@ -77,14 +80,23 @@ def _grey(img):
     return to_rgb(img).convert("L")
 
 
-def thumbnails(opener, keys, *, side: int | None = None, progress=None):
+def thumbnails(opener, keys, *, side: int | None = None, progress=None, inspect=None):
     """``(N, side, side)`` float32 grey thumbnails in [0, 1] of ``opener(key)`` for every key, and the
     positions that could not be read (their rows are NaN). ``side`` defaults to :data:`SIDE`, or the
     smallest short side of the first 64 items when that is smaller. Each image is shrunk as soon as it is
-    read (memory stays at the thumbnails'). ``progress(done, total, label)`` is called as items are read."""
+    read (memory stays at the thumbnails'). ``progress(done, total, label)`` is called as items are read;
+    ``inspect(n, image)`` sees each decoded image before it is shrunk (the quality checks)."""
     from PIL import Image
 
     keys = list(keys)
+    if inspect is not None:
+        def opener(key, _open=opener, _index={k: n for n, k in enumerate(keys)}):
+            img = _open(key)
+            try:
+                inspect(_index[key], img)
+            except Exception as exc:  # a property that cannot be computed: the item is still read
+                log.info(f"note: quality check of {key}: {exc}")
+            return img
     first: dict[int, object] = {}
     if side is None:
         for n, key in enumerate(keys[:64]):

@@ -91,21 +91,30 @@ def open_source(fs, root: str):
     return source, keys, ""
 
 
-def _pixel_thumbnails(source, keys: dict, ids: list[str], progress=None):
-    """Grey thumbnails of the cache's items, read from its source (:func:`open_source`)."""
+def _pixel_thumbnails(source, keys: dict, ids: list[str], progress=None, quality=None):
+    """Grey thumbnails of the cache's items, read from its source (:func:`open_source`); ``quality`` (a
+    :class:`featx.audit.quality.QualityStats`) sees every decoded image on the way."""
     from ..data.decoding import decode_scaled
     from ..data.sources import FileSource
     from .copies import SIDE, thumbnails
 
     missing = [i for i in ids if i not in keys]
+    stored: dict[str, tuple[int, int]] = {}
 
     def open_one(item_id):
         key = keys[item_id]  # a KeyError (an item the source no longer has) is an unreadable item
         if isinstance(source, FileSource):
-            return decode_scaled(key, min_side=2 * SIDE) or source.open(key)
+            img = decode_scaled(key, min_side=2 * SIDE)
+            if img is not None:  # decoded at a reduced scale: the size as stored comes from the header
+                from PIL import Image
+
+                with Image.open(key) as header:
+                    stored[item_id] = header.size
+                return img
         return source.open(key)
 
-    thumbs, bad = thumbnails(open_one, ids, progress=progress)
+    inspect = None if quality is None else (lambda n, img: quality.add(n, img, stored.pop(ids[n], None)))
+    thumbs, bad = thumbnails(open_one, ids, progress=progress, inspect=inspect)
     return thumbs, bad, (f"{len(missing)} items no longer in the source" if missing else "")
 
 
@@ -134,16 +143,16 @@ def identical_pixels(source, keys: dict, ids: list[str], pairs) -> set:
 
 
 def copies_of(fs, ids: list[str], near, *, pixels: bool, threshold: float, root: str = DATASETS_ROOT,
-              progress=None) -> tuple[dict, dict]:
+              progress=None, quality=None) -> tuple[dict, dict]:
     """The copy pairs among a cache's items: ``{(a, b): (pixel score, runner-up, identical pixels)}`` found on the
     pixels when the images can be read here (the embedding's ``near`` pairs are candidates too), else the identical
-    embeddings (``None`` for each); and the pixel check's record."""
+    embeddings (``None`` for each); and the pixel check's record. ``quality`` sees every image read."""
     from .copies import MARGIN, SURE_COPY, find_copies
 
     source, keys, note = open_source(fs, root) if pixels else (None, None, "not asked for")
     thumbs, bad = (None, [])
     if source is not None:  # the source is listed once: for the thumbnails and for the exact pixels
-        thumbs, bad, note = _pixel_thumbnails(source, keys, ids, progress)
+        thumbs, bad, note = _pixel_thumbnails(source, keys, ids, progress, quality)
     checked = 0
     if thumbs is not None:
         extra = np.array([(a, b) for a, b, _ in near], np.int64).reshape(-1, 2)

@@ -40,6 +40,15 @@ def summary_lines(record: dict) -> list[str]:
         lines.append("Label errors: not checked (cleanlab is not installed: pip install 'featx[audit]').")
     else:
         lines.append(f"Likely label errors: {len(record['label_issues'])} ({record['label_check']}).")
+    q = record.get("quality") or {}
+    if q.get("computed"):
+        counts = ", ".join(f"{name.replace('_', ' ')} {c['count']}"
+                           + ("" if c.get("reliable", True) else " (not reliable: held-out precision "
+                              f"{c['held_out']['precision']:.2f}, recall {c['held_out']['recall']:.2f})")
+                           for name, c in q["checks"].items())
+        lines.append(f"Image quality ({q['images']} images; {q['rule']}): {counts}.")
+    elif q:
+        lines.append(f"Image quality: not checked ({q.get('note')}).")
     o = record["outliers"]
     lines.append(f"Outliers: {len(o['items'])} items whose mean cosine distance to their {o['k']} nearest "
                  f"neighbours is above {o['fence']:.4f} (Q3 + 3 IQR).")
@@ -109,6 +118,14 @@ def audit_document(record: dict, fs, *, root: str = DATASETS_ROOT) -> Document:
                              [[f"{i['split']}/{i['id']}", i["label"], f"{i['score']:.4f}"] for i in odd[:TABLE_ROWS]])),
             Only("html", Gallery([card(i, f"{i['id']} ({i['label']}) {i['score']:.3f}") for i in odd[:THUMBNAILS]]))]),
     ]
+    q = record.get("quality") or {}
+    for name, check in (q.get("checks") or {}).items() if q.get("computed") else ():
+        if check["items"]:  # lowest score (the clearest case) first
+            warn = "" if check.get("reliable", True) else "; not reliable on held-out photos, for a person to judge"
+            sections.append(Section(f"Image quality: {name.replace('_', ' ')} ({check['count']}{warn})", [
+                Only("md", Table(["item", "score"], [[f"{i['split']}/{i['id']}", f"{i['score']:.4f}"]
+                                                     for i in check["items"][:TABLE_ROWS]])),
+                Only("html", Gallery([card(i, f"{i['id']} {i['score']:.3f}") for i in check["items"][:THUMBNAILS]]))]))
     return Document("featx audit", [Bullets(summary_lines(record))], sections, record, "audit.json")
 
 

@@ -62,8 +62,14 @@ def run_audit(fs, *, threshold: float = DUPLICATE_THRESHOLD, index: str = "exact
     search_s = time.perf_counter() - t0
     near = near_pairs(sims, nn, threshold=min(threshold, EXACT_THRESHOLD))
     t0 = time.perf_counter()
+    from .quality import QualityStats, available
+
+    stats = QualityStats() if pixels and available() else None
     copies, pixel_check = copies_of(fs, ids, near, pixels=pixels, threshold=copy_threshold, root=root,
-                                    progress=progress)
+                                    progress=progress, quality=stats)
+    quality = (stats.record(ids, splits) if stats is not None and pixel_check["done"] else
+               {"computed": False, "note": "needs CleanVision: pip install 'featx[quality]'" if pixels and not
+                available() else f"no pixels read ({pixel_check['note'] or 'not asked for'})"})
     pixel_s = time.perf_counter() - t0
     item = _itemiser(ids, splits, y, list(fs.classes))
     duplicates = _duplicates(X, splits, item, copies, near, threshold)
@@ -80,6 +86,7 @@ def run_audit(fs, *, threshold: float = DUPLICATE_THRESHOLD, index: str = "exact
         "cache": str(fs.path), "cache_key": fs.cache_key, "backbone": fs.meta.get("backbone"),
         "weights": fs.meta.get("weights"), "rows": int(len(X)), "sizes": {s: int((splits == s).sum()) for s in fs.splits},
         "duplicates": duplicates,
+        "quality": quality,
         "label_issues": issues, "label_check": "cleanlab find_label_issues on 5-fold out-of-fold logreg "
                                                "probabilities (train + val)" if issues is not None else "skipped",
         "outliers": {"k": OUTLIER_K, "fence": round(fence, 5),

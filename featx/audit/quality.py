@@ -1,0 +1,101 @@
+"""Image-quality checks in ``featx audit``: dark, light, blurry, low information, odd aspect ratio, odd size, and
+grayscale in a colour dataset, through CleanVision (the ``quality`` extra: cleanlab's image checks, rather than
+featx's own formulas).
+
+The property of each image is computed from the pixels the audit's thumbnail pass already reads (CleanVision's
+``ImageProperty.calculate`` on the decoded image, before it is shrunk; the size and aspect ratio from the image as
+stored), not by a second read of the dataset. Scores are CleanVision's (``get_scores``: lower is worse, in
+[0, 1]); an item is flagged when its score is below the check's threshold in :data:`THRESHOLDS`, chosen by featx on
+problems planted into scikit-learn's sample photos and validated on scikit-image's photos, never used to choose
+(``bench/bench_quality.py``, docs/audit.md). Grayscale is only flagged in a dataset whose images are mostly colour.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+__all__ = ["CHECKS", "QualityStats", "available"]
+
+#: The checks, in report order.
+CHECKS = ("dark", "light", "blurry", "low_information", "odd_aspect_ratio", "odd_size", "grayscale")
+#: Grayscale images are flagged only when at most this share of the dataset is grayscale.
+GRAYSCALE_MAX_SHARE = 0.5
+#: Items listed per check in the record (the counts are always whole).
+MAX_LISTED = 500
+#: Flag below these scores. CleanVision's defaults (dark 0.32, light 0.05, blurry 0.29, low information 0.3, odd
+#: aspect ratio 0.35, odd size 0.5, grayscale 0/1) missed planted blur, lightening and flattening on photo tiles
+#: (bench/bench_quality.py); these were chosen on problems planted into scikit-learn's two sample photos (the
+#: threshold with the best F1 of planted against clean tiles) and validated on scikit-image's photos.
+THRESHOLDS = {"dark": 0.1584, "light": 0.1081, "blurry": 0.4999, "low_information": 0.449, "odd_aspect_ratio": 0.6146,
+              "odd_size": 0.6042, "grayscale": 0.5}
+#: Each check measured on scikit-image's photos, never used to choose (1,428 tiles, 61 planted per problem;
+#: bench/bench_quality.py, 2026-12-01): recall, precision. A check under recall 0.9 or precision 0.8 there is
+#: reported as *not reliable*: blur measured by edge strength (CleanVision's) cannot tell a blurred photo from a
+#: smooth one (a sky, a wall), and low information flags some near-flat clean tiles.
+HELD_OUT = {"dark": (1.0, 1.0), "light": (1.0, 1.0), "blurry": (0.10, 0.09), "low_information": (1.0, 0.76),
+            "odd_aspect_ratio": (1.0, 1.0), "odd_size": (1.0, 1.0), "grayscale": (1.0, 1.0)}
+
+
+def available() -> bool:
+    return importlib.util.find_spec("cleanvision") is not None
+
+
+class QualityStats:
+    """Collects CleanVision's raw image properties during the thumbnail pass (``add``), then flags (``record``)."""
+
+    def __init__(self):
+        from cleanvision.issue_managers.image_property_issue_manager import ImagePropertyIssueManager
+
+        manager = ImagePropertyIssueManager()
+        self.properties, self.params = manager.image_properties, manager.params
+        self.rows: dict[int, dict] = {}
+
+    def add(self, n: int, img, stored_size: tuple[int, int] | None = None) -> None:
+        """The properties of item ``n`` from its decoded image (``stored_size``: its size as stored, when ``img``
+        was decoded at a reduced scale)."""
+        w, h = stored_size or img.size
+        raw = {"aspect_ratio": min(w / h, h / w), "size": math.sqrt(w) * math.sqrt(h)}
+        for check in ("dark", "low_information", "blurry", "grayscale"):  # dark's property also holds light's
+            raw.update(self.properties[check].calculate(img.convert("RGB") if check == "dark" and img.mode not in
+                                                        ("RGB", "L") else img))
+        self.rows[n] = raw
+
+    def scores(self):
+        """``(N, checks)`` scores (CleanVision's ``get_scores``; lower is worse) of the items seen, by item index."""
+        import pandas as pd
+
+        frame = pd.DataFrame.from_dict(self.rows, orient="index").sort_index()
+        out = pd.DataFrame(index=frame.index)
+        for check in CHECKS:
+            params = {k: v for k, v in self.params.get(check, {}).items() if k != "threshold"}
+            out[check] = self.properties[check].get_scores(frame, check, **params).iloc[:, 0].astype(float)
+        out.attrs["grayscale_share"] = float((frame["color_space"] == "L").mean())
+        return out
+
+    def record(self, ids: list[str], splits, thresholds: dict | None = None) -> dict:
+        """``{"checks": {check: {"count", "threshold", "items": [{id, split, score}]}}, ...}``."""
+        if not self.rows:
+            return {"computed": False, "note": "no image could be read"}
+        thresholds = {**THRESHOLDS, **(thresholds or {})}
+        scores = self.scores()
+        grey_share = scores.attrs["grayscale_share"]
+        out = {}
+        for check in CHECKS:
+            if check == "grayscale" and grey_share > GRAYSCALE_MAX_SHARE:
+                out[check] = {"count": 0, "items": [], "note": f"{grey_share:.0%} of the images are grayscale: not a "
+                                                                "colour dataset, none flagged"}
+                continue
+            score = scores[check]
+            hit = score.index[(score < thresholds[check]).to_numpy()]
+            items = sorted(({"id": ids[i], "split": str(splits[i]), "score": round(float(score.loc[i]), 4)}
+                            for i in hit), key=lambda r: r["score"])
+            recall, precision = HELD_OUT[check]
+            out[check] = {"count": len(items), "threshold": thresholds[check], "items": items[:MAX_LISTED],
+                          "held_out": {"recall": recall, "precision": precision},
+                          "reliable": recall >= 0.9 and precision >= 0.8}
+        from importlib.metadata import version
+
+        return {"computed": True, "images": len(scores), "checks": out,
+                "rule": f"CleanVision {version('cleanvision')} image property scores; flagged below featx's "
+                        "thresholds (featx.audit.quality.THRESHOLDS, chosen on planted problems)"}
