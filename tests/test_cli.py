@@ -160,6 +160,7 @@ BAD_USAGE = {
     "rank": ["rank", "--data", "{missing}/folder", "--backbones", "resnet18"],
     "adapt": ["adapt", "{missing}/s.h5", "{missing}/t.h5"],
     "audit": ["audit", "{missing}/c.h5"],
+    "map": ["map", "{missing}/c.h5"],
     "finetune": ["finetune", "--data", "{missing}/folder"],
     "info": ["info", "{missing}/c.h5"],
     "backbones": ["backbones", "--no-such-option"],

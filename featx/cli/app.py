@@ -5,7 +5,7 @@ its options, calls the library and renders the result:
 - :mod:`.head_cmds`: ``fit``, ``grid``, ``report``, ``rank``
 - :mod:`.reuse_cmds`: ``predict``, ``neighbors``, ``export``, ``export-model``
 - :mod:`.info_cmds`: ``info``, ``backbones``, ``heads``
-- :mod:`.adapt_cmds`: ``adapt``; :mod:`.audit_cmds`: ``audit``
+- :mod:`.adapt_cmds`: ``adapt``; :mod:`.audit_cmds`: ``audit``, ``map``
 
 Exit status and error format: see :mod:`featx.cli.base`.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import click
 
 from .adapt_cmds import adapt
-from .audit_cmds import audit
+from .audit_cmds import audit, map_
 from .base import FeatxGroup, configure_output
 from .extract_cmds import extract, merge
 from .finetune_cmds import finetune
@@ -42,6 +42,6 @@ def main(debug: bool, quiet: bool) -> None:
     configure_output(verbose=not quiet)
 
 
-for _command in (extract, merge, fit, grid, report, rank, adapt, audit, finetune, info, backbones, heads, predict,
+for _command in (extract, merge, fit, grid, report, rank, adapt, audit, map_, finetune, info, backbones, heads, predict,
                  index, neighbors, export, export_model):
     main.add_command(_command)

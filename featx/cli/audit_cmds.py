@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
+from ..errors import FeatxUsageError
 from ..options import CV_FOLDS, DATASETS_ROOT, INDEXES, RELABEL_MIN_CONFIDENCE
 from .base import (REPORT_FILES, check_output, check_report_folder, echo, existing_file, force_option, out_option,
                    progress_renderer)
 
-__all__ = ["audit"]
+__all__ = ["audit", "map_"]
 
 
 @click.command()
@@ -76,3 +77,46 @@ def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest,
         echo(f"wrote {manifest}: {counts['written']} items; left out {sum(out_.values())} ({out_['copy']} copies, "
              f"{out_['label']} likely label errors, {out_['outlier']} outliers){relabelled}; "
              f"featx extract --data {manifest} reads it")
+
+
+@click.command("map")
+@click.argument("cache", type=click.Path(dir_okay=False))
+@out_option("Folder for map.html and map.json (default reports/map-<cache name>).", file=False)
+@click.option("--head-file", "-F", "head_file", type=click.Path(dir_okay=False), default=None,
+              help="A head fitted on this cache (featx fit): colour the points by right / wrong too.")
+@click.option("--audit", "audit_file", type=click.Path(dir_okay=False), default=None,
+              help="The audit.json of this cache (default: reports/audit-<cache stem>/audit.json when it is this "
+                   "cache's): colour the points by what it flagged too.")
+@click.option("--sample", type=click.IntRange(min=10), default=5000, show_default=True,
+              help="At most this many points, a seeded sample in proportion to the splits (said on the page).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample and the projection.")
+@click.option("--root", default=DATASETS_ROOT, show_default=True,
+              help="Where torchvision datasets are kept (to read the thumbnails).")
+@force_option
+def map_(cache, out, head_file, audit_file, sample, seed, root, force):
+    """The embeddings on a 2-D map (UMAP, or PCA without umap-learn): one self-contained map.html, points coloured by
+    label, split, right/wrong (with a head) or audit flag, each with its thumbnail on hover; map.json for machines."""
+    existing_file(cache, "cache file")
+    if head_file:
+        existing_file(head_file, "head file")
+    from ..audit.embedmap import build_map, write_map
+    from ..audit.leaks import find_audit
+    from ..cache.store import open_features
+
+    fs = open_features(cache)
+    out_dir = check_report_folder(Path(out) if out else Path("reports") / f"map-{Path(cache).stem}",
+                                  ("map.html", "map.json"), {"the cache": cache}, replaces=("text",))
+    head = None
+    if head_file:
+        from ..heads.persist import load_head
+
+        head, card = load_head(head_file)
+        if card and card.get("cache_key") not in (None, fs.cache_key):
+            raise FeatxUsageError(f"{head_file} was fitted on another cache (key {card.get('cache_key')}, this one "
+                                  f"{fs.cache_key})")
+    found = find_audit(cache, fs.cache_key, audit_file)
+    record = build_map(fs, sample=sample, seed=seed, head=head, audit=found[1] if found else None, root=root)
+    paths = write_map(out_dir, record)
+    echo(f"{record['n_points']} points{' (sampled)' if record['sampled'] else ''}; {record['method']}; "
+         f"{record['seconds']:.1f} s")
+    echo("wrote " + ", ".join(str(p) for p in paths))
