@@ -82,7 +82,7 @@ def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest,
 @click.command("map")
 @click.argument("cache", type=click.Path(dir_okay=False))
 @out_option("Folder for map.html and map.json (default reports/map-<cache name>).", file=False)
-@click.option("--head-file", "-F", "head_file", type=click.Path(dir_okay=False), default=None,
+@click.option("--head-file", "-F", "head_path", type=click.Path(dir_okay=False), default=None,
               help="A head fitted on this cache (featx fit): colour the points by right / wrong too.")
 @click.option("--audit", "audit_file", type=click.Path(dir_okay=False), default=None,
               help="The audit.json of this cache (default: reports/audit-<cache stem>/audit.json when it is this "
@@ -93,12 +93,12 @@ def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest,
 @click.option("--root", default=DATASETS_ROOT, show_default=True,
               help="Where torchvision datasets are kept (to read the thumbnails).")
 @force_option
-def map_(cache, out, head_file, audit_file, sample, seed, root, force):
+def map_(cache, out, head_path, audit_file, sample, seed, root, force):
     """The embeddings on a 2-D map (UMAP, or PCA without umap-learn): one self-contained map.html, points coloured by
     label, split, right/wrong (with a head) or audit flag, each with its thumbnail on hover; map.json for machines."""
     existing_file(cache, "cache file")
-    if head_file:
-        existing_file(head_file, "head file")
+    if head_path:
+        existing_file(head_path, "head file")
     from ..audit.embedmap import build_map, write_map
     from ..audit.leaks import find_audit
     from ..cache.store import open_features
@@ -107,12 +107,12 @@ def map_(cache, out, head_file, audit_file, sample, seed, root, force):
     out_dir = check_report_folder(Path(out) if out else Path("reports") / f"map-{Path(cache).stem}",
                                   ("map.html", "map.json"), {"the cache": cache}, replaces=("text",))
     head = None
-    if head_file:
+    if head_path:
         from ..heads.persist import load_head
 
-        head, card = load_head(head_file)
+        head, card = load_head(head_path)
         if card and card.get("cache_key") not in (None, fs.cache_key):
-            raise FeatxUsageError(f"{head_file} was fitted on another cache (key {card.get('cache_key')}, this one "
+            raise FeatxUsageError(f"{head_path} was fitted on another cache (key {card.get('cache_key')}, this one "
                                   f"{fs.cache_key})")
     found = find_audit(cache, fs.cache_key, audit_file)
     record = build_map(fs, sample=sample, seed=seed, head=head, audit=found[1] if found else None, root=root)
