@@ -27,7 +27,8 @@ def cache(tmp_path):
 
 
 def _browser_points(page, tmp_path) -> tuple[int, str]:
-    """The points the page says it drew (after its script ran) and what the browser logged."""
+    """The points the page says it drew (after its script ran) and what the browser logged; the page must also
+    have drawn its gallery."""
     browser = shutil.which("chromium")
     done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                            "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -36,6 +37,8 @@ def _browser_points(page, tmp_path) -> tuple[int, str]:
     import re
 
     m = re.search(r'data-points="(\d+)"', done.stdout)
+    g = re.search(r'data-gallery="(\d+)"', done.stdout)
+    assert g and int(g[1]) > 0, "no gallery drawn"
     return (int(m[1]) if m else -1), done.stderr
 
 
@@ -50,8 +53,15 @@ def test_map_without_umap_is_pca_and_says_so(cache, tmp_path, monkeypatch):
     assert record["method"].startswith("PCA (umap-learn is not installed")
     assert record["sampled"] and 18 <= record["n_points"] <= 22 and record["n_rows"] == 36
     assert all("predicted" in p for p in record["points"]) and record["thumbnails"] is True
+    gallery = record["gallery"]
+    assert gallery["confusion_by"] == "the head's predictions" and len(gallery["classes"]) == 3
+    for c, rows in gallery["classes"].items():  # typical and atypical items are points of that class
+        assert all(record["points"][i]["label"] == c for i in rows["typical"] + rows["atypical"])
+    for pair in gallery["confused"]:
+        assert all(record["points"][i]["label"] == pair["label"] and record["points"][i]["predicted"] == pair["as"]
+                   for i in pair["examples"])
     page = (tmp_path / "m" / "map.html").read_text()
-    assert "right / wrong" in page and page.count("data:image/png;base64,") == 1  # built in the page's script
+    assert "right / wrong" in page and page.count("data:image/png;base64,") == 2  # built by the page's script
     if shutil.which("chromium"):
         drawn, log = _browser_points(tmp_path / "m" / "map.html", tmp_path)
         assert drawn == record["n_points"], log[-2000:]

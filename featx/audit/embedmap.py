@@ -74,10 +74,12 @@ def build_map(fs, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, head=None, aud
     xy, method = _project(X, seed)
     points = [{"x": round(float(x), 5), "y": round(float(y), 5), "id": str(ids[s][r]), "split": s,
                "label": fs.classes[int(labels[s][r])] if labels[s][r] >= 0 else ""} for (s, r), (x, y) in zip(order, xy)]
+    predicted = None
     if head is not None:
         predicted = head.predict(X)
         for p, c in zip(points, predicted):
             p["predicted"] = fs.classes[int(c)]
+    gallery = _gallery(X, np.array([int(labels[s][r]) for s, r in order]), predicted, list(fs.classes))
     if audit:
         flags = _audit_flags(audit)
         for p in points:
@@ -98,8 +100,48 @@ def build_map(fs, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, head=None, aud
     return {"cache": str(fs.path), "cache_key": fs.cache_key, "backbone": fs.meta.get("backbone"),
             "method": method, "seed": seed, "points": points, "n_points": len(points), "n_rows": total,
             "sampled": len(points) < total, "classes": list(fs.classes),
-            "thumbnails": bool(pictures) or f"none: {why}", "seconds": round(time.perf_counter() - t0, 2),
+            "thumbnails": bool(pictures) or f"none: {why}", "gallery": gallery,
+            "seconds": round(time.perf_counter() - t0, 2),
             "_pictures": pictures}
+
+
+#: Items per class in the gallery's most and least typical rows, and examples per confused pair.
+GALLERY_ITEMS = 4
+#: Confused class pairs shown.
+CONFUSED_PAIRS = 6
+
+
+def _gallery(X: np.ndarray, y: np.ndarray, predicted, classes: list[str]) -> dict:
+    """Per class, the point indices most and least typical (cosine to the class's mean embedding, over the sampled
+    points); the most confused class pairs (by the head's predictions, else by the nearest class centre) with
+    example points."""
+    Z = l2_normalise(X)
+    labelled = np.flatnonzero(y >= 0)
+    present = sorted(set(y[labelled].tolist()))
+    if not present:
+        return {"classes": {}, "confused": [], "confusion_by": "none"}
+    centres = l2_normalise(np.stack([Z[labelled[y[labelled] == c]].mean(axis=0) for c in present]))
+    sims = Z @ centres.T
+    own = {c: k for k, c in enumerate(present)}
+    per_class = {}
+    for c in present:
+        rows = labelled[y[labelled] == c]
+        typ = sims[rows, own[c]]
+        order = rows[np.argsort(-typ)]
+        per_class[classes[c]] = {"typical": order[:GALLERY_ITEMS].tolist(),
+                                 "atypical": order[::-1][:GALLERY_ITEMS].tolist()}
+    if predicted is not None:
+        guess, by = np.asarray(predicted).astype(int), "the head's predictions"
+    else:
+        guess, by = np.array(present)[np.argmax(sims, axis=1)], "the nearest class centre"
+    pairs: dict[tuple[int, int], list[int]] = {}
+    for i in labelled:
+        if guess[i] != y[i]:
+            pairs.setdefault((int(y[i]), int(guess[i])), []).append(int(i))
+    top = sorted(pairs.items(), key=lambda kv: -len(kv[1]))[:CONFUSED_PAIRS]
+    return {"classes": per_class, "confusion_by": by,
+            "confused": [{"label": classes[a], "as": classes[b], "count": len(rows), "examples": rows[:GALLERY_ITEMS]}
+                         for (a, b), rows in top]}
 
 
 def _audit_flags(audit: dict) -> dict[str, str]:
@@ -139,11 +181,14 @@ body{font:14px system-ui,sans-serif;margin:16px;color:#222}
 #wrap{display:flex;gap:16px}#c{border:1px solid #ccc;cursor:crosshair}
 #side{width:260px}#tip{min-height:90px}#tip img{width:96px;image-rendering:pixelated;border:1px solid #ddd}
 .key{display:flex;align-items:center;gap:6px;margin:2px 0}.sw{width:12px;height:12px;border-radius:6px}
+.row{display:flex;align-items:center;gap:4px;margin:4px 0}.row b{width:220px}.row img{width:48px;height:48px;
+image-rendering:pixelated;border:1px solid #ddd}
 </style></head><body>
 <h1 id="h"></h1><p id="about"></p>
 <label>colour by <select id="mode"></select></label>
 <div id="wrap"><canvas id="c" width="760" height="760"></canvas><div id="side"><div id="tip">hover a point</div>
 <div id="legend"></div></div></div>
+<h2>Gallery</h2><p id="gabout"></p><div id="gallery"></div>
 <script>
 const D = __DATA__;
 const P = D.points, C = document.getElementById("c"), g = C.getContext("2d");
@@ -187,5 +232,19 @@ C.addEventListener("mousemove", e => {
   tip.appendChild(t);
 });
 sel.addEventListener("change", draw); draw();
+function pics(label, idx) {
+  const r = document.createElement("div"); r.className = "row"; const b = document.createElement("b");
+  b.textContent = label; r.appendChild(b);
+  for (const i of idx) { if (!D.pictures[i]) continue; const im = document.createElement("img");
+    im.src = "data:image/png;base64," + D.pictures[i]; im.title = P[i].id; im.className = "g"; r.appendChild(im); }
+  document.getElementById("gallery").appendChild(r);
+}
+const G = D.gallery;
+document.getElementById("gabout").textContent = "Per class: the items closest to the class's mean embedding " +
+  "(typical) and farthest from it (atypical), among the points on the map; then the most confused pairs of " +
+  "classes (by " + G.confusion_by + ") with examples." + (D.pictures.length ? "" : " No thumbnails: " + D.thumbnails);
+for (const c in G.classes) { pics(c + ": typical", G.classes[c].typical); pics(c + ": atypical", G.classes[c].atypical); }
+for (const q of G.confused) pics(q.label + " taken for " + q.as + " (" + q.count + ")", q.examples);
+document.body.dataset.gallery = document.querySelectorAll("img.g").length;
 </script></body></html>
 """
