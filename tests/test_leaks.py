@@ -59,6 +59,11 @@ def test_fit_reports_test_without_the_leaked_items(leaky, tmp_path, monkeypatch)
     card = json.loads((tmp_path / "h.json").read_text())
     assert card["leakage"]["excluded"] == {"test": 3}
     assert card["metrics"]["test_without_leaked"]["n"] == card["metrics"]["test"]["n"] - 3
+    grid = run("grid", cache, "--heads", "logreg", "--no-baselines", "--no-progress", "--out", tmp_path / "g")
+    assert grid.exit_code == 0, grid.output
+    assert "test without the 3 item(s) that copy a train item" in grid.output
+    row = json.loads((tmp_path / "g" / "results.json").read_text())["heads"][0]
+    assert row["test_without_leaked"]["n"] == row["test"]["n"] - 3
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**record, "cache_key": "someone-else"}))
     refused = run("fit", cache, "--head", "logreg", "--no-baselines", "--audit", other)

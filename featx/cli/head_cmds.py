@@ -273,9 +273,11 @@ def _shots(shots: str | None) -> list[int]:
                    "the chosen head, reported beside it.")
 @setting_option(SourceOptions, "limit")
 @memory_budget_option
+@leak_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar (or, in a log file, the progress lines).")
 def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_weight, shots, tries, out, backend,
-         scheduler, baselines, layers, memory_budget, limit, no_progress):  # one parameter per option: click's convention
+         scheduler, baselines, layers, memory_budget, exclude_leaked, audit_file, limit,
+         no_progress):  # one parameter per option: click's convention
     """Search each head's hyper-parameters on a cache and write report.md, report.html and results.json.
 
     Protocol: fit on train, select on val (k-fold CV if there is none), refit the best point on
@@ -321,8 +323,10 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
         if backend == "dask":
             stack.enter_context(_dask(scheduler))
         t0 = time.perf_counter()
+        leaked, leak_card = leaked_for(path, audit_file, exclude_leaked)
         options = GridOptions(metric=metric, jobs=jobs, folds=folds, class_weight=class_weight,
-                              shots=tuple(shot_list), tries=tries, layers=layers)
+                              shots=tuple(shot_list), tries=tries, layers=layers,
+                              leaked_test=tuple(sorted((leaked or {}).get("test", ()))))
         results, paths = run_grid(path, grids, name=name, out_dir=out_dir, options=options,
                                   baselines=_grid_baselines(path, exp if pipeline else None) if baselines else None,
                                   progress=progress_renderer(enabled=not no_progress))
@@ -332,6 +336,7 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
             "the simplest chosen)" if len(choice["tied"]) > 1 else "")
     echo(f"best head {best['head']}{tied}: test top1 {best['test'].get('top1', float('nan')):.4f}; "
          f"{time.perf_counter() - t0:.1f} s in all")
+    echo_leaks({"test": best["test"], "test_without_leaked": best.get("test_without_leaked")}, leak_card)
     from .zeroshot import zeroshot_row
 
     zeroshot_row(path, out_dir)

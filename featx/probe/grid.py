@@ -19,6 +19,7 @@ from ..options import CV_FOLDS
 from ..heads.registry import HEADS, clip_to_rows
 from ..util import first_line, softmax
 from ..version import __version__
+from .evaluate import evaluate
 from .report import write_reports
 from .selection import edge_notes, one_se_choice, score_se
 from .search import NYSTROEM_FEW_ROWS, few_shot, grid_points, search_head, select_layers
@@ -75,6 +76,8 @@ class GridOptions:
         tries: random draws per few-shot point.
         layers: for a multi-layer cache: ``all`` columns, ``last`` or names (every head searches those), or
             ``search`` (every column, then greedy forward selection of layers for the chosen head).
+        leaked_test: ids of test items that copy a train item (an audit of the cache): every head's test is also
+            scored without them.
     """
 
     metric: str = "top1"
@@ -84,6 +87,7 @@ class GridOptions:
     shots: tuple = ()
     tries: int = 5
     layers: str = "all"
+    leaked_test: tuple = ()
 
 
 def run_grid(cache, grids: dict, *, name: str, out_dir, options: GridOptions = GridOptions(),
@@ -208,6 +212,9 @@ def _search_all(fs, grids: dict, options: GridOptions, progress, columns=None) -
             done_fits += len(grid_points(grid)) * per_point
             if progress:
                 progress(done_fits, total_fits, f"grid {h}")
+        if options.leaked_test and "test" in fs and result.estimator is not None:
+            keep = ~np.isin(np.asarray(fs["test"].ids, dtype=str), list(options.leaked_test))
+            result.test_without_leaked = evaluate(result.estimator, fs["test"].X[keep], fs["test"].y[keep])
         searched.append((result, time.perf_counter() - t0))
         log.info(f"{h}: best {result.best_params} val {options.metric} {result.best_score:.4f}; "
                  f"test top1 {result.test.get('top1', float('nan')):.4f} ({searched[-1][1]:.1f} s)")

@@ -55,6 +55,7 @@ class HeadSearch:
     test: dict = field(default_factory=dict)
     refit_seconds: float = 0.0
     estimator: object = None  # the refitted best head
+    test_without_leaked: dict = field(default_factory=dict)  # test without the items that copy a train item
 
     def as_dict(self) -> dict:
         return {
@@ -67,6 +68,7 @@ class HeadSearch:
             "test": self.test,
             "refit_seconds": round(self.refit_seconds, 3),
             "params": head_params(self.estimator) if self.estimator is not None else {},
+            **({"test_without_leaked": self.test_without_leaked} if self.test_without_leaked else {}),
         }
 
 
