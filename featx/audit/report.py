@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 
 from ..options import DATASETS_ROOT
-from ..report.document import Bullets, Card, Document, Gallery, Only, Pair, Section, Table, write_report
-from ..report.plots import thumbnail
+from ..report.document import Bullets, Card, Document, Figure, Gallery, Only, Pair, Section, Table, write_report
+from ..report.plots import png, pyplot, thumbnail
 from ..data.decoding import to_rgb
 from .duplicates import open_source
 
@@ -126,7 +126,33 @@ def audit_document(record: dict, fs, *, root: str = DATASETS_ROOT) -> Document:
                 Only("md", Table(["item", "score"], [[f"{i['split']}/{i['id']}", f"{i['score']:.4f}"]
                                                      for i in check["items"][:TABLE_ROWS]])),
                 Only("html", Gallery([card(i, f"{i['id']} {i['score']:.3f}") for i in check["items"][:THUMBNAILS]]))]))
+    sections.append(Section("Embedding map", [_map_figure(record, fs)]))
     return Document("featx audit", [Bullets(summary_lines(record))], sections, record, "audit.json")
+
+
+#: Points of the audit report's embedding map (a seeded sample).
+MAP_POINTS = 2000
+
+
+def _map_figure(record: dict, fs) -> Figure:
+    """The cache's embeddings on a 2-D map (``featx map``'s projection, a seeded sample), flagged items in colour."""
+    from .embedmap import build_map
+
+    m = build_map(fs, sample=MAP_POINTS, audit=record, thumbnails=False)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 7))
+    kinds = sorted({p.get("flag", "") for p in m["points"]} - {""})
+    plain = [p for p in m["points"] if "flag" not in p]
+    ax.scatter([p["x"] for p in plain], [p["y"] for p in plain], s=4, c="#bbbbbb", label="not flagged")
+    for k, kind in enumerate(kinds):
+        pts = [p for p in m["points"] if p.get("flag") == kind]
+        ax.scatter([p["x"] for p in pts], [p["y"] for p in pts], s=14, c=f"C{k}", label=f"{kind} ({len(pts)})")
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.legend(loc="best", fontsize=8)
+    sample = f"a seeded sample of {m['n_points']} of {m['n_rows']} rows" if m["sampled"] else f"{m['n_points']} rows"
+    return Figure(png(fig), f"The embeddings on a 2-D map ({sample}; {m['method']}), what the audit flagged in colour. "
+                            f"`featx map {fs.path.name} --audit audit.json` makes the interactive page, with thumbnails "
+                            "and colours by label, split or prediction.")
 
 
 def write_audit_reports(out_dir, record: dict, fs, *, root: str = DATASETS_ROOT):
