@@ -57,6 +57,19 @@ def test_planted_problems_are_flagged_and_each_check_states_its_reliability(tmp_
         assert quality["checks"][check]["reliable"]
     assert not quality["checks"]["blurry"]["reliable"]  # measured on held-out photos: said, not hidden
     assert "Image quality: dark (" in (tmp_path / "a" / "report.md").read_text()
+    # opt-in, check by check: the clean manifest leaves out the dark and tiny items, and keeps the grayscale ones
+    manifest = tmp_path / "clean.csv"
+    out = run("audit", cache, "--out", tmp_path / "a2", "--write-manifest", manifest, "--exclude-quality",
+              "dark,odd_size")
+    assert out.exit_code == 0, out.output
+    assert "by quality checks" in out.output
+    listed = manifest.read_text()
+    assert not any(f in listed for f, p in planted.items() if p in ("dark", "odd_size"))
+    import re
+
+    assert int(re.search(r"(\d+) by quality checks", out.output)[1]) >= 4
+    bad = run("audit", cache, "--out", tmp_path / "a3", "--exclude-quality", "fuzzy")
+    assert bad.exit_code == 2 and "the checks are" in bad.output
 
 
 def test_grayscale_is_not_flagged_in_a_grayscale_dataset(tmp_path):

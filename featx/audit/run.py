@@ -132,12 +132,12 @@ def _duplicates(X, splits, item, copies: dict, near, threshold: float) -> dict:
             "exact_threshold": EXACT_THRESHOLD}
 
 
-def flagged_rows(record: dict, *, relabel: bool = False,
-                 min_confidence: float = RELABEL_MIN_CONFIDENCE) -> tuple[dict[str, str], dict[str, str]]:
-    """Ids the clean manifest leaves out, each with why (``copy``, ``label``, ``outlier``), and (with ``relabel``)
-    id -> new label: every near-duplicate but one per group (the test copy, else val, else the first), the likely
-    label errors (relabelled instead when the suggestion's confidence is at least ``min_confidence``) and the
-    outliers."""
+def flagged_rows(record: dict, *, relabel: bool = False, min_confidence: float = RELABEL_MIN_CONFIDENCE,
+                 quality: tuple[str, ...] = ()) -> tuple[dict[str, str], dict[str, str]]:
+    """Ids the clean manifest leaves out, each with why (``copy``, ``label``, ``outlier``, ``quality``), and (with
+    ``relabel``) id -> new label: every near-duplicate but one per group (the test copy, else val, else the first),
+    the likely label errors (relabelled instead when the suggestion's confidence is at least ``min_confidence``), the
+    outliers, and the items of the ``quality`` checks named (opt-in, one by one)."""
     order = {"test": 0, "val": 1, "train": 2}
     drop: dict[str, str] = {}
     for group in record["duplicates"]["groups"]:
@@ -151,6 +151,10 @@ def flagged_rows(record: dict, *, relabel: bool = False,
             drop.setdefault(i["id"], "label")
     for i in record["outliers"]["items"]:
         drop.setdefault(i["id"], "outlier")
+    checks = ((record.get("quality") or {}).get("checks")) or {}
+    for name in quality:
+        for i in (checks.get(name) or {}).get("items") or []:
+            drop.setdefault(i["id"], "quality")
     for item_id in drop:  # an item left out is not relabelled
         new_labels.pop(item_id, None)
     return drop, new_labels
@@ -174,7 +178,7 @@ def check_manifest_target(fs, target) -> None:
 
 
 def write_manifest(record: dict, fs, target, *, relabel: bool = False, min_confidence: float = RELABEL_MIN_CONFIDENCE,
-                   root: str = DATASETS_ROOT) -> dict:
+                   root: str = DATASETS_ROOT, quality: tuple[str, ...] = ()) -> dict:
     """A CSV manifest of the cache's items with the flagged ones removed or relabelled, in the format
     ``featx extract --data`` reads (:func:`featx.data.files.write_manifest_csv`). Returns the counts: ``written``,
     ``left_out`` by reason (``copy``, ``label``, ``outlier``) and ``relabelled``."""
@@ -186,7 +190,7 @@ def write_manifest(record: dict, fs, target, *, relabel: bool = False, min_confi
     if not isinstance(source, FileSource):
         raise FeatxError(f"a manifest lists image files; this cache's source ({source.describe()['kind']}) has none: "
                          "use the ids in audit.json instead")
-    drop, new_labels = flagged_rows(record, relabel=relabel, min_confidence=min_confidence)
+    drop, new_labels = flagged_rows(record, relabel=relabel, min_confidence=min_confidence, quality=quality)
     splits = source.splits()  # lists the classes too
     names = list(source.classes)
     audited = {str(i) for split in fs.splits for i in fs[split].ids}  # files added since the extraction: not clean
@@ -199,5 +203,5 @@ def write_manifest(record: dict, fs, target, *, relabel: bool = False, min_confi
         log.info(f"note: {new} file(s) of the data are newer than the cache and were not audited: the manifest "
                  "leaves them out (extract and audit again to include them)")
     write_manifest_csv(target, rows)
-    reasons = {r: sum(1 for why in drop.values() if why == r) for r in ("copy", "label", "outlier")}
+    reasons = {r: sum(1 for why in drop.values() if why == r) for r in ("copy", "label", "outlier", "quality")}
     return {"written": len(rows), "left_out": reasons, "relabelled": len(new_labels)}

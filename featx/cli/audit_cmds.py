@@ -36,6 +36,9 @@ __all__ = ["audit", "map_"]
 @click.option("--relabel", is_flag=True, help="In the manifest, give likely label errors their suggested label "
                                               "instead of leaving them out (only suggestions at least "
                                               "--relabel-min-confidence sure; the others are left out).")
+@click.option("--exclude-quality", "exclude_quality", default="", metavar="CHECK,...",
+              help="Also leave out of --write-manifest the items of these image-quality checks (dark, light, blurry, "
+                   "low_information, odd_aspect_ratio, odd_size, grayscale); none by default.")
 @click.option("--relabel-min-confidence", type=click.FloatRange(0.0, 1.0), default=RELABEL_MIN_CONFIDENCE,
               show_default=True, help="The least out-of-fold probability of the suggested label for --relabel to "
                                       "apply it.")
@@ -43,8 +46,8 @@ __all__ = ["audit", "map_"]
               help="Where torchvision datasets are kept (to read their images).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar (or, in a log file, the progress lines).")
 @force_option
-def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest, relabel, relabel_min_confidence,
-          root, no_progress, force):  # one parameter per option: click's convention
+def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest, relabel, exclude_quality,
+          relabel_min_confidence, root, no_progress, force):  # one parameter per option: click's convention
     """Audit a dataset through its cached embeddings: copies of one picture (and train/test leakage), look-alikes,
     likely label errors, outliers. Writes audit.json, report.md and report.html (with thumbnails of what it flags)."""
     existing_file(cache, "cache file")
@@ -53,6 +56,14 @@ def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest,
     from ..audit.run import check_manifest_target, run_audit, write_manifest
     from ..cache.store import open_features
 
+    from ..audit.quality import CHECKS
+
+    quality = tuple(c.strip() for c in exclude_quality.split(",") if c.strip())
+    unknown = [c for c in quality if c not in CHECKS]
+    if unknown:
+        raise FeatxUsageError(f"--exclude-quality {unknown[0]!r}: the checks are {', '.join(CHECKS)}")
+    if quality and not manifest:
+        raise FeatxUsageError("--exclude-quality is for --write-manifest")
     fs = open_features(cache)
     if manifest:  # the manifest never replaces the cache, the manifest the data came from, or an image
         data_manifest = (fs.meta.get("source") or {}).get("manifest")
@@ -70,12 +81,13 @@ def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest,
     echo("wrote " + ", ".join(str(p) for p in paths))
     if manifest:
         counts = write_manifest(record, fs, manifest, relabel=relabel, min_confidence=relabel_min_confidence,
-                                root=root)
+                                root=root, quality=quality)
         out_ = counts["left_out"]
         relabelled = (f"; {counts['relabelled']} relabelled (suggestion confidence >= {relabel_min_confidence:g})"
                       if relabel else "")
         echo(f"wrote {manifest}: {counts['written']} items; left out {sum(out_.values())} ({out_['copy']} copies, "
-             f"{out_['label']} likely label errors, {out_['outlier']} outliers){relabelled}; "
+             f"{out_['label']} likely label errors, {out_['outlier']} outliers"
+             f"{', ' + str(out_['quality']) + ' by quality checks' if quality else ''}){relabelled}; "
              f"featx extract --data {manifest} reads it")
 
 

@@ -83,6 +83,9 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views,
         raise FeatxUsageError(f"featx fit trains one head, got {head_name!r}; `featx grid --heads` searches several")
     check_head(head_name)
     user_params = parse_params(params)
+    from ..heads.streaming import budget, train_bytes
+
+    budget_bytes = budget(memory_budget)  # a bad size is refused before the cache is read
     exp = _experiment_with_cache(cache, pipeline, limit)
     overrides = {**exp.heads.get(head_name, {}), **user_params}
     from ..heads.persist import card_path
@@ -99,9 +102,6 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views,
 
     columns, chosen_layers = layer_columns(open_features(path).meta, layers)
     tuning, card = None, None
-    from ..heads.streaming import budget, train_bytes
-
-    budget_bytes = budget(memory_budget)
     streamed = "train" in open_features(path) and train_bytes(open_features(path)["train"]) > budget_bytes
     if streamed and tune and not HEADS[head_name].needs_text:
         echo("featx: note: the train split exceeds the memory budget: fitted streaming with the head's "
