@@ -142,7 +142,7 @@ def nearest(fs, queries: np.ndarray, k: int = 5, *, splits: Iterable[str] | None
     else reads the cache block by block (:func:`featx.cache.index.cosine_top_k`), so a cache larger than memory
     works either way.
     """
-    from .cache.index import cosine_top_k
+    from .cache.index import cosine_top_k, numbered_blocks
 
     names = list(splits or fs.splits)
     starts = np.cumsum([0] + [len(fs[s]) for s in names])  # every split's rows numbered one after another
@@ -153,13 +153,7 @@ def nearest(fs, queries: np.ndarray, k: int = 5, *, splits: Iterable[str] | None
         best_s, best_i = search(kept[0], queries, k)
         return _neighbors(fs, names, starts, best_s, best_i)
 
-    def blocks():
-        for split, first in zip(names, starts):
-            view, n = fs[split], len(fs[split])
-            for lo in range(0, n, block):
-                yield int(first + lo), view.rows(lo, min(n, lo + block))
-
-    best_s, best_i = cosine_top_k(queries, blocks(), k)
+    best_s, best_i = cosine_top_k(queries, numbered_blocks(fs, names, block), k)
     return _neighbors(fs, names, starts, best_s, best_i)
 
 

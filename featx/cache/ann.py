@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import FeatxError
 from ..util import atomic_write, l2_normalise
+from .index import cosine_top_k, numbered_blocks
 
 __all__ = ["INDEX_KINDS", "build_index", "index_path", "kept_index", "search"]
 
@@ -61,31 +62,17 @@ def index_path(cache) -> Path:
     return Path(f"{cache}.faiss")
 
 
-def _blocks(fs, block: int = ADD_BLOCK):
-    for split in fs.splits:
-        view, n = fs[split], len(fs[split])
-        for lo in range(0, n, block):
-            yield l2_normalise(view.rows(lo, min(n, lo + block))).astype(np.float32)
-
-
-def _exact(fs, queries: np.ndarray, k: int) -> np.ndarray:
-    from .index import cosine_top_k
-
-    starts = np.cumsum([0] + [len(fs[s]) for s in fs.splits])
-    blocks = ((int(first + lo), rows) for split, first in zip(fs.splits, starts)
-              for lo, rows in ((lo, fs[split].rows(lo, min(len(fs[split]), lo + ADD_BLOCK)))
-                               for lo in range(0, len(fs[split]), ADD_BLOCK)))
-    return cosine_top_k(queries, blocks, k)[1]
-
-
 def _sample_queries(fs, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` seeded rows of the cache (numbered as :func:`~featx.cache.index.numbered_blocks`), L2-normalised;
+    each split's picks read in one call."""
     total = sum(len(fs[s]) for s in fs.splits)
     picks = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
     rows, start = [], 0
     for split in fs.splits:
-        view, m = fs[split], len(fs[split])
-        for p in picks[(picks >= start) & (picks < start + m)]:
-            rows.append(view.rows(int(p - start), int(p - start) + 1))
+        m = len(fs[split])
+        mine = picks[(picks >= start) & (picks < start + m)] - start
+        if len(mine):
+            rows.append(fs[split][mine])
         start += m
     return l2_normalise(np.concatenate(rows)).astype(np.float32)
 
@@ -111,13 +98,13 @@ def build_index(fs, kind: str = "auto", *, k: int = 10) -> dict:
         params = {"nlist": nlist}
     else:
         raise FeatxError(f"unknown index kind {kind!r} ({', '.join(INDEX_KINDS)})", param="kind")
-    for rows in _blocks(fs):
-        index.add(rows)
+    for _, rows in numbered_blocks(fs, block=ADD_BLOCK):
+        index.add(l2_normalise(rows).astype(np.float32))
     build_s = time.perf_counter() - t0
     queries = _sample_queries(fs, RECALL_QUERIES)
     kk = min(k, n)
     t0 = time.perf_counter()
-    truth = _exact(fs, queries, kk)
+    truth = cosine_top_k(queries, numbered_blocks(fs, block=ADD_BLOCK), kk)[1]
     exact_ms = (time.perf_counter() - t0) * 1000 / len(queries)
     depth, recall, index_ms = _tune(index, kind, queries, truth, kk)
     if depth is not None:

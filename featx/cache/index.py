@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import FeatxError
 from ..util import l2_normalise
 
-__all__ = ["BLOCK_ROWS", "top_k", "self_top_k", "cosine_self_top_k", "cosine_top_k"]
+__all__ = ["BLOCK_ROWS", "top_k", "self_top_k", "cosine_self_top_k", "cosine_top_k", "numbered_blocks"]
 
 #: Rows per block of a search (a block x N similarity matrix at a time).
 BLOCK_ROWS = 2048
@@ -90,3 +90,14 @@ def cosine_top_k(queries: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]],
         best_s, keep = top_k(cand_s, k)
         best_i = np.take_along_axis(cand_i, keep, axis=1)
     return best_s, best_i
+
+
+def numbered_blocks(fs, splits=None, block: int = BLOCK_ROWS):
+    """``(first row number, rows)`` of cache ``fs``'s features, block by block: the ``splits`` (default all, in the
+    cache's order) numbered one after another, as :func:`featx.inference.nearest` and ``featx index`` number them."""
+    first = 0
+    for split in splits or fs.splits:
+        view, n = fs[split], len(fs[split])
+        for lo in range(0, n, block):
+            yield first + lo, view.rows(lo, min(n, lo + block))
+        first += n
