@@ -172,11 +172,11 @@ class LBFGSLinearClassifier(_TorchLinearBase):
 
         return self._solve(W, b, closure, previous)
 
-    def fit_blocks(self, blocks, y) -> "LBFGSLinearClassifier":
+    def fit_blocks(self, blocks, y, n_features: int) -> "LBFGSLinearClassifier":
         """The same fit, the same objective and solution, on data streamed in blocks: ``blocks()`` yields
-        ``(X_block, y_block)`` over every labelled row, in the same order each call; ``y`` holds all their labels.
-        Memory holds one block, not the rows: every objective evaluation is one pass over the blocks (a cache
-        larger than memory, :mod:`featx.heads.streaming`)."""
+        ``(X_block, y_block)`` over every labelled row, in the same order each call; ``y`` holds all their labels,
+        ``n_features`` the width of ``X``. Memory holds one block, not the rows: every objective evaluation is one
+        pass over the blocks (a cache larger than memory, :mod:`featx.heads.streaming`)."""
         import torch
 
         self.check_params()
@@ -184,24 +184,22 @@ class LBFGSLinearClassifier(_TorchLinearBase):
         y = np.asarray(y)
         check_classification_targets(y)
         self.classes_ = np.unique(y)
-        lookup = {c: i for i, c in enumerate(self.classes_)}
+        self.n_features_in_ = int(n_features)
         dev = self._device()
         n = len(y)
         weights = self._class_weights(np.searchsorted(self.classes_, y))
-        W, b = None, None
+        class_w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=dev)
+        W, b = self._parameters(self.n_features_in_, dev)
         alpha = 1.0 / (float(self.C) * n)
         self.passes_ = 0
 
         def closure():
-            nonlocal W, b
             W.grad = b.grad = None
             total = 0.0
             for Xb, yb in blocks():
                 Xt = torch.as_tensor(np.ascontiguousarray(Xb, dtype=np.float32), device=dev)
-                idx = np.fromiter((lookup[c] for c in yb), np.int64, len(yb))
-                yt = torch.as_tensor(idx, device=dev)
-                sw = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=dev)[yt]
-                part = self._data_loss(Xt, yt, W, b, sw) / n
+                yt = torch.as_tensor(np.searchsorted(self.classes_, yb), device=dev)  # labels -> class indices
+                part = self._data_loss(Xt, yt, W, b, None if class_w is None else class_w[yt]) / n
                 part.backward()
                 total += float(part.detach())
             reg = 0.5 * alpha * W.square().sum()
@@ -209,9 +207,6 @@ class LBFGSLinearClassifier(_TorchLinearBase):
             self.passes_ += 1
             return torch.tensor(total + float(reg.detach()))
 
-        first = next(iter(blocks()))[0]
-        self.n_features_in_ = int(first.shape[1])
-        W, b = self._parameters(self.n_features_in_, dev)
         return self._solve(W, b, closure, previous)
 
     def _previous(self):

@@ -96,7 +96,7 @@ def fit_streaming(head_name: str, head, view):
         raise FeatxError("the train split needs at least two labelled classes to fit a head")
     for X, _ in _labelled_blocks(view):
         scaler.partial_fit(X)
-    clf.fit_blocks(lambda: _labelled_blocks(view, scaler.transform), labels)
+    clf.fit_blocks(lambda: _labelled_blocks(view, scaler.transform), labels, _dim(view))
     return head, {"passes": int(clf.passes_), "block_rows": _block_rows(view), "rows": int(len(labels))}
 
 
