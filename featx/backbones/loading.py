@@ -23,7 +23,7 @@ from ..errors import FeatxError, FeatxUsageError
 from ..util import file_sha256, first_line
 from .names import is_file_spec
 
-__all__ = ["LoadedModel", "is_file_spec", "load_state_file", "load_into", "weights_only_loads", "seeded_init"]
+__all__ = ["hf_cache_files", "LoadedModel", "is_file_spec", "load_state_file", "load_into", "weights_only_loads", "seeded_init"]
 
 
 @dataclass
@@ -110,6 +110,14 @@ def weights_only_loads():
             os.environ.pop(FORCE_WEIGHTS_ONLY_ENV, None)
         else:
             os.environ[FORCE_WEIGHTS_ONLY_ENV] = saved
+
+
+def hf_cache_files(hub_id: str, pattern: str = "*") -> list[Path]:
+    """The files of the Hugging Face hub repository ``org/name`` (a trailing path or slash ignored) in this
+    machine's hub cache (``HF_HUB_CACHE``, default ``~/.cache/huggingface/hub``) matching ``pattern``; no network."""
+    cache = Path(os.environ.get("HF_HUB_CACHE", Path.home() / ".cache" / "huggingface" / "hub"))
+    repo = "--".join(hub_id.strip("/").split("/")[:2])
+    return sorted(cache.glob(f"models--{repo}/snapshots/*/{pattern}")) if repo else []
 
 
 @contextlib.contextmanager

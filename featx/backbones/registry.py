@@ -364,11 +364,9 @@ def family_rows() -> list[FamilyRow]:
 
 def _in_hf_cache(hub_id: str) -> bool:
     """Whether the local Hugging Face cache holds files of the hub repository ``org/name`` (no network)."""
-    from pathlib import Path
+    from .loading import hf_cache_files
 
-    cache = Path(os.environ.get("HF_HUB_CACHE", Path.home() / ".cache" / "huggingface" / "hub"))
-    repo = "--".join(hub_id.strip("/").split("/")[:2])
-    return bool(repo) and any(cache.glob(f"models--{repo}/snapshots/*/*"))
+    return bool(hf_cache_files(hub_id))
 
 
 def _timm_row(name: str) -> tuple[int, bool, str | None]:

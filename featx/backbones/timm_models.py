@@ -25,7 +25,7 @@ import torch
 from ..data.decoding import CROP_MODES, Preset
 from ..errors import FeatxError, FeatxUsageError
 from ..util import file_sha256, offline
-from .loading import LoadedModel, is_file_spec, load_into, load_state_file, seeded_init
+from .loading import LoadedModel, hf_cache_files, is_file_spec, load_into, load_state_file, seeded_init
 
 __all__ = ["EMBEDDED_LITE", "POOLINGS", "EmbeddedLite", "TokenPooling", "data_config", "declared_dim", "load",
            "lite_shape", "lite_weights_file", "map_lukemelas_keys", "pooled_dim", "with_pooling"]
@@ -231,9 +231,7 @@ def _hub(timm, arch: str, weights: str | None):
         ) from None
     if random_init:
         return model, "none", None, {}
-    hub_id = str(model.pretrained_cfg.get("hf_hub_id", "")).replace("/", "--")
-    cache = Path(os.environ.get("HF_HUB_CACHE", Path.home() / ".cache" / "huggingface" / "hub"))
-    files = sorted(cache.glob(f"models--{hub_id}/snapshots/*/*.safetensors"))
+    files = hf_cache_files(str(model.pretrained_cfg.get("hf_hub_id") or ""), "*.safetensors")
     return model, model.pretrained_cfg.get("tag") or "pretrained", file_sha256(files[0]) if files else None, {}
 
 
