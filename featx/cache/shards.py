@@ -148,14 +148,12 @@ def join_shards(path: str | os.PathLike, *, world: int | None = None, key: str |
     Raises:
         FeatxError: as :func:`merge_shards`; nothing is written then.
     """
-    import datetime as _dt
     import json
 
     import h5py
 
-    from ..version import __version__
-    from .spec import SCHEMA_VERSION
-    from .store import JSON_ATTRS, partial_path
+    from .store import partial_path
+    from .writer import write_root
 
     path = Path(path)
     world, ranks, sets = _matching_shards(path, world, key)
@@ -165,13 +163,8 @@ def join_shards(path: str | os.PathLike, *, world: int | None = None, key: str |
     tmp = partial_path(path)
     str_type = h5py.string_dtype()
     with h5py.File(tmp, "w") as f:
-        for k, v in first.meta.items():
-            if k not in _AUTO_ATTRS:
-                f.attrs[k] = json.dumps(v, sort_keys=True) if k in JSON_ATTRS else v
-        f.attrs.update({"schema_version": SCHEMA_VERSION, "featx_version": __version__, "feature_dim": dim,
-                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                        "joined_shards": json.dumps([ranks[r].name for r in range(world)])})
-        f.create_dataset("classes", data=np.array(first.classes, dtype=object), dtype=str_type)
+        attrs = {k: v for k, v in first.meta.items() if k not in _AUTO_ATTRS}
+        write_root(f, {**attrs, "joined_shards": [ranks[r].name for r in range(world)]}, first.classes, dim)
         for split in first.splits:
             views = [fs[split] for fs in sets]
             n = sum(len(v) for v in views)

@@ -20,12 +20,28 @@ from ..errors import FeatxError
 from .spec import SCHEMA_VERSION
 from .store import _STR, JSON_ATTRS, _decode, partial_path
 
-__all__ = ["FeatureWriter", "lock_path"]
+__all__ = ["FeatureWriter", "lock_path", "write_root"]
 
 
 def lock_path(path) -> Path:
     """The lock file of the one writer of cache ``path``: ``<path>.partial.lock``."""
     return Path(f"{partial_path(path)}.lock")
+
+
+def write_root(f: h5py.File, attrs: dict, classes, feature_dim: int) -> None:
+    """A new cache file's root: ``attrs`` (JSON fields encoded), the schema and featx version, the creation time,
+    the feature dimension, ``complete = False`` and the class names. The one place a cache's root is written
+    (:class:`FeatureWriter`, and :func:`featx.cache.shards.join_shards`)."""
+    from ..version import __version__
+
+    for key, value in attrs.items():
+        f.attrs[key] = json.dumps(value, sort_keys=True) if key in JSON_ATTRS else value
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["featx_version"] = __version__
+    f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    f.attrs["feature_dim"] = int(feature_dim)
+    f.attrs["complete"] = False
+    f.create_dataset("classes", data=np.array(classes, dtype=object), dtype=_STR)
 
 
 class FeatureWriter:
@@ -138,17 +154,8 @@ class FeatureWriter:
         return None
 
     def _create(self) -> None:
-        from ..version import __version__
-
         f = h5py.File(self.partial, "w")
-        for key, value in self.attrs.items():
-            f.attrs[key] = json.dumps(value, sort_keys=True) if key in JSON_ATTRS else value
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["featx_version"] = __version__
-        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        f.attrs["feature_dim"] = self.feature_dim
-        f.attrs["complete"] = False
-        f.create_dataset("classes", data=np.array(self.classes, dtype=object), dtype=_STR)
+        write_root(f, self.attrs, self.classes, self.feature_dim)
         rows = self.chunk_rows
         for split, size in self.split_sizes.items():
             g = f.create_group(split)
