@@ -100,9 +100,10 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views,
     from ..cache.store import open_features
     from ..heads.layers import layer_columns, with_layers
 
-    columns, chosen_layers = layer_columns(open_features(path).meta, layers)
+    fs = open_features(path)  # opened (and its layout checked) once
+    columns, chosen_layers = layer_columns(fs.meta, layers)
     tuning, card = None, None
-    streamed = "train" in open_features(path) and train_bytes(open_features(path)["train"]) > budget_bytes
+    streamed = "train" in fs and train_bytes(fs["train"]) > budget_bytes
     if streamed and tune and not HEADS[head_name].needs_text:
         echo("featx: note: the train split exceeds the memory budget: fitted streaming with the head's "
              "default or given parameters (tuning needs the split in memory)", err=True)
@@ -110,14 +111,14 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views,
     if HEADS[head_name].needs_text:  # built from the text tower, not trained: nothing to tune, no baselines
         from .zeroshot import zeroshot_head
 
-        head, card = zeroshot_head(path, overrides, templates)
+        head, card = zeroshot_head(fs, overrides, templates)
         tune = baselines = False
     elif templates:
         raise FeatxUsageError("--templates is for --head zeroshot")
     if tune:
         from ..probe.search import tune_head
 
-        tuning = tune_head(head_name, open_features(path), fixed=overrides, columns=columns)
+        tuning = tune_head(head_name, fs, fixed=overrides, columns=columns)
         if tuning:
             overrides = {**overrides, tuning["param"]: tuning["chosen"]}
             head = make_head(head_name, overrides)
@@ -130,7 +131,7 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views,
                 echo(f"featx: note: {note}", err=True)
     if columns is not None:
         echo(f"layers: {', '.join(chosen_layers)} ({len(columns)} of the cache's columns)")
-    leaked, leak_card = leaked_for(path, audit_file, exclude_leaked)
+    leaked, leak_card = leaked_for(path, fs.cache_key, audit_file, exclude_leaked)
     card = {**(card or {}), **({"leakage": leak_card} if leak_card else {})} or None
     result = fit_head(head_name, with_layers(head, columns), path, out=out, tuning=tuning, views=views, card=card,
                       memory_budget=None if HEADS[head_name].needs_text else budget_bytes, leaked=leaked)
@@ -305,15 +306,16 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
     from ..heads.streaming import budget, train_bytes
     from ..probe.grid import GridOptions, run_grid
 
-    need = train_bytes(open_features(path)["train"]) if "train" in open_features(path) else 0
+    fs = open_features(path)  # opened (and its layout checked) once
+    need = train_bytes(fs["train"]) if "train" in fs else 0
     if need > budget(memory_budget):
         raise FeatxError(f"the train split ({need / 2**20:.0f} MiB of features) exceeds the memory budget: grid needs "
                          "it in memory; raise --memory-budget, or fit logreg/svm with featx fit, which streams it")
 
     from ..heads.layers import layer_columns
 
-    columns, _ = layer_columns(open_features(path).meta, None if layers == "search" else layers)  # checked first
-    dim = len(columns) if columns else open_features(path).feature_dim  # grids that scale with the features
+    columns, _ = layer_columns(fs.meta, None if layers == "search" else layers)  # checked first
+    dim = len(columns) if columns else fs.feature_dim  # grids that scale with the features
     grids = {h: parse_grid(h, overrides[h], feature_dim=dim) for h in heads}
 
     name = exp.name if pipeline else path.stem
@@ -323,7 +325,7 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
         if backend == "dask":
             stack.enter_context(_dask(scheduler))
         t0 = time.perf_counter()
-        leaked, leak_card = leaked_for(path, audit_file, exclude_leaked)
+        leaked, leak_card = leaked_for(path, fs.cache_key, audit_file, exclude_leaked)
         options = GridOptions(metric=metric, jobs=jobs, folds=folds, class_weight=class_weight,
                               shots=tuple(shot_list), tries=tries, layers=layers,
                               leaked_test=tuple(sorted((leaked or {}).get("test", ()))))

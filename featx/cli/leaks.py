@@ -21,12 +21,12 @@ def leak_options(command):
                              "a train item (done anyway when such an audit is found).")(command)
 
 
-def leaked_for(path: Path, audit_file, exclude_leaked: bool) -> tuple[dict | None, dict | None]:
-    """``({split: ids}, card record)`` from the audit of this cache, or ``(None, None)`` without one."""
+def leaked_for(path: Path, cache_key: str, audit_file, exclude_leaked: bool) -> tuple[dict | None, dict | None]:
+    """``({split: ids}, card record)`` from the audit of the cache ``path`` (key ``cache_key``), or ``(None, None)``
+    without one."""
     from ..audit.leaks import find_audit, leaked_ids
-    from ..cache.store import open_features
 
-    found = find_audit(path, open_features(path).cache_key, audit_file, required=exclude_leaked)
+    found = find_audit(path, cache_key, audit_file, required=exclude_leaked)
     if found is None:
         return None, None
     audit_path, record = found

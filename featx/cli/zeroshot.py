@@ -10,17 +10,15 @@ from .base import echo, existing_file
 __all__ = ["zeroshot_head", "zeroshot_row"]
 
 
-def zeroshot_head(path: Path, overrides: dict, templates) -> tuple:
-    """The zero-shot head of a clip: cache (its class names through the recorded backbone's text tower) and the card
-    fields that say how it was made."""
-    from ..cache.store import open_features
+def zeroshot_head(fs, overrides: dict, templates) -> tuple:
+    """The zero-shot head of a clip: cache ``fs`` (its class names through the recorded backbone's text tower) and
+    the card fields that say how it was made."""
     from ..heads.registry import make_head
     from ..heads.zeroshot import read_templates, zeroshot_params
 
     if templates:
         existing_file(templates, "templates file")
     prompts = read_templates(templates)
-    fs = open_features(path)
     made = zeroshot_params(fs.meta, list(fs.classes), prompts)
     echo(f"zeroshot: {len(fs.classes)} class names x {len(prompts)} templates through the text tower of "
          f"{fs.meta.get('backbone')} (logit scale {made['logit_scale']:.4g}); no training")
@@ -42,8 +40,8 @@ def zeroshot_row(path: Path, out_dir: Path) -> None:
     fs = open_features(path)
     if not has_text_tower(fs.meta):
         return
-    head, card = zeroshot_head(path, {}, None)
-    head.fit(fs["train"].X[:1] if "train" in fs else fs["test"].X[:1])
+    head, card = zeroshot_head(fs, {}, None)
+    head.fit(fs["train" if "train" in fs else "test"].rows(0, 1))  # learns nothing: one row checks the width
     row = {"head": "zeroshot", "templates": len(card["zeroshot"]["templates"]),
            **{split: evaluate(head, fs[split].X, fs[split].y) for split in ("val", "test") if split in fs}}
     echo(f"zero-shot baseline (no training): " + ", ".join(f"{s} top1 {row[s]['top1']:.4f}" for s in ("val", "test")
