@@ -27,16 +27,15 @@ DEFAULT_SAMPLE = 5000
 THUMB = 48
 
 
-def _sample(fs, n: int, seed: int) -> list[tuple[str, int]]:
-    """``(split, row)`` of a seeded sample of at most ``n`` rows, each split in proportion to its size."""
+def _sample(fs, n: int, seed: int) -> dict[str, np.ndarray]:
+    """split -> the sorted rows of a seeded sample of at most ``n`` rows, each split in proportion to its size."""
     sizes = {s: len(fs[s]) for s in fs.splits}
     total = sum(sizes.values())
     rng = np.random.default_rng(seed)
-    out = []
+    out = {}
     for split, size in sizes.items():
         k = size if total <= n else max(1, round(n * size / total))
-        rows = np.sort(rng.choice(size, size=min(k, size), replace=False))
-        out += [(split, int(r)) for r in rows]
+        out[split] = np.sort(rng.choice(size, size=min(k, size), replace=False))
     return out
 
 
@@ -67,8 +66,8 @@ def build_map(fs, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, head=None, aud
 
     t0 = time.perf_counter()
     picks = _sample(fs, sample, seed)
-    X = np.concatenate([fs[s][[r for sp, r in picks if sp == s]] for s in fs.splits if any(sp == s for sp, _ in picks)])
-    order = [p for s in fs.splits for p in picks if p[0] == s]
+    X = np.concatenate([fs[s][rows] for s, rows in picks.items() if len(rows)])
+    order = [(s, int(r)) for s, rows in picks.items() for r in rows]  # the rows of X, in order
     ids = {s: fs[s].ids for s in fs.splits}
     labels = {s: fs[s].y for s in fs.splits}
     xy, method = _project(X, seed)
