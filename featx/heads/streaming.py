@@ -65,9 +65,9 @@ def _block_rows(view) -> int:
     return max(1, BLOCK_BYTES // max(1, _dim(view) * 4))
 
 
-def _labelled_blocks(view, transform=None):
-    """``(X, y)`` of the labelled rows, block by block in storage order (``transform`` applied to X)."""
-    y_all = view.y
+def _labelled_blocks(view, y_all: np.ndarray, transform=None):
+    """``(X, y)`` of the labelled rows of ``view`` (whose labels are ``y_all``, read once by the caller), block by
+    block in storage order (``transform`` applied to X)."""
     n, step = len(view), _block_rows(view)
     for lo in range(0, n, step):
         hi = min(n, lo + step)
@@ -94,9 +94,9 @@ def fit_streaming(head_name: str, head, view):
     labels = y[y >= 0]
     if len(np.unique(labels)) < 2:
         raise FeatxError("the train split needs at least two labelled classes to fit a head")
-    for X, _ in _labelled_blocks(view):
+    for X, _ in _labelled_blocks(view, y):
         scaler.partial_fit(X)
-    clf.fit_blocks(lambda: _labelled_blocks(view, scaler.transform), labels, _dim(view))
+    clf.fit_blocks(lambda: _labelled_blocks(view, y, scaler.transform), labels, _dim(view))
     return head, {"passes": int(clf.passes_), "block_rows": _block_rows(view), "rows": int(len(labels))}
 
 
@@ -104,7 +104,7 @@ def scores_blocks(head, view) -> tuple[np.ndarray, np.ndarray]:
     """The head's class scores (probabilities where it has them) of the labelled rows of ``view``, block by
     block, and their labels."""
     out, ys = [], []
-    for X, y in _labelled_blocks(view):
+    for X, y in _labelled_blocks(view, view.y):
         out.append(head.predict_proba(X) if hasattr(head, "predict_proba") else head.decision_function(X))
         ys.append(y)
     return (np.concatenate(out), np.concatenate(ys)) if out else (np.zeros((0, 0)), np.zeros(0, np.int64))
