@@ -43,8 +43,7 @@ def summary_lines(record: dict) -> list[str]:
     q = record.get("quality") or {}
     if q.get("computed"):
         counts = ", ".join(f"{name.replace('_', ' ')} {c['count']}"
-                           + ("" if c.get("reliable", True) else " (not reliable: held-out precision "
-                              f"{c['held_out']['precision']:.2f}, recall {c['held_out']['recall']:.2f})")
+                           + ("" if c.get("reliable", True) else f" ({_reliability(c['held_out'])})")
                            for name, c in q["checks"].items())
         lines.append(f"Image quality ({q['images']} images; {q['rule']}): {counts}.")
     elif q:
@@ -56,6 +55,13 @@ def summary_lines(record: dict) -> list[str]:
                  f"{record['seconds']['pixels']} s, label check "
                  f"{record['seconds']['labels']} s, total {record['seconds']['total']} s.")
     return lines
+
+
+def _reliability(h: dict) -> str:
+    """``not reliable on held-out photos: recall 0.10 [0.05, 0.20], precision ...``: a quality check's held-out
+    verdict with its 95% intervals."""
+    parts = ", ".join(f"{m} {h[m]['value']:.2f} [{h[m]['ci'][0]:.2f}, {h[m]['ci'][1]:.2f}]" for m in ("recall", "precision"))
+    return f"{h['verdict']} on held-out photos: {parts}"
 
 
 def _pair_row(p: dict) -> list[str]:
@@ -121,7 +127,7 @@ def audit_document(record: dict, fs, *, root: str = DATASETS_ROOT) -> Document:
     q = record.get("quality") or {}
     for name, check in (q.get("checks") or {}).items() if q.get("computed") else ():
         if check["items"]:  # lowest score (the clearest case) first
-            warn = "" if check.get("reliable", True) else "; not reliable on held-out photos, for a person to judge"
+            warn = "" if check.get("reliable", True) else f"; {_reliability(check['held_out'])}, for a person to judge"
             sections.append(Section(f"Image quality: {name.replace('_', ' ')} ({check['count']}{warn})", [
                 Only("md", Table(["item", "score"], [[f"{i['split']}/{i['id']}", f"{i['score']:.4f}"]
                                                      for i in check["items"][:TABLE_ROWS]])),
