@@ -88,3 +88,13 @@ def test_map_refuses_a_head_of_another_cache(cache, tmp_path):
     assert run("fit", c2, "--head", "logreg", "--no-baselines", "--no-tune", "-o", tmp_path / "h2.skops").exit_code == 0
     out = run("map", cache, "--head-file", tmp_path / "h2.skops", "-o", tmp_path / "m")
     assert out.exit_code == 2 and "fitted on another cache" in out.output
+
+
+def test_map_never_writes_over_its_audit(cache, tmp_path):
+    """An audit record named map.json in the output folder is an input: refused, left as it was."""
+    out = tmp_path / "m"
+    out.mkdir()
+    audit = out / "map.json"
+    audit.write_text('{"cache_key": "x"}')
+    result = run("map", cache, "-o", out, "--audit", audit)
+    assert result.exit_code == 2 and audit.read_text() == '{"cache_key": "x"}'

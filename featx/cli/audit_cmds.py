@@ -117,7 +117,8 @@ def map_(cache, out, head_path, audit_file, sample, seed, root, force):
 
     fs = open_features(cache)
     out_dir = check_report_folder(Path(out) if out else Path("reports") / f"map-{Path(cache).stem}",
-                                  ("map.html", "map.json"), {"the cache": cache}, replaces=("text",))
+                                  ("map.html", "map.json"),
+                                  {"the cache": cache, "the head": head_path, "the audit": audit_file}, replaces=("text",))
     head = None
     if head_path:
         from ..heads.persist import load_head

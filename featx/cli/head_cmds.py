@@ -95,8 +95,9 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views,
     head = make_head(head_name, overrides)  # bad parameters are refused here, before the cache is read
     path = resolve_cache(cache, exp)
     if out:  # the head and its card: never the cache (nor its companions), never another kind of file
-        check_output(out, {"the cache": path}, replaces=("zip",), force=force)
-        check_output(card_path(out), {"the cache": path}, replaces=("text",), force=force)
+        inputs = {"the cache": path, "the templates": templates, "the audit": audit_file}
+        check_output(out, inputs, replaces=("zip",), force=force)
+        check_output(card_path(out), inputs, replaces=("text",), force=force)
     from ..cache.store import open_features
     from ..heads.layers import layer_columns, with_layers
 
