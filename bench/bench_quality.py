@@ -4,20 +4,24 @@ precision measured on another.
 Real photo tiles (96x96, overlapping, cut from a photo set), a seeded share of them given one planted problem
 each: blurred (Gaussian, radius 3), darkened (x 0.12), lightened (towards white, x 0.1 of the distance), shrunk to
 20x20 (odd size), cropped to 96x22 (odd aspect ratio), flattened (one colour plus faint noise: low information), or
-turned grayscale. Each check's score (CleanVision's, through ``featx.audit.quality``) is computed for every tile.
+turned grayscale. Each check's score (CleanVision's, and featx's edge width for blur, through
+``featx.audit.quality``) is computed for every tile.
 
 ``--choose``: on scikit-learn's two sample photos, the threshold of each check with the best F1 of planted
 against clean tiles (printed, to copy into ``THRESHOLDS``). Default: on eight of scikit-image's colour photos,
 never used to choose, the recall and precision at featx's thresholds; then the same photos through
-``featx extract`` + ``featx audit`` end to end, which must flag the same items.
+``featx extract`` + ``featx audit`` end to end, which must flag the same items. ``--photos fresh`` (scikit-image's
+grey photographs and matplotlib's Grace Hopper) and ``--photos opencv`` (OpenCV's sample photographs, from Debian's
+opencv-doc; ``OPENCV_SAMPLES`` names the folder) were kept apart while the blur measure was designed on the first two.
 
-Usage: python bench/bench_quality.py [--choose] [--seed 0]
+Usage: python bench/bench_quality.py [--choose] [--photos skimage|fresh|opencv] [--seed 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +30,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
+#: Colour photographs among OpenCV's samples (renders, logos, charts, paintings, deliberately blurred ones and the
+#: second image of a stereo or flow pair left out).
+OPENCV_PHOTOS = (("aero1", "jpg"), ("aloeL", "jpg"), ("apple", "jpg"), ("baboon", "jpg"), ("board", "jpg"),
+                 ("building", "jpg"), ("butterfly", "jpg"), ("ela_original", "jpg"), ("fruits", "jpg"),
+                 ("HappyFish", "jpg"), ("home", "jpg"), ("leuvenA", "jpg"), ("messi5", "jpg"), ("orange", "jpg"),
+                 ("rubberwhale1", "png"), ("squirrel_cls", "jpg"), ("stuff", "jpg"), ("graf1", "png"), ("sudoku", "png"))
 PROBLEMS = ("blurry", "dark", "light", "odd_size", "odd_aspect_ratio", "low_information", "grayscale")
 
 
@@ -35,6 +45,23 @@ def photos(which: str) -> list[np.ndarray]:
 
         return list(load_sample_images().images)
     import skimage.data as d
+
+    if which == "opencv":  # OpenCV's sample photographs (Debian's opencv-doc), chosen by name before any was scored
+        from PIL import Image
+
+        root = Path(os.environ.get("OPENCV_SAMPLES", "/usr/share/doc/opencv-doc/examples/data"))
+        if not root.is_dir():
+            raise SystemExit(f"no OpenCV samples at {root}: apt-get download opencv-doc && dpkg-deb -x opencv-doc_*.deb "
+                             "DIR, then OPENCV_SAMPLES=DIR/usr/share/doc/opencv-doc/examples/data")
+        return [np.asarray(Image.open(root / f"{n}.{ext}").convert("RGB")) for n, ext in OPENCV_PHOTOS]
+    if which == "fresh":  # natural photographs neither used to choose nor looked at while designing the blur measure
+        import matplotlib
+        from PIL import Image
+
+        grey = [np.repeat(getattr(d, n)()[..., None], 3, axis=2)
+                for n in ("camera", "moon", "grass", "gravel", "brick", "coins", "cell")]
+        hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+        return grey + [np.asarray(Image.open(hopper).convert("RGB"))]
 
     return [getattr(d, n)() for n in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
                                       "immunohistochemistry", "retina", "colorwheel")]
@@ -161,14 +188,17 @@ def run(which: str, seed: int, thresholds: dict | None = None) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--choose", action="store_true", help="choose the thresholds on scikit-learn's photos")
+    p.add_argument("--photos", choices=("skimage", "fresh", "opencv"), default="skimage",
+                   help="the held-out photos: scikit-image's colour photos, or 'fresh' (scikit-image's grey photographs "
+                        "and matplotlib's Grace Hopper, kept apart while the blur measure was designed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     from featx.audit.quality import THRESHOLDS
 
-    record = run("sklearn", args.seed) if args.choose else run("skimage", args.seed, THRESHOLDS)
+    record = run("sklearn", args.seed) if args.choose else run(args.photos, args.seed, THRESHOLDS)
     if not args.choose:  # the same draw end to end: the audit must flag what the scores say
-        images, planted = planted_set("skimage", args.seed)
+        images, planted = planted_set(args.photos, args.seed)
         flagged = end_to_end(images, planted, THRESHOLDS)
         record["end_to_end_agrees"] = all(
             flagged[c] == sorted(i for i, s in scores_of(images)[c].items() if s < THRESHOLDS[c])
