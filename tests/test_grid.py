@@ -64,6 +64,11 @@ def test_grid_writes_three_reports_that_render(fashion_cache, tmp_path):
         img = Image.open(io.BytesIO(base64.b64decode(data)))
         assert img.size[0] > 100 and img.size[1] > 100
     assert "reliability diagram" in page and "confusion matrix" in page
+    # the embedding map: the test items by label and where the best head is wrong, as many as it got wrong
+    shown = results["best_head_map"]
+    assert shown["points"] == results["sizes"]["test"] and "The test embeddings on a 2-D map (all " in page
+    assert shown["wrong"] == round((1 - heads[results["best_head"]]["test"]["top1"]) * shown["points"])
+    assert f"featx map {fashion_cache.name} --head-file HEAD" in md
     _renders_in_chromium(out / "report.html", tmp_path / "shot.png")
     if results["best_head"] == "logreg":  # a head with scores: temperature scaled, ECE before and after
         assert results["best_head_temperature"] > 0 and "best_head_ece_calibrated" in results

@@ -10,13 +10,13 @@ id, label and split on hover. No server, no network: the data and the thumbnails
 from __future__ import annotations
 
 import html
-import importlib.util
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..report.projection import project_2d
 from ..util import atomic_write, l2_normalise
 
 __all__ = ["DEFAULT_SAMPLE", "build_map", "write_map"]
@@ -39,25 +39,6 @@ def _sample(fs, n: int, seed: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _project(X: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
-    Z = l2_normalise(X).astype(np.float32)
-    if len(Z) >= 10 and importlib.util.find_spec("umap") is not None:
-        import umap
-
-        xy = umap.UMAP(n_neighbors=min(15, len(Z) - 1), min_dist=0.1, metric="cosine",
-                       random_state=seed).fit_transform(Z)
-        method = "UMAP (umap-learn; cosine, 15 neighbours, min_dist 0.1)"
-    else:
-        from sklearn.decomposition import PCA
-
-        xy = PCA(n_components=2, random_state=seed).fit_transform(Z) if len(Z) > 2 else np.zeros((len(Z), 2))
-        method = ("PCA (umap-learn is not installed: pip install 'featx[map]' for UMAP)"
-                  if len(Z) >= 10 else "PCA (too few points for UMAP)")
-    xy = np.asarray(xy, np.float64)
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    return (xy - lo) / np.where(hi > lo, hi - lo, 1.0), method
-
-
 def build_map(fs, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, head=None, audit: dict | None = None,
               root: str = "cache/datasets", thumbnails: bool = True) -> dict:
     """The ``map.json`` record: the points (x, y, id, split, label, and where known prediction and audit flags),
@@ -70,7 +51,7 @@ def build_map(fs, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, head=None, aud
     order = [(s, int(r)) for s, rows in picks.items() for r in rows]  # the rows of X, in order
     ids = {s: fs[s].ids for s in fs.splits}
     labels = {s: fs[s].y for s in fs.splits}
-    xy, method = _project(X, seed)
+    xy, method = project_2d(X, seed)
     points = [{"x": round(float(x), 5), "y": round(float(y), 5), "id": str(ids[s][r]), "split": s,
                "label": fs.classes[int(labels[s][r])] if labels[s][r] >= 0 else ""} for (s, r), (x, y) in zip(order, xy)]
     predicted = None

@@ -239,6 +239,20 @@ def _baselines(fs, best, baselines) -> dict:
     return b
 
 
+#: Test points on the grid report's embedding map (a seeded sample).
+MAP_POINTS = 2000
+
+
+def _test_map(X, y, pred, seed: int = 0) -> dict:
+    """A seeded sample of at most :data:`MAP_POINTS` test rows projected to 2-D (``featx map``'s projection), with
+    their labels and the best head's predictions."""
+    from ..report.projection import project_2d
+
+    rows = np.sort(np.random.default_rng(seed).choice(len(y), size=min(MAP_POINTS, len(y)), replace=False))
+    xy, method = project_2d(X[rows], seed)
+    return {"xy": xy, "y": y[rows], "pred": pred[rows], "method": method, "n_rows": len(y)}
+
+
 def _best_arrays(result, fs) -> dict:
     """Test labels, predictions and probabilities of the best head, for the report's plots: its own
     probabilities (or the softmax of its decision scores), and, for a head with decision scores and a cache with
@@ -258,6 +272,7 @@ def _best_arrays(result, fs) -> dict:
         kind = "softmax of decision scores (this head has no probabilities)"
     out = {"head": result.head, "classes": est.classes_, "y": y, "pred": est.classes_[s.argmax(axis=1)],
            "proba": s, "proba_kind": kind}
+    out["map"] = _test_map(X, y, out["pred"])
     test_scores = decision_scores(est, X)
     if test_scores is not None and "val" in fs:
         Xtr, ytr = fs["train"].labelled()

@@ -169,7 +169,36 @@ def _best_figures(results: dict, best: dict) -> list[tuple[str, str]]:
     ax.set_title(f"{best['head']}: {best['proba_kind'].split(' (')[0]}", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     figs.append((title, png(fig)))
+    if "map" in best:
+        figs.append(_map_figure(results, best))
     return figs
+
+
+def _map_figure(results: dict, best: dict) -> tuple[str, str]:
+    """The test embeddings on a 2-D map: by true label, and the best head's mistakes."""
+    m = best["map"]
+    names, xy, y, wrong = results["classes"], m["xy"], m["y"], m["y"] != m["pred"]
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 6))
+    cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    for k, c in enumerate(np.unique(y)):
+        at = y == c
+        left.scatter(xy[at, 0], xy[at, 1], s=5, color=cmap(k % cmap.N), label=names[c] if len(names) <= 20 else None)
+    if len(names) <= 20:
+        left.legend(loc="best", fontsize=7, markerscale=2)
+    left.set_title("test items by true label", fontsize=10)
+    right.scatter(xy[~wrong, 0], xy[~wrong, 1], s=4, c="#cccccc", label=f"right ({int((~wrong).sum())})")
+    right.scatter(xy[wrong, 0], xy[wrong, 1], s=10, c="#d62728", label=f"wrong ({int(wrong.sum())})")
+    right.legend(loc="best", fontsize=8, markerscale=2)
+    right.set_title(f"{best['head']}: right and wrong on test", fontsize=10)
+    for ax in (left, right):
+        ax.set_xticks([]), ax.set_yticks([])
+    n = len(y)
+    sample = f"a seeded sample of {n} of {m['n_rows']} test rows" if n < m["n_rows"] else f"all {n} test rows"
+    cache = Path(results.get("cache", "CACHE")).name
+    return (f"The test embeddings on a 2-D map ({sample}; {m['method']}): by true label, and where "
+            f"{best['head']} is wrong. `featx map {cache} --head-file HEAD` makes the interactive page, with "
+            "thumbnails, a gallery and colours by label, split or prediction.", png(fig))
 
 
 def grid_document(results: dict, figures: list[tuple[str, str]]) -> Document:
@@ -228,7 +257,10 @@ def write_reports(out_dir: str | Path, results: dict, best: dict) -> list[Path]:
                    **({"best_head_temperature": best["temperature"], "best_head_ece_calibrated": best["ece_calibrated"]}
                       if "ece_calibrated" in best else {}),
                    **({"best_head_calibration_skipped": best["calibration_skipped"]}
-                      if "calibration_skipped" in best else {}))
+                      if "calibration_skipped" in best else {}),
+                   **({"best_head_map": {"points": len(best["map"]["y"]), "of": best["map"]["n_rows"],
+                                         "wrong": int((best["map"]["y"] != best["map"]["pred"]).sum()),
+                                         "method": best["map"]["method"]}} if "map" in best else {}))
     return write_report(out_dir, grid_document(results, figures))
 
 
