@@ -10,10 +10,11 @@ from pathlib import Path
 import click
 
 from ..errors import FeatxError, FeatxUsageError
-from ..options import (CLASS_WEIGHTS, CV_FOLDS, DATASETS_ROOT, GRID_BACKENDS, METRICS, RANK_SAMPLE, REPORT_FORMATS,
+from ..options import (CLASS_WEIGHTS, CV_FOLDS, GRID_BACKENDS, METRICS, RANK_SAMPLE, REPORT_FORMATS,
                        ExtractOptions, SourceOptions)
 from .base import (REPORT_FILES, check_output, check_report_folder, echo, existing_file, force_option, out_option,
                    pipeline_option, progress_renderer, setting_option)
+from .baselines import fit_baselines, grid_baselines
 from .leaks import echo_leaks, leak_options, leaked_for
 from ..pipeline import check_cache_exists, experiment, resolve_cache
 
@@ -68,16 +69,25 @@ def _head_names(values) -> list[str]:
               help="For --head zeroshot: a text file of prompt templates, one per line with {} where the class name "
                    "goes (default: CLIP's 80 ImageNet templates).")
 @memory_budget_option
+@click.option("--update", "update", type=click.Path(dir_okay=False), default=None, metavar="HEAD",
+              help="Fold CACHE's labelled train rows (new images, new classes) into this saved streaming head (slda, "
+                   "ncm) without its old rows; saved as a new head (default <CACHE>.<head>.skops), its card recording "
+                   "the update.")
 @leak_options
 @setting_option(SourceOptions, "limit")
 @force_option
-def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views, templates, memory_budget,
+def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views, templates, memory_budget, update,
         exclude_leaked, audit_file, limit, force):
     """Train a head on the cached train split; report val and test metrics; save it.
 
     CACHE is a cache file; without it, the cache of --pipeline (default settings if none) is used.
     """
     from ..heads.registry import check_head, parse_params
+
+    if update:
+        from .update import fit_update
+
+        return fit_update(update, cache, pipeline, out, force, params=params, templates=templates, limit=limit)
 
     if len(_head_names([head_name])) != 1:
         raise FeatxUsageError(f"featx fit trains one head, got {head_name!r}; `featx grid --heads` searches several")
@@ -155,53 +165,7 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views,
         echo(f"calibration: skipped, {cal['skipped']}; featx predict prints the head's raw scores")
     echo(f"saved {result.head_path} and {result.card_path}")
     if baselines:
-        _fit_baselines(head_name, overrides, path, exp if pipeline else None, result.card_path)
-
-
-def _baseline_places(path: Path, exp, fs=None) -> dict:
-    """Where baseline features are cached and torchvision datasets found: the pipeline's folders, or beside a
-    cache named on the command line (its cache folder when it has featx's default name,
-    ``<cache-dir>/<dataset>/<backbone>-<key>.h5``)."""
-    from ..cache.store import open_features
-
-    if exp is not None:
-        return {"cache_dir": exp.extract.cache_dir, "root": exp.source.root}
-    fs = fs or open_features(path)
-    default_name = path.name == f"{fs.meta.get('backbone')}-{fs.cache_key}.h5"
-    return {"cache_dir": path.parent.parent if default_name else path.parent, "root": DATASETS_ROOT}
-
-
-def _grid_baselines(path: Path, exp):
-    """``baselines(head, params)`` for ``featx grid``: the transfer family's baselines of this cache."""
-    from ..cache.store import open_features
-    from ..transfer.baselines import run_baselines
-
-    fs = open_features(path)
-    places = _baseline_places(path, exp, fs)
-    return lambda head, params: run_baselines(fs, head, params, **places)
-
-
-def _fit_baselines(head_name: str, params: dict, path: Path, exp, card_file) -> None:
-    """Random-init and raw-pixel baselines of a fitted head, printed and added to its card."""
-    from ..cache.store import open_features
-    from ..heads.persist import update_card
-    from ..transfer.baselines import run_baselines
-
-    try:
-        fs = open_features(path)
-        b = run_baselines(fs, head_name, params, **_baseline_places(path, exp, fs))
-    except FeatxError as exc:
-        echo(f"featx: note: baselines skipped: {exc}", err=True)
-        update_card(card_file, baselines={"skipped": str(exc)})
-        return
-    from ..probe.verdict import verdict_line
-
-    echo(f"baselines ({b['n_train']} train / {b['n_test']} test items, {head_name} tuned on each feature set): "
-         f"pretrained {b['pretrained']:.4f}, random-init {b['random_init']:.4f}, raw pixels {b['raw_pixels']:.4f}")
-    echo(verdict_line(b["transfer"]))
-    if b["warning"]:
-        echo(f"featx: {b['warning']}", err=True)
-    update_card(card_file, baselines=b, transfer=b["transfer"])
+        fit_baselines(head_name, overrides, path, exp if pipeline else None, result.card_path)
 
 
 def _grid_overrides(specs, heads) -> dict:
@@ -331,7 +295,7 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
                               shots=tuple(shot_list), tries=tries, layers=layers,
                               leaked_test=tuple(sorted((leaked or {}).get("test", ()))))
         results, paths = run_grid(path, grids, name=name, out_dir=out_dir, options=options,
-                                  baselines=_grid_baselines(path, exp if pipeline else None) if baselines else None,
+                                  baselines=grid_baselines(path, exp if pipeline else None) if baselines else None,
                                   progress=progress_renderer(enabled=not no_progress))
     choice = results["choice"]
     best = next(r for r in results["heads"] if r["head"] == choice["chosen"])

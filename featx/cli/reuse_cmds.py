@@ -308,9 +308,10 @@ def export(cache, fmt, out, force):
 
 @click.command("export-model")
 @_head_file_option
-@click.option("--format", "fmt", type=click.Choice(list(MODEL_FORMATS)), default="export", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(list(MODEL_FORMATS)), default=None,
               help="export: a torch.export program (.pt2, load with torch.export.load); onnx: ONNX (.onnx, run "
-                   "with onnxruntime; the onnx extra); torchscript: TorchScript (.pt; deprecated by torch).")
+                   "with onnxruntime; the onnx extra); torchscript: TorchScript (.pt; deprecated by torch). Default: "
+                   "the one --out's suffix names, else export.")
 @out_option("Output file (default <head>.pt2 / .onnx / .pt).")
 @trust_option
 @force_option
@@ -321,6 +322,11 @@ def export_model(head_path, old_head, fmt, out, trust, force):
     prediction. Linear heads only (their scaling is folded into the last layer).
     """
     head_path = _head_file(head_path, old_head)
+    named = {suffix: f for f, (suffix, _, _) in MODEL_FORMATS.items()}.get(Path(out).suffix.lower()) if out else None
+    if fmt and named and named != fmt:  # a file named .onnx that holds something else would mislead its users
+        raise FeatxUsageError(f"--out {out} names {named} by its suffix but --format is {fmt}: make them agree",
+                              param="out")
+    fmt = fmt or named or "export"
     target = Path(out) if out else Path(head_path).with_suffix(MODEL_FORMATS[fmt][0])
     check_output(target, {"the head": head_path}, replaces=("zip", "data"), force=force)
     _check_card(head_path)

@@ -40,6 +40,7 @@ HEAD_SUFFIX = ".skops"
 #: (:func:`trusted_types`). Anything else in a head file is refused unless the caller passes ``trust=True``.
 TRUSTED_TYPES = ("featx.heads.solvers.LBFGSLinearClassifier", "featx.heads.solvers.TorchLinearClassifier",
                  "featx.heads.zeroshot.ZeroShotClassifier",
+                 "featx.heads.incremental.StreamingLDA", "featx.heads.incremental.NearestClassMean",
                  "featx.heads.layers.LayerColumns",
                  "featx.adapt.maps.AdaptedHead", "featx.adapt.maps.CoralMap", "featx.adapt.maps.DomainStandardizer",
                  "featx.adapt.maps.IdentityMap", "featx.adapt.maps.SkadaMap")

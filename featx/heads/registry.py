@@ -25,6 +25,8 @@ cache, see ``docs/benchmarks.md``):
   :class:`featx.heads.solvers.TorchLinearClassifier`.
 - ``zeroshot``: no training: the class names through a ``clip:`` backbone's text tower
   (:mod:`featx.heads.zeroshot`).
+- ``slda`` / ``ncm``: streaming heads (:mod:`featx.heads.incremental`): streaming linear discriminant analysis and
+  the nearest class mean, which ``featx fit --update`` extends with new rows and new classes without old rows.
 
 Default parameters were chosen on the default pipeline's validation split (never on test).
 """
@@ -88,6 +90,8 @@ class HeadSpec:
             grids lower them to the rows there are and say so.
         needs_text: made from a text tower (the zero-shot head), not trained: ``featx fit`` builds it from the
             cache's backbone, ``featx grid`` shows it as a baseline row beside the heads it searches.
+        incremental: its ``clf`` has ``partial_fit`` taking new classes, and the steps before it learn nothing
+            from data: ``featx fit --update`` folds new rows into a saved head.
     """
 
     name: str
@@ -98,6 +102,7 @@ class HeadSpec:
     path_param: str | None = None
     row_bound: tuple[str, ...] = ()
     needs_text: bool = False
+    incremental: bool = False
 
     def default_grid(self, feature_dim: int | None = None) -> dict:
         """The default grid for features of this dimension (:data:`REFERENCE_DIM` when unknown: checking only)."""
@@ -185,6 +190,26 @@ def _zeroshot():
     return Pipeline([("norm", Normalizer()), ("clf", ZeroShotClassifier())])
 
 
+def _slda():
+    from sklearn.pipeline import Pipeline
+
+    from .incremental import StreamingLDA
+
+    return Pipeline([("clf", StreamingLDA())])
+
+
+def _ncm():
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer
+
+    from .incremental import NearestClassMean
+
+    return Pipeline([("norm", Normalizer()), ("clf", NearestClassMean())])
+
+
+#: Streaming LDA's shrinkage towards the mean variance (tuned on val by featx fit).
+SLDA_SHRINKAGE_GRID = (1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3, 0.6, 0.9)
+
 HEADS: dict[str, HeadSpec] = {}
 
 
@@ -212,6 +237,12 @@ register_head(HeadSpec(
 register_head(HeadSpec(
     "torch-linear", _torch_linear, "linear layer trained with AdamW in torch (CPU or CUDA)",
     ("lr", "weight_decay", "epochs", "batch_size", "device"), grid=TORCH_LINEAR_GRID))
+register_head(HeadSpec(
+    "slda", _slda, "streaming LDA: class means + one shared covariance, updated with new rows and classes "
+    "(featx fit --update)", ("shrinkage",), grid={"shrinkage": SLDA_SHRINKAGE_GRID}, incremental=True))
+register_head(HeadSpec(
+    "ncm", _ncm, "nearest class mean on L2-normalised features, updated with new rows and classes (featx fit "
+    "--update)", incremental=True))
 register_head(HeadSpec(
     "zeroshot", _zeroshot, "zero-shot: class names + prompt templates through a clip: backbone's text tower, no "
     "training", ("logit_scale",), needs_text=True))
