@@ -124,6 +124,20 @@ def predict_images(head, classes: list[str], X: np.ndarray, paths: list[str], k:
     return out
 
 
+def predict_label_sets(head, classes: list[str], X: np.ndarray, paths: list[str], thresholds) -> list[Prediction]:
+    """Every label whose score reaches its threshold (a multi-label head; the card's thresholds, chosen on val), the
+    highest score first."""
+    from .heads.multilabel import label_scores, score_kind
+
+    S = label_scores(head, X)
+    kind = f"{score_kind(head)}, labels at or above their thresholds"
+    out = []
+    for path, row in zip(paths, S):
+        above = [j for j in np.argsort(-row, kind="stable") if row[j] >= thresholds[j]]
+        out.append(Prediction(path, [classes[j] for j in above], [float(row[j]) for j in above], kind))
+    return out
+
+
 @dataclass
 class Neighbor:
     rank: int

@@ -17,14 +17,16 @@ __all__ = ["export_arrays"]
 
 
 def export_arrays(fs, out: Path, fmt: str) -> list[Path]:
-    """Write every split's features, labels and ids in ``fmt``, one of :data:`featx.options.EXPORT_FORMATS`."""
+    """Write every split's features, labels and ids in ``fmt``, one of :data:`featx.options.EXPORT_FORMATS`; a
+    multi-label cache's label matrix too (``<split>_Y``; the ``classes`` column a list of names)."""
     out = Path(out)
     written = []
     if fmt == "npz":
         arrays = {"classes": np.array(fs.classes)}
         for s in fs.splits:
             v = fs[s]
-            arrays.update({f"{s}_X": v.X, f"{s}_y": v.y, f"{s}_ids": np.array(v.ids, dtype=str)})
+            arrays.update({f"{s}_X": v.X, f"{s}_y": v.y, f"{s}_ids": np.array(v.ids, dtype=str),
+                           **({f"{s}_Y": v.Y} if fs.multilabel else {})})
         with atomic_write(out, suffix=".tmp.npz") as tmp:
             np.savez(tmp, **arrays)
         written.append(out)
@@ -32,7 +34,8 @@ def export_arrays(fs, out: Path, fmt: str) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
         for s in fs.splits:
             v = fs[s]
-            for name, arr in (("X", v.X), ("y", v.y), ("ids", np.array(v.ids, dtype=str))):
+            for name, arr in (("X", v.X), ("y", v.y), ("ids", np.array(v.ids, dtype=str)),
+                              *((("Y", v.Y),) if fs.multilabel else ())):
                 np.save(out / f"{s}_{name}.npy", arr)
                 written.append(out / f"{s}_{name}.npy")
         (out / "classes.json").write_text(json.dumps(list(fs.classes), ensure_ascii=False) + "\n", encoding="utf-8")
@@ -75,9 +78,12 @@ def _table(fs):
     for s in fs.splits:
         v = fs[s]
         y = v.y
+        Y = v.Y if fs.multilabel else None
+        names = ([[fs.classes[j] for j in np.flatnonzero(row > 0)] if (row >= 0).all() else None for row in Y]
+                 if Y is not None else [fs.classes[i] if i >= 0 else None for i in y])
         tables.append(pa.table({
             "split": pa.array([s] * len(y)), "id": pa.array(list(v.ids)), "label": pa.array(y),
-            "class": pa.array([fs.classes[i] if i >= 0 else None for i in y]),
+            "class": pa.array(names),
             "features": pa.FixedSizeListArray.from_arrays(pa.array(v.X.reshape(-1)), int(fs.feature_dim)),
         }))
     return pa.concat_tables(tables)

@@ -12,6 +12,8 @@ The layout (documented for other projects in ``docs/cache-format.md``)::
     /<split>/labels        (N,)   int64, -1 where unlabelled, fletcher32
     /<split>/ids           (N,)   utf-8 sample id
     /<split>/fingerprints  (N,)   utf-8 content fingerprint per row (optional: caches before row reuse lack it)
+    /<split>/label_matrix  (N, C) int8, multi-label caches only (source.multilabel): 1 / 0 per class, -1 rows
+                                  unlabelled; their ``labels`` are all -1
     /<split>               attrs: n_committed, n_items, skipped (JSON list of {id, reason})
 
 Writing protocol: everything goes to ``<name>.h5.partial``. After each batch the rows are
@@ -119,6 +121,20 @@ class SplitView:
             if "fingerprints" not in f[self.name]:
                 return np.full(int(f[self.name].attrs["n_committed"]), "", dtype=object)
         return np.array([_decode(i) for i in self._read("fingerprints")], dtype=object)
+
+    @property
+    def Y(self) -> np.ndarray | None:
+        """A multi-label cache's label matrix, ``(N, C)`` int8 (1 / 0; rows of -1 unlabelled); ``None`` otherwise."""
+        with _open_read(self.path) as f:
+            if "label_matrix" not in f[self.name]:
+                return None
+        return self._read("label_matrix")
+
+    def labelled_sets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Features and label matrix of a multi-label cache's labelled rows."""
+        X, Y = self.X, self.Y
+        keep = (Y >= 0).all(axis=1)
+        return X[keep], Y[keep].astype(np.int64)
 
     def labelled(self) -> tuple[np.ndarray, np.ndarray]:
         """Features and labels of the labelled rows only (label >= 0)."""
@@ -233,6 +249,11 @@ class FeatureSet:
         """The embedding size D."""
         return int(self.meta["feature_dim"])
 
+    @property
+    def multilabel(self) -> bool:
+        """Whether its items carry label sets (a ``label_matrix`` per split) rather than one label each."""
+        return bool((self.meta.get("source") or {}).get("multilabel"))
+
 
 def read_meta(f: h5py.File) -> dict:
     """The root attributes of an open cache, JSON fields decoded."""
@@ -279,6 +300,8 @@ def _layout_problem(f: h5py.File, meta: dict, classes: tuple, splits: tuple, *, 
             written, needed = g[name].id.get_storage_size(), int(n) * per_row * g[name].dtype.itemsize
             if written < needed // 2:
                 return f"{s}/{name}: {written} of {needed} bytes were ever written"
+        if "label_matrix" in g and (g["label_matrix"].ndim != 2 or g["label_matrix"].shape != (int(n), len(classes))):
+            return f"{s}/label_matrix has shape {g['label_matrix'].shape}, not ({int(n)}, {len(classes)})"
         labels = g["labels"][: int(n)]
         if len(labels) and (labels.min() < -1 or labels.max() >= len(classes)):
             return f"{s} has labels outside -1..{len(classes) - 1} ({int(labels.min())}..{int(labels.max())})"

@@ -236,6 +236,24 @@ class FeatureWriter:
         if room < need:
             raise OSError(errno.ENOSPC, f"{need >> 10} KiB needed, {max(room, 0) >> 10} KiB left")
 
+    def write_label_matrix(self, split: str, label_sets: dict, n_labels: int) -> None:
+        """A multi-label split's ``label_matrix`` (rows x labels, int8: 1 has the label, 0 not, a row of -1
+        unlabelled) for the rows written, from ``label_sets`` (item id -> its label indices, ``None`` unlabelled);
+        written once every row is, before :meth:`finalize` (a resumed run writes it again)."""
+        g = self._file[split]
+        ids = [_decode(i) for i in g["ids"][: int(g.attrs["n_committed"])]]
+        Y = np.full((len(ids), n_labels), -1, dtype=np.int8)
+        for row, item in enumerate(ids):
+            labels = label_sets.get(item)
+            if labels is not None:
+                Y[row] = 0
+                Y[row, list(labels)] = 1
+        if "label_matrix" in g:
+            del g["label_matrix"]
+        g.create_dataset("label_matrix", data=Y, fletcher32=True, chunks=(max(1, min(len(ids), 4096)), n_labels)
+                         if len(ids) and n_labels else None)
+        self._file.flush()
+
     def set_attr(self, key: str, value) -> None:
         """Set a root attribute before :meth:`finalize` (dicts and lists stored as JSON)."""
         self._file.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value

@@ -50,6 +50,10 @@ def adapt(source_cache, target_cache, head_name, params, methods, target_shots, 
                         {"the source cache": source_cache, "the target cache": target_cache})
     from ..adapt.report import write_adapt_reports
     from ..adapt.run import run_adaptation, save_adapted_heads
+    from .multilabel import single_label_only
+
+    for cache in (source_cache, target_cache):
+        single_label_only(cache, "featx adapt")
 
     record, heads = run_adaptation(source_cache, target_cache, head=head_name, params=overrides, methods=wanted,
                                    target_shots=target_shots, components=components, seed=seed)

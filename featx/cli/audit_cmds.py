@@ -65,6 +65,9 @@ def audit(cache, out, threshold, copy_threshold, pixels, index, folds, manifest,
     if quality and not manifest:
         raise FeatxUsageError("--exclude-quality is for --write-manifest")
     fs = open_features(cache)
+    from .multilabel import single_label_only
+
+    single_label_only(fs, "featx audit")
     if manifest:  # the manifest never replaces the cache, the manifest the data came from, or an image
         data_manifest = (fs.meta.get("source") or {}).get("manifest")
         check_output(manifest, {"the cache": cache, "the manifest of its data": data_manifest}, replaces=("text",),

@@ -54,6 +54,9 @@ def finetune(pipeline, blocks, epochs, patience, lr, batch_size, precision, out,
     if not exp.backbone.name.startswith(("timm:", "clip:")):
         quick_check(*parse_backbone(exp.backbone.name, exp.backbone.weights))
     source = build_source(exp)
+    from .multilabel import single_label_only
+
+    single_label_only(source, "featx finetune")
     bb_name = file_stem(exp.backbone.name)
     out_dir = check_report_folder(Path(out) if out else Path("reports") / f"finetune-{source.name}-{bb_name}-{blocks}",
                                   ("finetuned.safetensors", "finetuned.json"), {"the data": exp.source.data},

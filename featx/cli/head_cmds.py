@@ -112,6 +112,12 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views,
     from ..heads.layers import layer_columns, with_layers
 
     fs = open_features(path)  # opened (and its layout checked) once
+    if fs.multilabel:  # several labels per image: its own fit (one-vs-rest, mAP, thresholds on val)
+        from .multilabel import fit_multilabel_cmd
+
+        return fit_multilabel_cmd(fs, head_name, overrides, out, tune, [o for o, on in (
+            ("--layers", layers != "all"), ("--templates", templates), ("--audit/--exclude-leaked",
+             audit_file or exclude_leaked)) if on])
     columns, chosen_layers = layer_columns(fs.meta, layers)
     tuning, card = None, None
     streamed = "train" in fs and train_bytes(fs["train"]) > budget_bytes
@@ -272,6 +278,15 @@ def grid(cache, pipeline, head_names, grid_specs, metric, jobs, folds, class_wei
     from ..probe.grid import GridOptions, run_grid
 
     fs = open_features(path)  # opened (and its layout checked) once
+    if fs.multilabel:
+        from .multilabel import grid_multilabel_cmd
+
+        heads = _head_names(head_names) or ["logreg", "svm", "knn"]
+        out_dir = check_report_folder(Path(out) if out else Path("reports") / (exp.name if pipeline else path.stem),
+                                      REPORT_FILES + ("results.json",), {"the cache": path})
+        paths = grid_multilabel_cmd(fs, heads, {h: parse_grid(h, overrides.get(h, {}), feature_dim=fs.feature_dim)
+                                                for h in heads}, out_dir)
+        return echo("wrote " + ", ".join(str(p) for p in paths))
     need = train_bytes(fs["train"]) if "train" in fs else 0
     if need > budget(memory_budget):
         raise FeatxError(f"the train split ({need / 2**20:.0f} MiB of features) exceeds the memory budget: grid needs "
@@ -387,6 +402,9 @@ def rank(data, root, backbone_list, weights, sample, seed, folds, cache_dir, dev
     from ..pipeline import build_source
 
     source = build_source(exp)  # a wrong --data fails here, before torch loads
+    from .multilabel import single_label_only
+
+    single_label_only(source, "featx rank")
     out_dir = check_report_folder(Path(out) if out else Path("reports") / f"rank-{source.name}",
                                   REPORT_FILES + ("rank.json",), {"the data": exp.source.data})
     from ..transfer.rank import rank_backbones

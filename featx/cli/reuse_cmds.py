@@ -185,13 +185,18 @@ def predict(head_path, old_head, images, top_k, out, batch_size, device, trust, 
     if not good:  # nothing to predict: a failure, and nothing is written
         raise FeatxError(f"none of the {len(paths)} image(s) could be read ({bad[0][0]}: {bad[0][1]})")
     calibration = card.get("calibration") or {}
-    temperature = calibration.get("temperature")
-    if calibration.get("skipped"):
-        echo(f"featx: note: scores are not calibrated: {calibration['skipped']}", err=True)
-    preds = predict_images(head, card.get("classes") or [], X, good, k=top_k, temperature=temperature)
+    if card.get("multilabel"):  # every label at or above its threshold
+        from ..inference import predict_label_sets
+
+        preds = predict_label_sets(head, card["classes"], X, good, card["multilabel"]["thresholds"])
+    else:
+        if calibration.get("skipped"):
+            echo(f"featx: note: scores are not calibrated: {calibration['skipped']}", err=True)
+        preds = predict_images(head, card.get("classes") or [], X, good, k=top_k,
+                               temperature=calibration.get("temperature"))
     for p in preds:
         shown = ", ".join(f"{label} {score:.3f}" for label, score in zip(p.labels, p.scores))
-        echo(f"{p.path}\t{shown}")
+        echo(f"{p.path}\t{shown or '(no label at or above its threshold)'}")
     for path, reason in bad:
         echo(f"featx: skipped unreadable image {path}: {reason}", err=True)
     if out:

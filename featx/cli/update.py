@@ -20,6 +20,9 @@ def fit_update(head_path, cache, pipeline, out, force, *, params=(), templates=N
     existing_file(head_path, "head")
     name = incremental_head_name(head_path)  # a head that cannot be updated is refused before the cache is read
     path = resolve_cache(cache, experiment(pipeline, limit=limit))
+    from .multilabel import single_label_only
+
+    single_label_only(path, "featx fit --update")
     target = out or updated_head_path(head_path, path)
     inputs = {"the head": head_path, "the cache": path}
     check_output(target, inputs, replaces=("zip",), force=force)

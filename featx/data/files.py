@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import FeatxError
 from .sources import CARVE_RULE, FileSource, SPLIT_DIRS, SplitItems
 
-__all__ = ["ImageFolderSource", "ManifestSource", "StanfordDogsSource", "image_files", "safe_id", "write_manifest_csv"]
+__all__ = ["LABEL_SEPARATOR", "ImageFolderSource", "ManifestSource", "StanfordDogsSource", "image_files", "safe_id", "write_manifest_csv"]
 
 log = logging.getLogger("featx")
 
@@ -129,6 +129,10 @@ def _require_files(where, paths) -> None:
         raise FeatxError(f"{where}: {len(missing)} listed file(s) do not exist, e.g. {missing[0]}")
 
 
+#: The separator of a multi-label manifest's ``labels`` column.
+LABEL_SEPARATOR = ";"
+
+
 class ManifestSource(FileSource):
     """A CSV manifest: ``path,label[,split]`` per row, paths relative to the manifest's folder.
 
@@ -136,7 +140,14 @@ class ManifestSource(FileSource):
     unlabelled row (label -1). ``split`` is ``train``, ``val`` or ``test``; when no row has a
     split, val and test are carved from all rows as for a flat image folder. Class names are
     the distinct labels, sorted (numerically when all are integers).
+
+    **Multi-label**: a header ``path,labels[,split]`` (``labels``, plural) makes every row's second field a list of
+    labels separated by ``;`` (:data:`LABEL_SEPARATOR`; ``cat;dog``); an empty field is unlabelled. The items then
+    carry label sets (:attr:`SplitItems.label_sets`) and the cache a label matrix. Folder layouts cannot say that
+    an image has several labels: only a manifest can.
     """
+
+    multilabel = False
 
     def __init__(self, manifest: str | os.PathLike, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
                  seed: int = 0, limit: int = 0, allow_outside: bool = False):
@@ -152,8 +163,10 @@ class ManifestSource(FileSource):
                 rows = [(n, row) for n, row in enumerate(csv.reader(f), 1) if row and any(c.strip() for c in row)]
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise FeatxError(f"manifest {self.manifest} cannot be read: {exc}") from None
-        if rows and [c.strip().lower() for c in rows[0][1]] in (["path", "label"], ["path", "label", "split"]):
+        header = [c.strip().lower() for c in rows[0][1]] if rows else []
+        if header in (["path", "label"], ["path", "label", "split"], ["path", "labels"], ["path", "labels", "split"]):
             rows = rows[1:]
+            self.multilabel = header[1] == "labels"
         out = []
         for n, row in rows:
             if len(row) not in (2, 3):
@@ -169,10 +182,23 @@ class ManifestSource(FileSource):
             raise FeatxError(f"manifest {self.manifest} lists no images")
         return out
 
+    def _label_sets(self, rows) -> dict[int, tuple[str, ...]]:
+        """Row number -> its labels (a multi-label manifest); a label repeated in a row counts once."""
+        out = {}
+        for n, _, field_, _ in rows:
+            labels = [t.strip() for t in field_.split(LABEL_SEPARATOR)]
+            if field_ and not all(labels):
+                raise FeatxError(f"{self.manifest}:{n}: an empty label in {field_!r} (labels are separated by "
+                                 f"{LABEL_SEPARATOR!r}, e.g. cat{LABEL_SEPARATOR}dog)")
+            out[n] = tuple(sorted(set(labels))) if field_ else ()
+        return out
+
     def _find(self) -> dict[str, SplitItems]:
         rows = self._rows()
         base = self.manifest.parent.resolve()
-        names = sorted({label for _, _, label, _ in rows if label})
+        sets = self._label_sets(rows) if self.multilabel else {}
+        names = sorted({label for _, _, label, _ in rows if label} if not self.multilabel
+                       else {name for labels in sets.values() for name in labels})
         if names and all(_is_int(n) for n in names):
             names.sort(key=int)
         self.classes = names
@@ -199,14 +225,17 @@ class ManifestSource(FileSource):
                 repeats.append(n)
                 continue
             first[str(full)] = (n, label)
-            grouped.setdefault(split or "train", []).append((str(full), path, index.get(label, -1)))
+            grouped.setdefault(split or "train", []).append(
+                (str(full), path, -1 if self.multilabel else index.get(label, -1),
+                 (tuple(index[x] for x in sets[n]) if sets[n] else None) if self.multilabel else None))
         if repeats:
             log.info(f"note: manifest {self.manifest}: rows {', '.join(map(str, repeats[:5]))}"
                      f"{' ...' if len(repeats) > 5 else ''} list a file already listed; each file is kept once, at "
                      "its first row")
-        _require_files(f"manifest {self.manifest}", [k for g in grouped.values() for k, _, _ in g])
+        _require_files(f"manifest {self.manifest}", [k for g in grouped.values() for k, *_ in g])
         found = {
-            split: SplitItems([k for k, _, _ in g], [i for _, i, _ in g], np.array([y for *_, y in g], dtype=np.int64))
+            split: SplitItems([k for k, *_ in g], [i for _, i, *_ in g], np.array([y for _, _, y, _ in g], dtype=np.int64),
+                              [s for *_, s in g] if self.multilabel else None)
             for split, g in grouped.items()
         }
         if "train" not in found:
@@ -217,6 +246,7 @@ class ManifestSource(FileSource):
         return {
             "kind": "manifest",
             "manifest": str(self.manifest.resolve()),
+            **({"multilabel": {"separator": LABEL_SEPARATOR}} if self.multilabel else {}),
             **self._carving(),
         }
 

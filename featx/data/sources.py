@@ -55,12 +55,15 @@ class SplitItems:
     keys: list  # what :meth:`Source.open` takes
     ids: list[str]
     labels: np.ndarray  # int64
+    #: multi-label sources: each item's class indices (a sorted tuple; ``None`` unlabelled); ``labels`` are -1 then
+    label_sets: list | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def take(self, idx: np.ndarray) -> "SplitItems":
-        return SplitItems([self.keys[i] for i in idx], [self.ids[i] for i in idx], self.labels[idx])
+        return SplitItems([self.keys[i] for i in idx], [self.ids[i] for i in idx], self.labels[idx],
+                          None if self.label_sets is None else [self.label_sets[i] for i in idx])
 
 
 #: The carving rule's version, recorded in every source's description (and so in the cache key).
@@ -207,7 +210,8 @@ class Source(ABC):
         if self.sample:  # only when set, so that the keys of whole sources stay as they were
             fp["sample"] = self.sample
         for split, items in splits.items():
-            fp[split] = _digest([items.ids, items.labels.tolist()])
+            fp[split] = _digest([items.ids, items.labels.tolist()] + ([items.label_sets]
+                                                                      if items.label_sets is not None else []))
         return fp
 
     def item_fingerprints(self, items: SplitItems, how: str = "stat") -> list[str]:

@@ -86,6 +86,9 @@ def extract(source: Source, backbone: Backbone, options: ExtractOptions | None =
         reused = index.provenance() if index is not None else []
         if reused:
             writer.set_attr("reused_from", reused)
+        for split, items in plan.splits.items():  # a multi-label source: its label sets, row by row
+            if items.label_sets is not None:
+                writer.write_label_matrix(split, dict(zip(items.ids, items.label_sets)), len(plan.classes))
         writer.finalize()  # step 4
     n_reused = sum(r["rows"] for r in reused)
     if n_reused:

@@ -50,6 +50,8 @@ def linear_weights(head) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(steps[0], LayerColumns):  # chosen layers: their weights scattered back into the whole vector
         columns, steps = list(steps[0].columns), steps[1:]
     *pre, clf = steps
+    if hasattr(clf, "estimators_") and hasattr(clf, "label_binarizer_"):  # one-vs-rest (multi-label): a row per label
+        clf = _one_vs_rest_rows(clf, head.n_features_in_ if columns is None else len(columns))
     if not hasattr(clf, "coef_") or any(not isinstance(s, StandardScaler) for s in pre):
         kinds = ", ".join(type(s).__name__ for s in steps)
         raise FeatxError(f"only linear heads (logreg, svm, torch-linear, zeroshot) can be exported as one model; this one is "
@@ -68,6 +70,23 @@ def linear_weights(head) -> tuple[np.ndarray, np.ndarray]:
         full[:, columns] = W
         W = full
     return W.astype(np.float32), b.astype(np.float32)
+
+
+def _one_vs_rest_rows(ovr, dim: int):
+    """A one-vs-rest head's per-label decision values as one linear layer (``coef_`` / ``intercept_``, a row per
+    label): each binary solver's second-class-minus-first row; a label constant in training keeps its constant."""
+    from types import SimpleNamespace
+
+    W, b = [], []
+    for est in ovr.estimators_:
+        if hasattr(est, "coef_"):
+            c, i = np.asarray(est.coef_, np.float64), np.asarray(est.intercept_, np.float64)
+            W.append(c[1] - c[0] if c.shape[0] == 2 else c[0])
+            b.append(i[1] - i[0] if c.shape[0] == 2 else i[0])
+        else:  # scikit-learn's constant predictor for a label all 0 or all 1 in training
+            W.append(np.zeros(dim))
+            b.append(float(np.ravel(est.decision_function(np.zeros((1, dim))))[0]))
+    return SimpleNamespace(coef_=np.stack(W), intercept_=np.asarray(b), classes_=np.arange(len(W)))
 
 
 def export_model(head, bb, out: Path, fmt: str) -> Path:

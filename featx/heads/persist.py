@@ -77,7 +77,7 @@ def _skops():
 #: beside the head is a copy for people and tools (plus fields that change no prediction, such as the baselines).
 CARD_ENTRY = "featx-card.json"
 #: Card fields that change a prediction: taken from the card inside the head, never from the copy beside it.
-PREDICTION_FIELDS = ("head", "classes", "calibration", "embedding", "cache_key", "adaptation")
+PREDICTION_FIELDS = ("head", "classes", "calibration", "embedding", "cache_key", "adaptation", "multilabel")
 
 
 def save_head(head, target, *, head_name: str, params: dict, metrics: dict, fit_seconds: float, n_train: int,
@@ -306,6 +306,12 @@ def check_card(card: dict, est, path) -> None:
         raise FeatxError(f"head {path}: its card's calibration temperature {t!r} is not a positive number: refit it")
     if "embedding" in card and not isinstance(card["embedding"], dict):
         raise FeatxError(f"head {path}: its card's embedding record is not a mapping: refit it")
+    if "multilabel" in card:
+        thresholds = (card["multilabel"] or {}).get("thresholds") if isinstance(card["multilabel"], dict) else None
+        if not (isinstance(thresholds, list) and len(thresholds) == len(classes or [])
+                and all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
+                        for t in thresholds)):
+            raise FeatxError(f"head {path}: its card's multi-label thresholds are not one number per label: refit it")
 
 
 def _load_pickle(path: Path, trust: bool):
