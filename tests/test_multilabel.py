@@ -176,3 +176,21 @@ def test_real_images_side_by_side(tmp_path):
            for line in pred.stdout.splitlines() if "\t" in line}
     exact = sum(got[p] == t for p, t in truth.items())
     assert exact >= 6, (exact, got)  # both labels and nothing else, for most pairs (chance: 1 in 15)
+
+
+def test_a_label_absent_from_training_still_saves_and_loads(tmp_path):
+    """A one-vs-rest head keeps scikit-learn's constant stand-in for a label never (or always) seen in training: a
+    type featx must trust, or the head it saved could not be loaded."""
+    import skops.io as sio
+
+    from featx.heads.multilabel import label_scores, make_multilabel_head
+    from featx.heads.persist import trusted_types
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(60, 5)), (rng.random((60, 3)) < 0.4).astype(int)
+    Y[:, 2] = 0
+    head = make_multilabel_head("logreg").fit(X, Y)
+    sio.dump(head, tmp_path / "h.skops")
+    assert not [t for t in sio.get_untrusted_types(file=tmp_path / "h.skops") if t not in trusted_types()]
+    loaded = sio.load(tmp_path / "h.skops", trusted=sio.get_untrusted_types(file=tmp_path / "h.skops"))
+    np.testing.assert_allclose(label_scores(loaded, X), label_scores(head, X))

@@ -41,6 +41,9 @@ HEAD_SUFFIX = ".skops"
 TRUSTED_TYPES = ("featx.heads.solvers.LBFGSLinearClassifier", "featx.heads.solvers.TorchLinearClassifier",
                  "featx.heads.zeroshot.ZeroShotClassifier",
                  "featx.heads.incremental.StreamingLDA", "featx.heads.incremental.NearestClassMean",
+                 # scikit-learn's stand-in for a label constant in training in a one-vs-rest (multi-label) head: its
+                 # only state is that constant (skops does not list scikit-learn's private classes as trusted)
+                 "sklearn.multiclass._ConstantPredictor",
                  "featx.heads.layers.LayerColumns",
                  "featx.adapt.maps.AdaptedHead", "featx.adapt.maps.CoralMap", "featx.adapt.maps.DomainStandardizer",
                  "featx.adapt.maps.IdentityMap", "featx.adapt.maps.SkadaMap")
