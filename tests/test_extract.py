@@ -213,6 +213,7 @@ def test_every_stage_in_one_pass_is_recorded_and_serves_fit_and_predict(image_fo
                  "--out", tmp_path / "two.skops")
     assert chosen.exit_code == 0, chosen.output
     assert f"layers: {parts[1][0]}, penultimate ({parts[1][1] + parts[-1][1]} of the cache's columns)" in chosen.stdout
+    assert f" x {parts[1][1] + parts[-1][1]} (" in chosen.stdout  # the fit line counts the columns it used
     from featx.heads.export import linear_weights
     from featx.heads.persist import load_head
 

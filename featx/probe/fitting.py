@@ -121,7 +121,9 @@ def fit_head(head_name: str, head, cache, *, out=None, tuning: dict | None = Non
                                             **({"views": [str(p) for p in view_paths]} if view_paths else {}),
                                             **(card or {})}
                                      or None)
-    return FitResult(head_path, card_path, params, metrics, fit_s, len(y), int(X.shape[1]), len(fs.classes),
+    layers = getattr(head, "named_steps", {}).get("layers")  # --layers: the columns the head uses, not the cache's
+    n_features = len(layers.columns) if layers is not None else int(X.shape[1])
+    return FitResult(head_path, card_path, params, metrics, fit_s, len(y), n_features, len(fs.classes),
                      calibration)
 
 
