@@ -197,6 +197,10 @@ class ManifestSource(FileSource):
         rows = self._rows()
         base = self.manifest.parent.resolve()
         sets = self._label_sets(rows) if self.multilabel else {}
+        if not self.multilabel and any(LABEL_SEPARATOR in label for _, _, label, _ in rows):
+            log.info(f"note: manifest {self.manifest}: labels such as {next(lb for _, _, lb, _ in rows if ';' in lb)!r} "
+                     "are single class names here; for several labels per image, name the column labels "
+                     "(header path,labels[,split])")
         names = sorted({label for _, _, label, _ in rows if label} if not self.multilabel
                        else {name for labels in sets.values() for name in labels})
         if names and all(_is_int(n) for n in names):
