@@ -99,6 +99,11 @@ def test_fit_update_adds_rows_and_classes_from_another_cache(tmp_path):
     np.testing.assert_allclose(est[-1].coef_, at_once[-1].coef_, rtol=1e-4)  # float tolerance (an ill-conditioned
     assert (est.predict(X_all) == at_once.predict(X_all)).all()              # covariance: random-init features)
     np.testing.assert_allclose(est.predict_proba(X_all), at_once.predict_proba(X_all), atol=1e-6)
+    # --retune: the shrinkage chosen again on the update cache's val rows, from the statistics alone
+    out = run("fit", "--update", head, caches["b"], "--retune", "-o", tmp_path / "re.skops")
+    assert out.exit_code == 0 and "shrinkage re-tuned on" in out.output, out.output
+    entry = json.loads((tmp_path / "re.json").read_text())["updates"][0]
+    assert entry["shrinkage"]["from"] == params["shrinkage"] and "val rows of b.h5" in entry["shrinkage"]["on"]
     # predict names the new class
     picture = tmp_path / "new.png"
     shutil.copy(next((later / CLASSES[2]).iterdir()), picture)
@@ -125,6 +130,10 @@ def test_fit_update_refuses_what_it_cannot_do(tmp_path, image_folder):
     assert out.exit_code == 2 and "other features" in out.output
     out = run("fit", "--update", ncm, cache, "--param", "C=1")
     assert out.exit_code == 2 and "keeps the head's parameters" in out.output
+    out = run("fit", "--update", ncm, cache, "--retune", "-o", tmp_path / "n2.skops")
+    assert out.exit_code == 2 and "--retune is for the slda head" in out.output
+    out = run("fit", cache, "--head", "slda", "--retune")
+    assert out.exit_code == 2 and "--retune is for --update" in out.output
 
 
 def test_streaming_heads_export_and_the_suffix_names_the_format(tmp_path, image_folder):

@@ -73,11 +73,14 @@ def _head_names(values) -> list[str]:
               help="Fold CACHE's labelled train rows (new images, new classes) into this saved streaming head (slda, "
                    "ncm) without its old rows; saved as a new head (default <CACHE>.<head>.skops), its card recording "
                    "the update.")
+@click.option("--retune", is_flag=True,
+              help="With --update on an slda head: choose its shrinkage again on CACHE's val rows (no old rows needed; "
+                   "without it the head equals one fitted on all its rows at once).")
 @leak_options
 @setting_option(SourceOptions, "limit")
 @force_option
 def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views, templates, memory_budget, update,
-        exclude_leaked, audit_file, limit, force):
+        retune, exclude_leaked, audit_file, limit, force):
     """Train a head on the cached train split; report val and test metrics; save it.
 
     CACHE is a cache file; without it, the cache of --pipeline (default settings if none) is used.
@@ -87,7 +90,10 @@ def fit(cache, pipeline, head_name, params, out, baselines, tune, layers, views,
     if update:
         from .update import fit_update
 
-        return fit_update(update, cache, pipeline, out, force, params=params, templates=templates, limit=limit)
+        return fit_update(update, cache, pipeline, out, force, params=params, templates=templates, limit=limit,
+                          retune=retune)
+    if retune:
+        raise FeatxUsageError("--retune is for --update")
 
     if len(_head_names([head_name])) != 1:
         raise FeatxUsageError(f"featx fit trains one head, got {head_name!r}; `featx grid --heads` searches several")

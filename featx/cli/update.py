@@ -9,7 +9,8 @@ from .base import check_output, echo, existing_file
 __all__ = ["fit_update"]
 
 
-def fit_update(head_path, cache, pipeline, out, force, *, params=(), templates=None, limit=None) -> None:
+def fit_update(head_path, cache, pipeline, out, force, *, params=(), templates=None, limit=None,
+               retune: bool = False) -> None:
     """Update ``head_path`` with ``cache`` (or the pipeline's cache) and print what changed."""
     from ..heads.persist import card_path
     from ..pipeline import experiment, resolve_cache
@@ -27,13 +28,15 @@ def fit_update(head_path, cache, pipeline, out, force, *, params=(), templates=N
     inputs = {"the head": head_path, "the cache": path}
     check_output(target, inputs, replaces=("zip",), force=force)
     check_output(card_path(target), inputs, replaces=("text",), force=force)
-    r = update_head(head_path, path, out=target)
+    r = update_head(head_path, path, out=target, retune=retune)
     added = f"; new classes: {', '.join(r.new_classes)}" if r.new_classes else "; no new classes"
     echo(f"{name}: updated with {r.rows} rows of {path.name} in {r.seconds:.2f} s ({r.n_classes} classes{added})")
     echo(f"{'split':<6} {'n':>6} " + " ".join(f"{m:>14}" for m in METRICS))
     for split, m in r.metrics.items():
         if m:
             echo(f"{split:<6} {m['n']:>6} " + " ".join(f"{m[k]:>14.4f}" for k in METRICS))
+    if r.shrinkage:
+        echo(f"shrinkage re-tuned on {r.shrinkage['on']}: {r.shrinkage['from']:g} -> {r.shrinkage['to']:g}")
     cal = r.calibration
     if cal and "temperature" in cal:
         echo(f"calibration: temperature {cal['temperature']:.4g} fitted again on {cal['val_rows']} val rows of "

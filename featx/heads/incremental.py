@@ -139,6 +139,19 @@ class StreamingLDA(_ClassMeans):
         """The classes' posterior under the model (Gaussian classes, one covariance, equal priors)."""
         return softmax(self.decision_function(X))
 
+    def set_shrinkage(self, shrinkage: float) -> "StreamingLDA":
+        """Another shrinkage for the statistics already seen (the rows are not needed): ``coef_`` solved again."""
+        self.shrinkage = shrinkage
+        self.check_params()
+        self._solve()
+        return self
+
+    def tune_shrinkage(self, X, y, values) -> float:
+        """The shrinkage among ``values`` with the best accuracy on ``(X, y)`` (the first of equals), set; returned."""
+        scores = [float(np.mean(self.set_shrinkage(v).predict(X) == y)) for v in values]
+        self.set_shrinkage(values[int(np.argmax(scores))])
+        return self.shrinkage
+
 
 class NearestClassMean(_ClassMeans):
     """Nearest class mean by Euclidean distance; no parameters. Its scores are the log-likelihoods of Gaussian classes

@@ -38,6 +38,7 @@ class UpdateResult:
     seconds: float
     metrics: dict
     calibration: dict | None
+    shrinkage: dict | None = None
 
 
 def updated_head_path(head_path, cache) -> Path:
@@ -60,9 +61,10 @@ def incremental_head_name(head_path) -> str:
     return name
 
 
-def update_head(head_path, cache, *, out=None) -> UpdateResult:
+def update_head(head_path, cache, *, out=None, retune: bool = False) -> UpdateResult:
     """Update the streaming head saved at ``head_path`` with ``cache``'s labelled train rows; save it to ``out``
-    (default :func:`updated_head_path`)."""
+    (default :func:`updated_head_path`). ``retune``: choose slda's shrinkage again on ``cache``'s labelled val rows
+    (its statistics need no old rows; without it the head keeps its shrinkage and equals one fitted at once)."""
     name = incremental_head_name(head_path)
     est, card = load_head(head_path)
     fs = open_features(cache)
@@ -90,11 +92,12 @@ def update_head(head_path, cache, *, out=None) -> UpdateResult:
     for _, step in est.steps[:-1]:  # the steps before the classifier learn nothing from data (HeadSpec.incremental)
         Xt = step.transform(Xt)
     est.steps[-1][1].partial_fit(Xt, mapped(y))
+    shrinkage = _retune(est, fs, mapped) if retune else None
     seconds = time.perf_counter() - t0
     metrics = {s: evaluate(est, fs[s].X, mapped(fs[s].y)) for s in ("val", "test") if s in fs}
     calibration = _calibration(est, fs, mapped)
     entry = {"cache": str(fs.path), "cache_key": fs.cache_key, "rows": int(len(y)), "new_classes": new,
-             "seconds": round(seconds, 3), "metrics": metrics,
+             "seconds": round(seconds, 3), "metrics": metrics, **({"shrinkage": shrinkage} if shrinkage else {}),
              "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     target = Path(out) if out else updated_head_path(head_path, cache)
     n_train = int(card.get("n_train") or 0) + len(y)
@@ -103,7 +106,25 @@ def update_head(head_path, cache, *, out=None) -> UpdateResult:
         est, target, head_name=name, params=head_params(est), metrics=metrics, fit_seconds=seconds, n_train=n_train,
         fs=fs, extra={**keep, "classes": names, "updates": [*card.get("updates", []), entry],
                       "calibration": calibration or {"skipped": "no labelled val rows in the update's cache"}})
-    return UpdateResult(head_path, card_path, name, len(y), new, len(names), seconds, metrics, calibration)
+    return UpdateResult(head_path, card_path, name, len(y), new, len(names), seconds, metrics, calibration, shrinkage)
+
+
+def _retune(est, fs, mapped) -> dict | None:
+    """slda's shrinkage chosen again on the update cache's labelled val rows: ``{"from", "to", "on"}``."""
+    from ..heads.registry import SLDA_SHRINKAGE_GRID
+
+    clf = est.steps[-1][1]
+    if not hasattr(clf, "tune_shrinkage"):
+        raise FeatxUsageError("--retune is for the slda head (ncm has no parameter)")
+    if "val" not in fs or not (fs["val"].y >= 0).any():
+        raise FeatxUsageError(f"--retune chooses on the val split, and {fs.path} has no labelled val rows")
+    keep = fs["val"].y >= 0
+    Xv = fs["val"].X[keep]
+    for _, step in est.steps[:-1]:
+        Xv = step.transform(Xv)
+    before = clf.shrinkage
+    clf.tune_shrinkage(Xv, mapped(fs["val"].y[keep]), SLDA_SHRINKAGE_GRID)
+    return {"from": before, "to": clf.shrinkage, "on": f"{int(keep.sum())} val rows of {fs.path.name} (top-1)"}
 
 
 def _calibration(est, fs, mapped) -> dict | None:
