@@ -107,6 +107,8 @@ def test_fit_predict_grid_and_export_on_a_multilabel_cache(shapes_cache, tmp_pat
     assert results["multilabel"] and results["best_head"] in ("logreg", "knn")
     assert all(len(h["sweep"]) == 2 * (1 if h["head"] == "logreg" else 2) for h in results["heads"])
     assert "test mAP" in (tmp_path / "g" / "report.md").read_text()
+    merged = run("report", tmp_path / "g" / "results.json")  # featx report merges single-label searches: said
+    assert merged.exit_code != 0 and "is a multi-label search" in merged.output and "KeyError" not in merged.output
     # export-model: the per-label decision values as one linear layer, the same scores as the head
     from featx.cache.store import open_features
     from featx.heads.export import linear_weights

@@ -66,7 +66,8 @@ def grid_multilabel_cmd(fs, heads: list[str], grids: dict, out_dir: Path) -> lis
     from ..report.document import Bullets, Document, Section, Table, write_report
 
     results = search_multilabel(fs, heads, grids)
-    results.update(cache=str(fs.path), cache_key=fs.cache_key, backbone=fs.meta.get("backbone"),
+    results.update(pipeline=out_dir.name, cache=str(fs.path), cache_key=fs.cache_key, backbone=fs.meta.get("backbone"),
+                   weights=fs.meta.get("weights"),
                    classes=list(fs.classes), multilabel=True, sizes={s: len(fs[s]) for s in fs.splits})
     summary = [[r["head"], ", ".join(f"{k}={v}" for k, v in r["best_params"].items()), f"{r['best_score']:.4f}",
                 *(f"{r['test'].get(m, float('nan')):.4f}" for m in ("mAP", "micro_f1", "macro_f1"))]

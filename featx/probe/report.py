@@ -276,10 +276,16 @@ def merge_results(paths) -> list[list[str]]:
             heads = results["heads"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise FeatxError(f"{path} is not a featx results.json ({exc})") from None
-        for h in heads:
-            rows.append([results["pipeline"], results["backbone"], results["weights"], h["head"],
-                         _params(h["best_params"]), f"{h['val_score']:.4f}",
-                         *(f"{h['test'].get(m, float('nan')):.4f}" for m in METRICS)])
+        if isinstance(results, dict) and results.get("multilabel"):
+            raise FeatxError(f"{path} is a multi-label search (mAP, F1): featx report merges single-label searches "
+                             "(top-1 ...); its own report.md has its table")
+        try:
+            for h in heads:
+                rows.append([results["pipeline"], results["backbone"], results["weights"], h["head"],
+                             _params(h["best_params"]), f"{h['val_score']:.4f}",
+                             *(f"{h['test'].get(m, float('nan')):.4f}" for m in METRICS)])
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise FeatxError(f"{path} is not a featx grid results.json (missing {exc})") from None
     return rows
 
 
