@@ -195,13 +195,19 @@ def _neighbors(fs, names, starts, best_s, best_i) -> list[list[Neighbor]]:
     where = np.searchsorted(starts, best_i, side="right") - 1  # split of each row number
     used = {names[i] for i in np.unique(where)}
     ids = {s: fs[s].ids for s in used}
-    labels = {s: fs[s].y for s in used}
+    labels = {s: fs[s].Y if fs.multilabel else fs[s].y for s in used}
+
+    def label(split: str, r: int) -> str:  # a multi-label row: its labels, ';'-separated
+        y = labels[split][r]
+        if fs.multilabel:
+            return ";".join(fs.classes[j] for j in np.flatnonzero(y > 0)) if (y >= 0).all() else ""
+        return fs.classes[int(y)] if y >= 0 else ""
+
     out = []
     for sims, splits_of, numbers in zip(best_s, where, best_i):
         row = []
         for rank, (sim, si, number) in enumerate(((s, w, n) for s, w, n in zip(sims, splits_of, numbers) if n >= 0), 1):
             split, r = names[si], int(number - starts[si])
-            y = int(labels[split][r])
-            row.append(Neighbor(rank, split, r, str(ids[split][r]), fs.classes[y] if y >= 0 else "", float(sim)))
+            row.append(Neighbor(rank, split, r, str(ids[split][r]), label(split, r), float(sim)))
         out.append(row)
     return out

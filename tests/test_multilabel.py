@@ -121,6 +121,9 @@ def test_fit_predict_grid_and_export_on_a_multilabel_cache(shapes_cache, tmp_pat
     np.testing.assert_allclose(X @ W.T + b, label_scores(est, X), atol=1e-4)
     out = run("export-model", "-F", head, "-o", tmp_path / "m.pt2")
     assert out.exit_code == 0 and "output (N, 3) scores" in out.output, out.output
+    # neighbours show each item's label set
+    near = run("neighbors", cache, images[0], "-k", "1")
+    assert near.exit_code == 0 and rows[0].split(",")[1] in near.output, near.output
     # the cache's export keeps the label sets
     out = run("export", cache, "--format", "npz", "-o", tmp_path / "c.npz")
     assert out.exit_code == 0
