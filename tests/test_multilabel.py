@@ -105,6 +105,10 @@ def test_fit_predict_grid_and_export_on_a_multilabel_cache(shapes_cache, tmp_pat
     assert out.exit_code == 0, out.output
     results = json.loads((tmp_path / "g" / "results.json").read_text())
     assert results["multilabel"] and results["best_head"] in ("logreg", "knn")
+    other = ({"logreg", "knn"} - {results["best_head"]}).pop()  # the choice carries its interval and rule
+    versus = results["choice"]["against"][other]
+    assert versus["ci"][0] <= versus["gain"] <= versus["ci"][1] and versus["verdict"] in ("better", "can't tell")
+    assert (versus["verdict"] == "better") == (versus["ci"][0] > 0) and f"against {other}: val mAP" in out.output
     assert all(len(h["sweep"]) == 2 * (1 if h["head"] == "logreg" else 2) for h in results["heads"])
     assert "test mAP" in (tmp_path / "g" / "report.md").read_text()
     merged = run("report", tmp_path / "g" / "results.json")  # featx report merges single-label searches: said

@@ -84,13 +84,20 @@ def grid_multilabel_cmd(fs, heads: list[str], grids: dict, out_dir: Path) -> lis
         sections.append(Section(f"{r['head']}: sweep ({len(r['sweep'])} points, val mAP)", [Table(
             [*keys, "val mAP", "fit s"], [[*(str(p["params"].get(k)) for k in keys), f"{p['score']:.4f}",
                                            f"{p['fit_seconds']:.2f}"] for p in r["sweep"]])]))
+    choice = results.get("choice") or {}
+    versus = [f"{results['best_head']} against {h}: val mAP {c['gain']:+.4f} [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]: "
+              f"{c['verdict']}" for h, c in (choice.get("against") or {}).items()]
     doc = Document(f"featx grid report (multi-label): {fs.path.name}", [Bullets([
+        *(f"best head {results['best_head']}; {v}" for v in versus),
+        *([f"rule: {choice['rule']}"] if choice else []),
         f"cache {fs.path.name} ({fs.meta.get('backbone')}), {len(fs.classes)} labels, multi-label",
         "each point fitted on train and scored by val mAP; the best point's test metrics at thresholds chosen on val",
-        "not for multi-label: few-shot curves, calibration, transfer baselines, the one-standard-error choice"])],
+        "not for multi-label: few-shot curves, calibration, transfer baselines"])],
         sections, results, "results.json")
     paths = write_report(out_dir, doc)
     if best:
         echo(f"best head {best['head']} (val mAP {best['best_score']:.4f}): test mAP "
              f"{best['test'].get('mAP', float('nan')):.4f}, micro-F1 {best['test'].get('micro_f1', float('nan')):.4f}")
+        for v in versus:
+            echo(f"  {v}")
     return paths

@@ -132,7 +132,7 @@ def search_multilabel(fs, heads: list[str], grids: dict[str, dict]) -> dict:
         raise FeatxError(f"{fs.path}: a multi-label search needs a val split to choose on")
     names = list(fs.classes)
     (X, Y), (Xv, Yv) = data["train"], data["val"]
-    rows = []
+    rows, val_scores = [], {}
     for name in heads:
         make_multilabel_head(name)  # refused in one line before any fit
         grid = grids.get(name) or {}
@@ -153,5 +153,37 @@ def search_multilabel(fs, heads: list[str], grids: dict[str, dict]) -> dict:
         rows.append({"head": name, "grid": {k: list(v) for k, v in grid.items()}, "sweep": sweep,
                      "best_params": best["params"], "best_score": best["score"], "test": test,
                      "search_seconds": round(time.perf_counter() - t0, 2)})
-    return {"metric": "mAP", "selection": "val", "heads": rows,
-            "best_head": max(rows, key=lambda r: r["best_score"])["head"] if rows else None}
+        val_scores[name] = label_scores(head, Xv)
+    chosen = max(rows, key=lambda r: r["best_score"])["head"] if rows else None
+    return {"metric": "mAP", "selection": "val", "heads": rows, "best_head": chosen,
+            "choice": _choice(chosen, Yv, val_scores) if chosen else None}
+
+
+#: Bootstrap resamples of the val rows for the best head's mAP gain over each other head.
+BOOTSTRAP = 200
+
+
+def _choice(chosen: str, Yv: np.ndarray, val_scores: dict, seed: int = 0) -> dict:
+    """The best head by val mAP and, against each other head, the paired bootstrap of the val mAP gain (95%
+    interval): "better" when the interval is above 0, else "can't tell"."""
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(seed)
+    samples = [rng.integers(0, len(Yv), len(Yv)) for _ in range(BOOTSTRAP)]
+
+    def mean_ap(Y, S):
+        cols = np.flatnonzero(Y.sum(axis=0) > 0)
+        return float(np.mean([average_precision_score(Y[:, j], S[:, j]) for j in cols])) if len(cols) else np.nan
+
+    against = {}
+    for other, S in val_scores.items():
+        if other == chosen:
+            continue
+        gains = np.array([mean_ap(Yv[i], val_scores[chosen][i]) - mean_ap(Yv[i], S[i]) for i in samples])
+        lo, hi = np.nanpercentile(gains, [2.5, 97.5])
+        gain = mean_ap(Yv, val_scores[chosen]) - mean_ap(Yv, S)
+        against[other] = {"gain": round(gain, 4), "ci": [round(float(lo), 4), round(float(hi), 4)],
+                          "verdict": "better" if lo > 0 else "can't tell"}
+    return {"chosen": chosen, "against": against,
+            "rule": f"the highest val mAP; against each other head a paired bootstrap of the val rows ({BOOTSTRAP} "
+                    "resamples, 95% interval of the mAP gain): better when the interval is above 0, else can't tell"}
