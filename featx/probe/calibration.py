@@ -71,8 +71,9 @@ def guarded_temperature(head, X: np.ndarray, y: np.ndarray) -> dict | None:
     t = fit_temperature(decision_scores(head, X[known]), np.searchsorted(head.classes_, y[known]))
     lo, hi = TEMPERATURE_BOUNDS
     if not lo <= t <= hi:
-        return {**out, "skipped": f"the fitted temperature {t:.3g} is outside [{lo:g}, {hi:g}]: the val rows do not "
-                                  "pin it down"}
+        return {**out, "skipped": f"the fitted temperature {t:.3g} is outside [{lo:g}, {hi:g}], which featx trusts: "
+                                  "the head's scores are on another scale than probabilities (or the val rows do not "
+                                  "pin the temperature down)"}
     return {**out, "temperature": t}
 
 
