@@ -203,3 +203,16 @@ def test_a_label_absent_from_training_still_saves_and_loads(tmp_path):
     assert not [t for t in sio.get_untrusted_types(file=tmp_path / "h.skops") if t not in trusted_types()]
     loaded = sio.load(tmp_path / "h.skops", trusted=sio.get_untrusted_types(file=tmp_path / "h.skops"))
     np.testing.assert_allclose(label_scores(loaded, X), label_scores(head, X))
+
+
+def test_a_multilabel_source_is_not_sharded(shapes_cache, tiny_backbone, tmp_path):
+    """Sharded caches are joined without label matrices: a multi-label source is refused before any work."""
+    from featx.data.files import ManifestSource
+    from featx.errors import FeatxUsageError
+    from featx.extract import extract
+
+    cache, _ = shapes_cache
+    source = ManifestSource(cache.parent / "data" / "labels.csv")
+    with pytest.raises(FeatxUsageError, match="extracted by one process"):
+        extract(source, tiny_backbone, out=tmp_path / "s.h5", progress=False, shard=(0, 2))
+    assert not list(tmp_path.glob("s*.h5*"))

@@ -70,6 +70,9 @@ def extract(source: Source, backbone: Backbone, options: ExtractOptions | None =
 
     options = dataclasses.replace(options or ExtractOptions(), **settings)
     plan = plan_extraction(source, backbone, options, out=out, shard=shard)
+    if shard is not None and any(items.label_sets is not None for items in plan.splits.values()):
+        raise FeatxUsageError("a multi-label source is extracted by one process (sharded caches are joined without "
+                              "their label matrices): run featx extract without torchrun / NPROC")
     if plan.path.exists():  # step 2: reuse
         existing = open_features(plan.path)
         if existing.cache_key != plan.key:
