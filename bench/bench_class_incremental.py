@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from featx.cache.store import open_features
+from featx.heads.incremental import as_classifier_sees, partial_fit_head
 from featx.heads.registry import HEADS, SLDA_SHRINKAGE_GRID, make_head
 from featx.probe.verdict import verdict_grid
 
@@ -79,13 +80,10 @@ def main(argv=None) -> dict:
                "train_rows": int(np.isin(y, seen).sum()), "test_rows": int(test.sum())}
         for name, head in (("slda", slda), ("slda_retuned", retuned), ("ncm", ncm)):
             t0 = time.perf_counter()
-            Xg = X[rows]
-            for _, step in head.steps[:-1]:
-                Xg = step.transform(Xg)
-            head.steps[-1][1].partial_fit(Xg, y[rows])
+            partial_fit_head(head, X[rows], y[rows])
             if name == "slda_retuned":  # shrinkage needs no old rows: chosen on the val rows of the classes seen
-                row["slda_retuned_shrinkage"] = head[-1].tune_shrinkage(Xv[np.isin(yv, seen)], yv[np.isin(yv, seen)],
-                                                                        SLDA_SHRINKAGE_GRID)
+                row["slda_retuned_shrinkage"] = head[-1].tune_shrinkage(
+                    as_classifier_sees(head, Xv[np.isin(yv, seen)]), yv[np.isin(yv, seen)], SLDA_SHRINKAGE_GRID)
             row[f"{name}_s"] = round(time.perf_counter() - t0, 3)
             row[name] = round(float(np.mean(head.predict(Xt[test]) == yt[test])), 4)
         old = np.isin(y, seen)

@@ -26,7 +26,22 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..util import softmax
 
-__all__ = ["StreamingLDA", "NearestClassMean"]
+__all__ = ["StreamingLDA", "NearestClassMean", "as_classifier_sees", "partial_fit_head"]
+
+
+def as_classifier_sees(head, X):
+    """``X`` through the steps of a streaming head's pipeline before its classifier (stateless: a normaliser, the
+    chosen layers' columns; ``HeadSpec.incremental``)."""
+    for _, step in head.steps[:-1]:
+        X = step.transform(X)
+    return X
+
+
+def partial_fit_head(head, X, y):
+    """Fold the rows ``X, y`` into a streaming head (a pipeline ending in :class:`StreamingLDA` or
+    :class:`NearestClassMean`); new labels add classes. Returns the head."""
+    head.steps[-1][1].partial_fit(as_classifier_sees(head, X), y)
+    return head
 
 
 class _ClassMeans(ClassifierMixin, BaseEstimator):

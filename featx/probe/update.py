@@ -20,6 +20,7 @@ import numpy as np
 from ..cache.spec import EmbeddingSpec
 from ..cache.store import open_features
 from ..errors import FeatxError, FeatxUsageError
+from ..heads.incremental import as_classifier_sees, partial_fit_head
 from ..heads.persist import default_head_path, load_head, read_card, save_head
 from ..heads.registry import HEADS, head_params
 from .evaluate import evaluate
@@ -88,10 +89,7 @@ def update_head(head_path, cache, *, out=None, retune: bool = False) -> UpdateRe
     if not len(y):
         raise FeatxError(f"{cache}: its train split has no labelled rows to update the head with")
     t0 = time.perf_counter()
-    Xt = X
-    for _, step in est.steps[:-1]:  # the steps before the classifier learn nothing from data (HeadSpec.incremental)
-        Xt = step.transform(Xt)
-    est.steps[-1][1].partial_fit(Xt, mapped(y))
+    partial_fit_head(est, X, mapped(y))
     shrinkage = _retune(est, fs, mapped) if retune else None
     seconds = time.perf_counter() - t0
     metrics = {s: evaluate(est, fs[s].X, mapped(fs[s].y)) for s in ("val", "test") if s in fs}
@@ -119,11 +117,8 @@ def _retune(est, fs, mapped) -> dict | None:
     if "val" not in fs or not (fs["val"].y >= 0).any():
         raise FeatxUsageError(f"--retune chooses on the val split, and {fs.path} has no labelled val rows")
     keep = fs["val"].y >= 0
-    Xv = fs["val"].X[keep]
-    for _, step in est.steps[:-1]:
-        Xv = step.transform(Xv)
     before = clf.shrinkage
-    clf.tune_shrinkage(Xv, mapped(fs["val"].y[keep]), SLDA_SHRINKAGE_GRID)
+    clf.tune_shrinkage(as_classifier_sees(est, fs["val"].X[keep]), mapped(fs["val"].y[keep]), SLDA_SHRINKAGE_GRID)
     return {"from": before, "to": clf.shrinkage, "on": f"{int(keep.sum())} val rows of {fs.path.name} (top-1)"}
 
 
