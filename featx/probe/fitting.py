@@ -158,22 +158,29 @@ def _fit_streaming(head_name: str, head, fs, *, out, tuning, card, memory_budget
                      len(fs.classes), {"skipped": "a streamed fit is not calibrated"})
 
 
-def fit_calibration(head, fs) -> dict | None:
+def fit_calibration(head, fs, relabel=None) -> dict | None:
     """Temperature scaling of a head with decision scores, fitted on the cache's val split (which the head did
     not train on) when it can support it (:func:`featx.probe.calibration.guarded_temperature`):
     ``{"temperature", "fitted_on", "val_rows", "val_errors"}`` plus the test ECE before and after with their
     intervals, or ``{"skipped": why, ...}``; ``None`` when the head has no scores (k-NN) or the cache no labelled
-    val rows of the head's classes."""
+    val rows of the head's classes. ``relabel`` maps the cache's labels to the head's (an updated head whose classes
+    are matched by name)."""
     from .calibration import calibrate, decision_scores, ece_interval, expected_calibration_error, guarded_temperature
 
-    fitted = guarded_temperature(head, *fs["val"].labelled()) if "val" in fs else None
+    relabel = relabel or (lambda y: y)
+
+    def labelled(split):
+        X, y = fs[split].labelled()
+        return X, relabel(y)
+
+    fitted = guarded_temperature(head, *labelled("val")) if "val" in fs else None
     if fitted is None:
         return None
     out = {**fitted, "fitted_on": "val"}
     if "temperature" in out:
         out["temperature"] = round(out["temperature"], 6)
     if "test" in fs:
-        Xt, yt = fs["test"].labelled()
+        Xt, yt = labelled("test")
         if len(yt):
             s = decision_scores(head, Xt)
             before = head.predict_proba(Xt) if hasattr(head, "predict_proba") else softmax(s)

@@ -24,6 +24,7 @@ from ..heads.incremental import as_classifier_sees, partial_fit_head
 from ..heads.persist import default_head_path, load_head, read_card, save_head
 from ..heads.registry import HEADS, head_params
 from .evaluate import evaluate
+from .fitting import fit_calibration
 
 __all__ = ["UpdateResult", "update_head", "updated_head_path"]
 
@@ -93,7 +94,9 @@ def update_head(head_path, cache, *, out=None, retune: bool = False) -> UpdateRe
     shrinkage = _retune(est, fs, mapped) if retune else None
     seconds = time.perf_counter() - t0
     metrics = {s: evaluate(est, fs[s].X, mapped(fs[s].y)) for s in ("val", "test") if s in fs}
-    calibration = _calibration(est, fs, mapped)
+    calibration = fit_calibration(est, fs, relabel=mapped)  # the old temperature described another head
+    if calibration:
+        calibration["fitted_on"] = "val of the update's cache"
     entry = {"cache": str(fs.path), "cache_key": fs.cache_key, "rows": int(len(y)), "new_classes": new,
              "seconds": round(seconds, 3), "metrics": metrics, **({"shrinkage": shrinkage} if shrinkage else {}),
              "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -120,15 +123,3 @@ def _retune(est, fs, mapped) -> dict | None:
     before = clf.shrinkage
     clf.tune_shrinkage(as_classifier_sees(est, fs["val"].X[keep]), mapped(fs["val"].y[keep]), SLDA_SHRINKAGE_GRID)
     return {"from": before, "to": clf.shrinkage, "on": f"{int(keep.sum())} val rows of {fs.path.name} (top-1)"}
-
-
-def _calibration(est, fs, mapped) -> dict | None:
-    """The temperature fitted anew on the update cache's val split (its labels in the head's classes)."""
-    from .calibration import guarded_temperature
-
-    if "val" not in fs:
-        return None
-    fitted = guarded_temperature(est, fs["val"].X[fs["val"].y >= 0], mapped(fs["val"].y[fs["val"].y >= 0]))
-    if fitted and "temperature" in fitted:
-        fitted["temperature"] = round(fitted["temperature"], 6)
-    return {**fitted, "fitted_on": "val of the update's cache"} if fitted else None
