@@ -22,23 +22,37 @@ from ..heads.registry import head_params
 from .fitting import fit_quietly
 from .verdict import verdict_grid
 
-__all__ = ["ML_METRICS", "ml_metrics", "choose_thresholds", "fit_multilabel", "search_multilabel"]
+__all__ = ["ML_METRICS", "label_ap", "mean_ap", "ml_metrics", "choose_thresholds", "fit_multilabel", "search_multilabel"]
 
 #: The metrics printed per split, in order.
 ML_METRICS = ("mAP", "micro_f1", "macro_f1")
 NEUTRAL = {"decision": 0.0, "vote share": 0.5}
 
 
+def label_ap(Y: np.ndarray, S: np.ndarray) -> dict[int, float]:
+    """Label index -> the average precision of its scores, for the labels with a positive row in ``Y``."""
+    from sklearn.metrics import average_precision_score
+
+    return {int(j): float(average_precision_score(Y[:, j], S[:, j])) for j in np.flatnonzero(Y.sum(axis=0) > 0)}
+
+
+def mean_ap(Y: np.ndarray, S: np.ndarray) -> float:
+    """mAP: the mean of :func:`label_ap` (NaN when no label has a positive row)."""
+    ap = label_ap(Y, S)
+    return float(np.mean(list(ap.values()))) if ap else float("nan")
+
+
 def ml_metrics(Y: np.ndarray, S: np.ndarray, thresholds, names) -> dict:
     """mAP, micro/macro F1 at ``thresholds`` and per-label AP of scores ``S`` against the label matrix ``Y``."""
-    from sklearn.metrics import average_precision_score, f1_score
+    from sklearn.metrics import f1_score
 
     if not len(Y):
         return {}
     present = Y.sum(axis=0) > 0
-    ap = {names[j]: round(float(average_precision_score(Y[:, j], S[:, j])), 4) for j in np.flatnonzero(present)}
+    by_label = label_ap(Y, S)
+    ap = {names[j]: round(v, 4) for j, v in by_label.items()}
     P = (S >= np.asarray(thresholds)).astype(int)
-    return {"n": int(len(Y)), "mAP": float(np.mean(list(ap.values()))) if ap else float("nan"),
+    return {"n": int(len(Y)), "mAP": float(np.mean(list(by_label.values()))) if by_label else float("nan"),
             "micro_f1": float(f1_score(Y, P, average="micro", zero_division=0)),
             "macro_f1": float(f1_score(Y[:, present], P[:, present], average="macro", zero_division=0))
             if present.any() else float("nan"),
@@ -88,8 +102,7 @@ def tune(name: str, fixed: dict, data: dict, dim: int) -> dict | None:
     Xv, Yv = data["val"]
     scores = []
     for v in values:
-        head = _fit(name, {**fixed, pname: v}, X, Y)
-        scores.append(ml_metrics(Yv, label_scores(head, Xv), [0] * Y.shape[1], list(range(Y.shape[1])))["mAP"])
+        scores.append(mean_ap(Yv, label_scores(_fit(name, {**fixed, pname: v}, X, Y), Xv)))
     best = int(np.nanargmax(scores))  # ties: the first value (the strongest regularisation for C)
     return {"param": pname, "values": list(values), "chosen": values[best], "score": round(scores[best], 4),
             "metric": "mAP", "selection": "val", "seconds": round(time.perf_counter() - t0, 2)}
@@ -109,9 +122,9 @@ def fit_multilabel(name: str, params: dict, fs, *, out=None, do_tune: bool = Tru
     seconds = time.perf_counter() - t0
     kind = score_kind(head)
     val = data.get("val")
-    thresholds = choose_thresholds(*(val[1], label_scores(head, val[0])) if val else (None, None), kind, len(names))
-    metrics = {s: ml_metrics(data[s][1], label_scores(head, data[s][0]), thresholds, names)
-               for s in ("val", "test") if data.get(s) is not None}
+    scores = {s: label_scores(head, data[s][0]) for s in ("val", "test") if data.get(s) is not None}
+    thresholds = choose_thresholds(val[1] if val else None, scores.get("val"), kind, len(names))
+    metrics = {s: ml_metrics(data[s][1], S, thresholds, names) for s, S in scores.items()}
     target = Path(out) if out else default_head_path(fs.path, name)
     record = {"thresholds": thresholds, "score": kind, "chosen_on": "val" if val else "none (no val split: the "
               "neutral point)", "separator": ";", "rule": "per label, the val score with the best F1"}
@@ -137,23 +150,23 @@ def search_multilabel(fs, heads: list[str], grids: dict[str, dict]) -> dict:
         make_multilabel_head(name)  # refused in one line before any fit
         grid = grids.get(name) or {}
         keys = list(grid)
-        sweep, t0 = [], time.perf_counter()
-        for combo in itertools.product(*(grid[k] for k in keys)):
+        sweep, t0, kept = [], time.perf_counter(), None  # kept: the best point's head and val scores so far
+        for combo in itertools.product(*(grid[k] for k in keys)):  # an empty grid: one point, the defaults
             params = dict(zip(keys, combo))
             t1 = time.perf_counter()
             head = _fit(name, params, X, Y)
-            score = ml_metrics(Yv, label_scores(head, Xv), [0] * len(names), names)["mAP"]
-            sweep.append({"params": params, "score": round(score, 4), "fit_seconds": round(time.perf_counter() - t1, 3)})
-        best = max(sweep, key=lambda r: r["score"]) if sweep else {"params": {}, "score": float("nan")}
-        head = _fit(name, best["params"], X, Y)
-        kind = score_kind(head)
-        thresholds = choose_thresholds(Yv, label_scores(head, Xv), kind, len(names))
+            S = label_scores(head, Xv)
+            sweep.append({"params": params, "score": round(mean_ap(Yv, S), 4),
+                          "fit_seconds": round(time.perf_counter() - t1, 3)})
+            if kept is None or sweep[-1]["score"] > kept[0]["score"]:  # ties: the first point
+                kept = (sweep[-1], head, S)
+        best, head, val_scores[name] = kept
+        thresholds = choose_thresholds(Yv, val_scores[name], score_kind(head), len(names))
         test = (ml_metrics(data["test"][1], label_scores(head, data["test"][0]), thresholds, names)
                 if data.get("test") is not None else {})
         rows.append({"head": name, "grid": {k: list(v) for k, v in grid.items()}, "sweep": sweep,
                      "best_params": best["params"], "best_score": best["score"], "test": test,
                      "search_seconds": round(time.perf_counter() - t0, 2)})
-        val_scores[name] = label_scores(head, Xv)
     chosen = max(rows, key=lambda r: r["best_score"])["head"] if rows else None
     return {"metric": "mAP", "selection": "val", "heads": rows, "best_head": chosen,
             "choice": _choice(chosen, Yv, val_scores) if chosen else None}
@@ -166,15 +179,8 @@ BOOTSTRAP = 200
 def _choice(chosen: str, Yv: np.ndarray, val_scores: dict, seed: int = 0) -> dict:
     """The best head by val mAP and, against each other head, the paired bootstrap of the val mAP gain (95%
     interval): "better" when the interval is above 0, else "can't tell"."""
-    from sklearn.metrics import average_precision_score
-
     rng = np.random.default_rng(seed)
     samples = [rng.integers(0, len(Yv), len(Yv)) for _ in range(BOOTSTRAP)]
-
-    def mean_ap(Y, S):
-        cols = np.flatnonzero(Y.sum(axis=0) > 0)
-        return float(np.mean([average_precision_score(Y[:, j], S[:, j]) for j in cols])) if len(cols) else np.nan
-
     against = {}
     for other, S in val_scores.items():
         if other == chosen:
