@@ -95,10 +95,10 @@ def edge_blur(img) -> float:
     edges = canny(a, sigma=1.0, low_threshold=BLUR_CANNY[0], high_threshold=BLUR_CANNY[1])
     if int(edges.sum()) < BLUR_MIN_EDGES:
         return float("inf")
-    sharp = np.hypot(ndimage.sobel(a, 1), ndimage.sobel(a, 0))[edges]
-    b = ndimage.gaussian_filter(a, 1.0)
-    reblurred = np.hypot(ndimage.sobel(b, 1), ndimage.sobel(b, 0))[edges]
-    ratio = sharp / np.maximum(reblurred, 1e-6)
+    def gradient(img):
+        return np.hypot(ndimage.sobel(img, 1), ndimage.sobel(img, 0))[edges]
+
+    ratio = gradient(a) / np.maximum(gradient(ndimage.gaussian_filter(a, 1.0)), 1e-6)
     sigma = 1.0 / np.sqrt(np.maximum(ratio ** 2 - 1.0, 1e-6))
     return float(np.percentile(sigma, 10))
 
